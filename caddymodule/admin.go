@@ -1,0 +1,226 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/ticketi/edge/internal/store"
+)
+
+func init() {
+	caddy.RegisterModule(adminAPI{})
+}
+
+// adminBase is where the edge's admin routes live on Caddy's admin
+// endpoint (localhost-only by default).
+const adminBase = "/edge/"
+
+// maxAdminBody bounds admin request bodies.
+const maxAdminBody = 64 << 10
+
+// adminAPI is the `admin.api.edge` module: routes under /edge/ on Caddy's
+// admin endpoint. JSON in, JSON out; errors as caddy.APIError.
+type adminAPI struct {
+	ctx caddy.Context
+	log *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.edge",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Provision keeps the config context. The app is looked up per request:
+// the admin endpoint is provisioned before the apps, and the edge app may
+// only come into being when a handler asks for it.
+func (a *adminAPI) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
+	a.log = ctx.Logger(a)
+	return nil
+}
+
+// Routes implements caddy.AdminRouter.
+func (a *adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{
+		Pattern: adminBase,
+		Handler: caddy.AdminHandlerFunc(a.serve),
+	}}
+}
+
+func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	app, err := a.app()
+	if err != nil {
+		return err
+	}
+	switch path := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, adminBase), "/"); path {
+	case "stats":
+		if err := allowMethods(r, http.MethodGet); err != nil {
+			return err
+		}
+		return writeJSON(w, http.StatusOK, app.statsSnapshot())
+	case "reconnect":
+		if err := allowMethods(r, http.MethodPost); err != nil {
+			return err
+		}
+		return a.reconnect(w, r, app)
+	default:
+		return caddy.APIError{
+			HTTPStatus: http.StatusNotFound,
+			Err:        fmt.Errorf("unknown edge admin route %q; known: GET %sstats, POST %sreconnect", r.URL.Path, adminBase, adminBase),
+		}
+	}
+}
+
+// reconnect probes Redis now instead of waiting for the next backoff
+// step: useful right after an operator restarted Redis. Body (optional):
+// {"timeout_ms": 1000}.
+func (a *adminAPI) reconnect(w http.ResponseWriter, r *http.Request, app *App) error {
+	var req struct {
+		TimeoutMS int `json:"timeout_ms"`
+	}
+	if r.ContentLength != 0 {
+		if err := decodeJSON(r, &req); err != nil {
+			return err
+		}
+	}
+	if req.TimeoutMS < 0 || req.TimeoutMS > 10_000 {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("timeout_ms must be between 0 and 10000")}
+	}
+	if app.redis == nil {
+		return caddy.APIError{HTTPStatus: http.StatusConflict, Err: errors.New("no redis is configured (embedded mode); nothing to reconnect")}
+	}
+	timeout := time.Duration(req.TimeoutMS) * time.Millisecond
+	if timeout == 0 {
+		timeout = time.Second
+	}
+	err := app.redis.ProbeNow(r.Context(), timeout)
+	a.log.Info("redis reconnect requested through the admin API", zap.Bool("connected", err == nil))
+	resp := map[string]any{"connected": err == nil, "fallback_mode": app.redis.FallbackMode()}
+	if err != nil {
+		resp["error"] = err.Error()
+	}
+	return writeJSON(w, http.StatusOK, resp)
+}
+
+func (a *adminAPI) app() (*App, error) {
+	appIface, err := a.ctx.AppIfConfigured("edge")
+	if err != nil {
+		if errors.Is(err, caddy.ErrNotConfigured) {
+			return nil, caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("the edge app is not part of the running config")}
+		}
+		return nil, caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
+	}
+	return appIface.(*App), nil
+}
+
+func allowMethods(r *http.Request, methods ...string) error {
+	for _, m := range methods {
+		if r.Method == m {
+			return nil
+		}
+	}
+	return caddy.APIError{
+		HTTPStatus: http.StatusMethodNotAllowed,
+		Err:        fmt.Errorf("method %s not allowed; use %s", r.Method, strings.Join(methods, " or ")),
+	}
+}
+
+// decodeJSON reads a bounded JSON body into v, refusing unknown fields so
+// a typo in an admin call is an error rather than a silent no-op.
+func decodeJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxAdminBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("invalid JSON body: %v", err)}
+	}
+	if dec.More() {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("invalid JSON body: more than one value")}
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	return json.NewEncoder(w).Encode(v)
+}
+
+// moduleStats lets handlers publish their counters under /edge/stats.
+type moduleStats struct {
+	mu        sync.Mutex
+	providers map[string]func() any
+}
+
+func (m *moduleStats) add(name string, fn func() any) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.providers == nil {
+		m.providers = make(map[string]func() any)
+	}
+	m.providers[name] = fn
+}
+
+func (m *moduleStats) snapshot() map[string]any {
+	m.mu.Lock()
+	names := make([]string, 0, len(m.providers))
+	for n := range m.providers {
+		names = append(names, n)
+	}
+	m.mu.Unlock()
+	sort.Strings(names)
+	out := make(map[string]any, len(names))
+	for _, n := range names {
+		m.mu.Lock()
+		fn := m.providers[n]
+		m.mu.Unlock()
+		out[n] = fn()
+	}
+	return out
+}
+
+type statsSnapshot struct {
+	Store   string         `json:"store"`
+	Redis   *store.Stats   `json:"redis,omitempty"`
+	Cache   cacheStats     `json:"cache"`
+	Modules map[string]any `json:"modules"`
+}
+
+type cacheStats struct {
+	Instance healthRates  `json:"instance"`
+	Fleet    *healthRates `json:"fleet,omitempty"`
+}
+
+func (a *App) statsSnapshot() statsSnapshot {
+	s := statsSnapshot{
+		Store:   "embedded",
+		Cache:   cacheStats{Instance: rates(a.cache.Instance())},
+		Modules: a.modules.snapshot(),
+	}
+	if a.redis != nil {
+		st := a.redis.Stats()
+		s.Store, s.Redis = "redis", &st
+		if fleet, ok := a.cache.Fleet(); ok {
+			fr := rates(fleet)
+			s.Cache.Fleet = &fr
+		}
+	}
+	return s
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner = (*adminAPI)(nil)
+	_ caddy.AdminRouter = (*adminAPI)(nil)
+)
