@@ -125,6 +125,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision connects to Redis (or settles on the embedded stores).
 func (a *App) Provision(ctx caddy.Context) error {
 	a.log = ctx.Logger()
+	store.InstallGoRedisLogger(caddy.Log())
 	a.cache = new(stats.CacheCounters)
 	a.modules = new(moduleStats)
 	a.flushWG = new(sync.WaitGroup)

@@ -247,13 +247,14 @@ func requiredArg(d *caddyfile.Dispenser) (string, error) {
 }
 
 func optionalInt(d *caddyfile.Dispenser, def int) (int, error) {
+	name := d.Val()
 	s, err := optionalArg(d)
 	if err != nil || strings.TrimSpace(s) == "" {
 		return def, err
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 0 {
-		return 0, d.Errf("%s: expected a non-negative whole number, got %q", d.Val(), s)
+		return 0, d.Errf("%s: expected a non-negative whole number, got %q", name, s)
 	}
 	return n, nil
 }

@@ -85,7 +85,8 @@ func (r *Redis) admit(ctx context.Context) (context.Context, context.CancelFunc,
 }
 
 func (r *Redis) finish(ctx context.Context, name, key string, d time.Duration, err error) {
-	if ctx.Value(probeKey{}) == nil {
+	probe := ctx.Value(probeKey{}) != nil
+	if !probe {
 		// Probes report to the breaker themselves (the heartbeat) or must
 		// not (reconnect attempts while open).
 		r.breaker.Record(err)
@@ -94,7 +95,7 @@ func (r *Redis) finish(ctx context.Context, name, key string, d time.Duration, e
 	if o := r.obs(); o != nil {
 		o.RedisCall(cmd, d, err)
 	}
-	if d < r.opts.SlowThreshold {
+	if probe || d < r.opts.SlowThreshold {
 		return
 	}
 	// At most one line a second: a slow Redis slows every call, and the
@@ -140,6 +141,7 @@ var knownCommands = map[string]bool{
 	"zadd": true, "zrem": true, "zrange": true, "zrangebyscore": true, "zremrangebyscore": true, "zcard": true,
 	"eval": true, "evalsha": true, "script": true, "publish": true, "subscribe": true,
 	"scan": true, "ping": true, "info": true, "pipeline": true, "getex": true, "getdel": true,
+	"hello": true, // sent on every new connection; go-redis runs it through hooks
 }
 
 func commandLabel(name string) string {

@@ -170,6 +170,7 @@ func (o Options) universal() (*redis.UniversalOptions, error) {
 	// One retry at most: the budget is tens of milliseconds and the breaker,
 	// not retries, handles an outage.
 	u.MaxRetries = 1
+	u.DialerRetries = 1
 	// CLIENT SETINFO and maintenance notifications cost a round trip per new
 	// connection and need ACL rights the edge's user should not have.
 	u.DisableIdentity = true
