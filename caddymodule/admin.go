@@ -163,15 +163,6 @@ type moduleStats struct {
 	providers map[string]func() any
 }
 
-func (m *moduleStats) add(name string, fn func() any) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.providers == nil {
-		m.providers = make(map[string]func() any)
-	}
-	m.providers[name] = fn
-}
-
 func (m *moduleStats) snapshot() map[string]any {
 	m.mu.Lock()
 	names := make([]string, 0, len(m.providers))

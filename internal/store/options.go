@@ -29,7 +29,7 @@ const (
 	DefaultBreakerFailures = 3
 	DefaultHeartbeat       = 250 * time.Millisecond
 	DefaultSlowThreshold   = 100 * time.Millisecond
-	DefaultMaxBackoff      = 10 * time.Second
+	DefaultMaxBackoff      = 5 * time.Second
 	DefaultPort            = "6379"
 	maxKeyPrefixLen        = 64
 )
