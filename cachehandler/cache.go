@@ -1,0 +1,365 @@
+// Package cachehandler is the edge's response cache: rules with path
+// patterns and key templates (the seed's event:{id},
+// events:published:page:{page}...), an in-process L1 in front of Redis,
+// tags with invalidation on successful mutations, coalesced fills, stale
+// serving on upstream errors, RFC 9211 Cache-Status and ETag/304.
+//
+// What peers taught us (caddyserver/cache-handler, Souin): never store a
+// response with Set-Cookie, never key by URL alone, purge by tag must not
+// scan, memory must be bounded in bytes (one regexp per URL and whole
+// multi-GB bodies in memory were their blow-ups), and a stale response
+// must be served whole or not at all.
+//
+// The package does not import Caddy: Handle works with any net/http
+// server given a next function.
+package cachehandler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ticketi/edge/internal/store"
+)
+
+// Defaults.
+const (
+	DefaultL1Bytes       = 64 << 20
+	DefaultL1TTL         = 5 * time.Second
+	DefaultMaxEntryBytes = 1 << 20
+	DefaultGrace         = 5 * time.Minute
+	DefaultCompressMin   = 1024
+	DefaultStatusName    = "ticketi-edge"
+	DefaultNegativeTTL   = 30 * time.Second
+	busChannel           = "edge:cache:invalidate"
+)
+
+// Config configures a Cache.
+type Config struct {
+	Rules         []*Rule
+	Invalidations []*InvalidationRule
+	// L1Bytes bounds the in-process cache; L1TTL bounds how long an L1 copy
+	// is trusted without asking Redis (the staleness bound when pub/sub
+	// messages are lost).
+	L1Bytes int64
+	L1TTL   time.Duration
+	// MaxEntryBytes: larger responses stream through uncached.
+	MaxEntryBytes int
+	// Grace is how long after expiry an entry may be served when the
+	// upstream fails (stale-if-error).
+	Grace time.Duration
+	// CompressMin: bodies at least this long are stored gzip-compressed.
+	CompressMin int
+	// NegativeTTL caps the TTL of cached 404/410 answers.
+	NegativeTTL time.Duration
+	// StatusName is the cache's name in Cache-Status.
+	StatusName string
+	// InvalidateHeader is a response header in which the upstream names
+	// tags to drop (comma-separated); the edge strips it.
+	InvalidateHeader string
+	// CredentialCookies: requests carrying one of these cookies (or an
+	// Authorization header) use only per-user rules.
+	CredentialCookies []string
+
+	Redis    *store.Redis // nil: L1 only (embedded default)
+	Bus      *store.Bus   // cross-instance L1 drops; nil without Redis
+	Now      func() time.Time
+	Logger   *zap.Logger
+	Observer Observer
+}
+
+// Observer receives the cache's events for metrics. rule is a configured
+// rule name (bounded).
+type Observer interface {
+	Lookup(rule string, result string) // hit-l1, hit-l2, miss, stale, bypass
+	Stored(rule string, bytes int)
+	Invalidated(entries int)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Lookup(string, string) {}
+func (nopObserver) Stored(string, int)    {}
+func (nopObserver) Invalidated(int)       {}
+
+// Cache is the engine. It is safe for concurrent use.
+type Cache struct {
+	cfg     Config
+	log     *zap.Logger
+	obs     Observer
+	now     func() time.Time
+	l1      *l1
+	l2      *l2
+	clock   *localClock
+	flights flights
+	status  statusValues
+	unsub   func()
+
+	origin string
+
+	pendingMu   sync.Mutex
+	pending     map[string]struct{} // tags invalidated while Redis was down
+	pendingAll  bool
+	pendingFlag atomic.Bool // lock-free "anything pending?" for the hot path
+
+	// testHookBeforeStore runs between the upstream response and the
+	// store, so tests can interleave an invalidation deterministically.
+	testHookBeforeStore func()
+}
+
+const maxPendingTags = 10000
+
+// New validates cfg and builds the cache.
+func New(cfg Config) (*Cache, error) {
+	if cfg.L1Bytes <= 0 {
+		cfg.L1Bytes = DefaultL1Bytes
+	}
+	if cfg.L1TTL <= 0 {
+		cfg.L1TTL = DefaultL1TTL
+	}
+	if cfg.MaxEntryBytes <= 0 {
+		cfg.MaxEntryBytes = DefaultMaxEntryBytes
+	}
+	if cfg.Grace < 0 {
+		return nil, errors.New("grace must not be negative")
+	}
+	if cfg.CompressMin <= 0 {
+		cfg.CompressMin = DefaultCompressMin
+	}
+	if cfg.NegativeTTL <= 0 {
+		cfg.NegativeTTL = DefaultNegativeTTL
+	}
+	if cfg.StatusName == "" {
+		cfg.StatusName = DefaultStatusName
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
+	names := map[string]bool{}
+	maxLife := time.Duration(0)
+	for _, r := range cfg.Rules {
+		if err := r.compile(); err != nil {
+			return nil, err
+		}
+		if names[r.Name] {
+			return nil, fmt.Errorf("cache rule name %q is used twice", r.Name)
+		}
+		names[r.Name] = true
+		maxLife = max(maxLife, r.TTL+cfg.Grace)
+	}
+	for _, ir := range cfg.Invalidations {
+		if err := ir.compile(); err != nil {
+			return nil, err
+		}
+	}
+	c := &Cache{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		obs:     cfg.Observer,
+		now:     cfg.Now,
+		l1:      newL1(cfg.L1Bytes),
+		clock:   newLocalClock(100_000),
+		status:  newStatusValues(cfg.StatusName),
+		pending: map[string]struct{}{},
+		origin:  newOrigin(),
+	}
+	c.flights.m = map[string]*flight{}
+	if cfg.Redis != nil {
+		// Tag sets must outlive every entry they index.
+		c.l2 = newL2(cfg.Redis, maxLife+time.Hour)
+	}
+	if cfg.Bus != nil {
+		c.unsub = cfg.Bus.Subscribe(c.onBusMessage)
+	}
+	return c, nil
+}
+
+// Close detaches from the bus.
+func (c *Cache) Close() {
+	if c.unsub != nil {
+		c.unsub()
+	}
+}
+
+// Next is the rest of the handler chain.
+type Next func(http.ResponseWriter, *http.Request) error
+
+// match finds the first enabled rule for a GET path.
+func (c *Cache) match(path string, buf params) (*Rule, params) {
+	for _, r := range c.cfg.Rules {
+		if r.Disabled {
+			continue
+		}
+		if ps, ok := r.path.match(path, buf[:0]); ok {
+			return r, ps
+		}
+	}
+	return nil, nil
+}
+
+// Handle serves r from the cache or through next, storing what it may.
+// resolve supplies placeholders such as {http.auth.user.id}; it may be nil.
+func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next, resolve Resolver) error {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+	case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+		return c.handleMutation(w, r, next)
+	default:
+		return next(w, r)
+	}
+	var pbuf [4]param
+	rule, ps := c.match(r.URL.EscapedPath(), pbuf[:0])
+	if rule == nil {
+		return next(c.stripWriter(w), r)
+	}
+	if reason := c.bypassReason(rule, r); reason != "" {
+		c.obs.Lookup(rule.Name, "bypass")
+		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=bypass; detail=" + reason)
+		return next(c.stripWriter(w), r)
+	}
+	var kbuf [128]byte
+	keyBytes, ok := rule.key.render(ps, r.URL.Query(), resolve, kbuf[:0])
+	if !ok {
+		c.obs.Lookup(rule.Name, "bypass")
+		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=bypass; detail=key")
+		return next(c.stripWriter(w), r)
+	}
+	key := string(keyBytes)
+	now := c.now()
+	if c.pendingFlag.Load() {
+		c.replayPending(r.Context())
+	}
+	reqCC := r.Header.Get("Cache-Control")
+	noCache := hasDirective(reqCC, "no-cache") || (reqCC == "" && r.Header.Get("Pragma") == "no-cache")
+
+	var stale *prepared
+	if !noCache {
+		p, layer := c.lookup(r.Context(), key, now)
+		if p != nil && now.Before(p.freshUntil) {
+			c.obs.Lookup(rule.Name, layer)
+			return c.writeHit(w, r, p, c.status.hit, now)
+		}
+		stale = p // expired but within grace, or nil
+	}
+	c.obs.Lookup(rule.Name, "miss")
+	return c.fill(w, r, next, rule, ps, resolve, key, stale, noCache)
+}
+
+// bypassReason says why a request must not use the cache at all.
+func (c *Cache) bypassReason(rule *Rule, r *http.Request) string {
+	if !rule.PerUser {
+		if r.Header.Get("Authorization") != "" {
+			return "credentials"
+		}
+		for _, name := range c.cfg.CredentialCookies {
+			if _, err := r.Cookie(name); err == nil {
+				return "credentials"
+			}
+		}
+	}
+	for name := range r.URL.Query() {
+		if !rule.query[name] {
+			return "query"
+		}
+	}
+	if r.Header.Get("Range") != "" {
+		return "range"
+	}
+	return ""
+}
+
+// lookup checks L1, then Redis. It returns entries that are fresh or
+// still within grace, with the layer that had them.
+func (c *Cache) lookup(ctx context.Context, key string, now time.Time) (*prepared, string) {
+	if p := c.l1.get(key, now); p != nil {
+		if now.Before(p.staleUntil) {
+			return p, "hit-l1"
+		}
+		c.l1.remove(key)
+	}
+	if c.l2 == nil || !c.cfg.Redis.Available() {
+		return nil, ""
+	}
+	raw, err := c.l2.get(ctx, key)
+	if err != nil || raw == nil {
+		return nil, ""
+	}
+	e, err := DecodeEntry(raw)
+	if err != nil {
+		// A corrupt entry is deleted and refetched, never served.
+		c.log.Warn("corrupt cache entry deleted", zap.String("key_pattern", store.KeyPattern(key)), zap.Int("bytes", len(raw)))
+		_ = c.l2.del(context.WithoutCancel(ctx), key)
+		return nil, ""
+	}
+	p := prepare(key, e, c.cfg.Grace, c.l1TTL(), now)
+	if !now.Before(p.staleUntil) {
+		return nil, ""
+	}
+	c.l1.add(p)
+	return p, "hit-l2"
+}
+
+// renderTags renders a rule's or invalidation's tag templates; a tag that
+// cannot be rendered is skipped.
+func renderTags(ts []template, ps params, resolve Resolver) []string {
+	out := make([]string, 0, len(ts))
+	for i := range ts {
+		b, ok := ts[i].render(ps, nil, resolve, nil)
+		if ok && len(b) <= maxTagLen {
+			out = append(out, string(b))
+		}
+	}
+	return out
+}
+
+func hasDirective(cc, directive string) bool {
+	for cc != "" {
+		var item string
+		item, cc, _ = strings.Cut(cc, ",")
+		name, _, _ := strings.Cut(strings.TrimSpace(item), "=")
+		if strings.EqualFold(strings.TrimSpace(name), directive) {
+			return true
+		}
+	}
+	return false
+}
+
+// Stats are the engine's own figures (per-rule counts live in the metrics).
+type Stats struct {
+	L1Entries      int   `json:"l1_entries"`
+	L1Bytes        int64 `json:"l1_bytes"`
+	FillsInFlight  int   `json:"fills_in_flight"`
+	PendingRetries bool  `json:"invalidations_pending"`
+}
+
+// Stats reports L1 size and work in progress.
+func (c *Cache) Stats() Stats {
+	entries, bytes := c.l1.stats()
+	c.flights.mu.Lock()
+	inFlight := len(c.flights.m)
+	c.flights.mu.Unlock()
+	return Stats{L1Entries: entries, L1Bytes: bytes, FillsInFlight: inFlight, PendingRetries: c.pendingFlag.Load()}
+}
+
+// l1TTL is how long an L1 copy is trusted. Without Redis, L1 is the only
+// store and keeps an entry for its whole life; with Redis it is a short
+// bound on how stale a copy can get when an invalidation message is lost.
+func (c *Cache) l1TTL() time.Duration {
+	if c.l2 == nil {
+		return 1<<63 - 1
+	}
+	return c.cfg.L1TTL
+}

@@ -1,0 +1,238 @@
+package cachehandler
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+)
+
+// Entry is one cached response: everything a hit needs in one value, so a
+// hit from Redis costs one round trip.
+type Entry struct {
+	Status   int
+	Header   http.Header // end-to-end headers worth keeping (no Set-Cookie, no hop-by-hop)
+	ETag     string
+	StoredAt time.Time
+	TTL      time.Duration // freshness; the value lives TTL+grace for stale serving
+	Tags     []string
+	Body     []byte // gzip when Gzipped, else identity
+	Gzipped  bool
+}
+
+// ErrCorrupt means a stored value could not be decoded; the caller deletes
+// it and refetches.
+var ErrCorrupt = errors.New("corrupt cache entry")
+
+const (
+	entryMagic     = "TE1"
+	flagGzip       = 1
+	maxHeaderCount = 64
+	maxHeaderBytes = 16 << 10
+	maxTagCount    = 32
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Encode serialises the entry: magic, flags, status, times, ETag, tags,
+// headers, body, then a CRC32C of all of it so truncation or a stray
+// write is caught.
+func (e *Entry) Encode() []byte {
+	size := 64 + len(e.ETag) + len(e.Body)
+	for k, vs := range e.Header {
+		size += 4 + len(k)
+		for _, v := range vs {
+			size += 2 + len(v)
+		}
+	}
+	for _, t := range e.Tags {
+		size += 2 + len(t)
+	}
+	b := make([]byte, 0, size)
+	b = append(b, entryMagic...)
+	flags := byte(0)
+	if e.Gzipped {
+		flags |= flagGzip
+	}
+	b = append(b, flags)
+	b = binary.BigEndian.AppendUint16(b, uint16(e.Status))
+	b = binary.BigEndian.AppendUint64(b, uint64(e.StoredAt.UnixMilli()))
+	b = binary.BigEndian.AppendUint64(b, uint64(e.TTL.Milliseconds()))
+	b = appendStr(b, e.ETag)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(e.Tags)))
+	for _, t := range e.Tags {
+		b = appendStr(b, t)
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(e.Header)))
+	for k, vs := range e.Header {
+		b = appendStr(b, k)
+		b = binary.BigEndian.AppendUint16(b, uint16(len(vs)))
+		for _, v := range vs {
+			b = appendStr(b, v)
+		}
+	}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(e.Body)))
+	b = append(b, e.Body...)
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+}
+
+func appendStr(b []byte, s string) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
+	return append(b, s...)
+}
+
+// DecodeEntry parses a stored value, bounding every length by what is left
+// so a corrupt value can never make it allocate wildly or panic.
+func DecodeEntry(b []byte) (*Entry, error) {
+	if len(b) < len(entryMagic)+4 || string(b[:len(entryMagic)]) != entryMagic {
+		return nil, ErrCorrupt
+	}
+	payload, sum := b[:len(b)-4], binary.BigEndian.Uint32(b[len(b)-4:])
+	if crc32.Checksum(payload, castagnoli) != sum {
+		return nil, ErrCorrupt
+	}
+	r := reader{b: payload[len(entryMagic):]}
+	e := &Entry{}
+	flags := r.u8()
+	e.Gzipped = flags&flagGzip != 0
+	e.Status = int(r.u16())
+	e.StoredAt = time.UnixMilli(int64(r.u64()))
+	e.TTL = time.Duration(r.u64()) * time.Millisecond
+	e.ETag = r.str()
+	if n := int(r.u16()); n <= maxTagCount {
+		for range n {
+			e.Tags = append(e.Tags, r.str())
+		}
+	} else {
+		return nil, ErrCorrupt
+	}
+	nh := int(r.u16())
+	if nh > maxHeaderCount {
+		return nil, ErrCorrupt
+	}
+	e.Header = make(http.Header, nh)
+	for range nh {
+		k := r.str()
+		nv := int(r.u16())
+		if nv > maxHeaderCount {
+			return nil, ErrCorrupt
+		}
+		vs := make([]string, 0, nv)
+		for range nv {
+			vs = append(vs, r.str())
+		}
+		e.Header[k] = vs
+	}
+	n := int(r.u32())
+	e.Body = r.bytes(n)
+	if r.err || len(r.b) != 0 || e.Status < 100 || e.Status > 999 {
+		return nil, ErrCorrupt
+	}
+	return e, nil
+}
+
+// reader is a bounds-checked cursor; after the first short read every
+// call returns zero values and err stays set.
+type reader struct {
+	b   []byte
+	err bool
+}
+
+func (r *reader) take(n int) []byte {
+	if r.err || n < 0 || n > len(r.b) {
+		r.err = true
+		return nil
+	}
+	v := r.b[:n]
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) u8() byte {
+	if v := r.take(1); v != nil {
+		return v[0]
+	}
+	return 0
+}
+
+func (r *reader) u16() uint16 {
+	if v := r.take(2); v != nil {
+		return binary.BigEndian.Uint16(v)
+	}
+	return 0
+}
+
+func (r *reader) u32() uint32 {
+	if v := r.take(4); v != nil {
+		return binary.BigEndian.Uint32(v)
+	}
+	return 0
+}
+
+func (r *reader) u64() uint64 {
+	if v := r.take(8); v != nil {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
+}
+
+func (r *reader) str() string   { return string(r.take(int(r.u16()))) }
+func (r *reader) bytes(n int) []byte {
+	v := r.take(n)
+	if v == nil {
+		return nil
+	}
+	return bytes.Clone(v)
+}
+
+var gzipWriters = sync.Pool{New: func() any {
+	w, _ := gzip.NewWriterLevel(io.Discard, gzip.DefaultCompression)
+	return w
+}}
+
+// compressBody gzips body; it reports false when compression does not
+// pay (already compressed data such as images).
+func compressBody(body []byte) ([]byte, bool) {
+	var buf bytes.Buffer
+	buf.Grow(len(body) / 3)
+	zw := gzipWriters.Get().(*gzip.Writer)
+	zw.Reset(&buf)
+	_, err := zw.Write(body)
+	if err == nil {
+		err = zw.Close()
+	}
+	gzipWriters.Put(zw)
+	if err != nil || buf.Len() >= len(body)*9/10 {
+		return nil, false
+	}
+	return buf.Bytes(), true
+}
+
+// decompressBody gunzips, refusing to inflate past limit (a zip bomb in a
+// corrupt or hostile entry must not exhaust memory).
+func decompressBody(body []byte, limit int) ([]byte, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(body))
+	if err != nil {
+		return nil, ErrCorrupt
+	}
+	defer zr.Close()
+	out, err := io.ReadAll(io.LimitReader(zr, int64(limit)+1))
+	if err != nil || len(out) > limit {
+		return nil, ErrCorrupt
+	}
+	return out, nil
+}
+
+// weakETag derives a validator from the identity body. Weak, because the
+// same entry is served gzip-encoded and plain (RFC 9110 §8.8.1).
+func weakETag(body []byte) string {
+	sum := crc32.Checksum(body, castagnoli)
+	return `W/"` + strconv.FormatUint(uint64(sum), 36) + "-" + strconv.Itoa(len(body)) + `"`
+}

@@ -1,0 +1,236 @@
+package cachehandler
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ticketi/edge/internal/store"
+)
+
+// flights coalesces concurrent misses: one upstream request per key.
+type flights struct {
+	mu sync.Mutex
+	m  map[string]*flight
+}
+
+type flight struct {
+	tags    []string
+	done    chan struct{}
+	waiters atomic.Int32 // followers, for stats and deterministic tests
+	p    *prepared // set before done closes; nil when the response was not shareable
+}
+
+func (f *flights) join(key string, tags []string) (*flight, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if fl, ok := f.m[key]; ok {
+		fl.waiters.Add(1)
+		return fl, false
+	}
+	fl := &flight{tags: tags, done: make(chan struct{})}
+	f.m[key] = fl
+	return fl, true
+}
+
+func (f *flights) finish(key string, fl *flight, p *prepared) {
+	f.mu.Lock()
+	if f.m[key] == fl {
+		delete(f.m, key)
+	}
+	f.mu.Unlock()
+	fl.p = p
+	close(fl.done)
+}
+
+// detach takes flights for the given tags out of the map: requests that
+// arrive after an invalidation must not wait for (and be served) a fill
+// that started before it. Those already waiting were concurrent with the
+// mutation and may get either answer.
+func (f *flights) detach(tags []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for key, fl := range f.m {
+		for _, t := range fl.tags {
+			if containsString(tags, t) {
+				delete(f.m, key)
+				break
+			}
+		}
+	}
+}
+
+func containsString(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// upstreamRequest prepares the request a fill sends: no validators (the
+// cache needs the full body, not a 304) and no Accept-Encoding (the cache
+// compresses what it stores itself and needs a body it can read).
+func upstreamRequest(r *http.Request) *http.Request {
+	if r.Header.Get("If-None-Match") == "" && r.Header.Get("If-Modified-Since") == "" && r.Header.Get("Accept-Encoding") == "" {
+		return r
+	}
+	r2 := r.Clone(r.Context())
+	r2.Header.Del("If-None-Match")
+	r2.Header.Del("If-Modified-Since")
+	r2.Header.Del("Accept-Encoding")
+	return r2
+}
+
+// fill fetches from upstream, streaming to the client while keeping a copy
+// to store. With a stale entry in hand, a 5xx or a failed upstream is
+// answered with the stale entry instead.
+func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Rule, ps params,
+	resolve Resolver, key string, stale *prepared, noCache bool) error {
+	tags := renderTags(rule.tags, ps, resolve)
+	fl, leader := c.flights.join(key, tags)
+	if !leader {
+		select {
+		case <-fl.done:
+		case <-r.Context().Done():
+			return r.Context().Err()
+		}
+		if now := c.now(); fl.p != nil && now.Before(fl.p.freshUntil) {
+			return c.writeHit(w, r, fl.p, c.status.collapsed, now)
+		}
+		// The leader's answer could not be shared: ask upstream ourselves.
+		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=uri-miss; detail=not-shareable")
+		return next(c.stripWriter(w), r)
+	}
+	var stored *prepared
+	defer func() { c.flights.finish(key, fl, stored) }()
+
+	ctx := r.Context()
+	localSnap := c.clock.snapshot()
+	var redisSnap []int64
+	redisOK := false
+	if c.l2 != nil && c.cfg.Redis.Available() {
+		if v, err := c.l2.versions(ctx, tags); err == nil {
+			redisSnap, redisOK = v, true
+		}
+	}
+	fwd := "uri-miss"
+	switch {
+	case noCache:
+		fwd = "request"
+	case stale != nil:
+		fwd = "stale"
+	}
+	rec := newRecorder(w, c, rule, fwd, stale != nil)
+	err := next(rec, upstreamRequest(r))
+	if stale != nil && (rec.held || (err != nil && !rec.wroteHeader)) {
+		code := rec.status
+		if code == 0 {
+			code = http.StatusBadGateway
+		}
+		c.obs.Lookup(rule.Name, "stale")
+		c.log.Info("serving stale entry: upstream failed",
+			zap.String("rule", rule.Name), zap.Int("upstream_status", code), zap.Error(err))
+		return c.writeHit(w, r, stale, one(c.cfg.StatusName+"; fwd=stale; fwd-status="+strconv.Itoa(code)+"; detail=stale-if-error"), c.now())
+	}
+	if err != nil || !rec.storable() {
+		return err
+	}
+	entry := c.entryFrom(rec, rule, tags)
+	if entry == nil {
+		return nil
+	}
+	stored = c.store(ctx, key, entry, tags, localSnap, redisSnap, redisOK, rule)
+	return nil
+}
+
+// entryFrom turns a recorded response into an entry (nil if not storable).
+func (c *Cache) entryFrom(rec *recorder, rule *Rule, tags []string) *Entry {
+	ttl := rule.TTL
+	if rec.status == http.StatusNotFound || rec.status == http.StatusGone {
+		ttl = min(ttl, c.cfg.NegativeTTL)
+	}
+	e := &Entry{Status: rec.status, Header: rec.keptHeader(), StoredAt: c.now(), TTL: ttl, Tags: tags}
+	body := rec.body.Bytes()
+	switch strings.ToLower(rec.upstreamHeader.Get("Content-Encoding")) {
+	case "", "identity":
+		e.ETag = rec.upstreamHeader.Get("Etag")
+		if e.ETag == "" {
+			e.ETag = weakETag(body)
+		}
+		if len(body) >= c.cfg.CompressMin {
+			if z, ok := compressBody(body); ok {
+				body, e.Gzipped = z, true
+			}
+		}
+	case "gzip":
+		e.Gzipped = true
+		e.ETag = rec.upstreamHeader.Get("Etag")
+		if e.ETag == "" {
+			e.ETag = weakETag(body)
+		}
+	default:
+		return nil // br, zstd...: we would not know how to serve it to others
+	}
+	if !strings.HasPrefix(e.ETag, "W/") {
+		e.ETag = "W/" + e.ETag // one validator for both representations
+	}
+	e.Body = append([]byte(nil), body...)
+	return e
+}
+
+// store keeps the entry in L1 and Redis unless an invalidation of its tags
+// happened since the fill began.
+func (c *Cache) store(ctx context.Context, key string, e *Entry, tags []string, localSnap uint64,
+	redisSnap []int64, redisOK bool, rule *Rule) *prepared {
+	if c.testHookBeforeStore != nil {
+		c.testHookBeforeStore()
+	}
+	if c.clock.changedSince(tags, localSnap) {
+		c.log.Debug("fill raced with an invalidation; not stored", zap.String("rule", rule.Name))
+		return nil
+	}
+	now := c.now()
+	p := prepare(key, e, c.cfg.Grace, c.l1TTL(), now)
+	if c.l2 != nil && redisOK {
+		// The client already has its answer; a slow Redis must not turn a
+		// cancelled request into a lost entry, so detach from its context.
+		sctx := context.WithoutCancel(ctx)
+		err := c.l2.store(sctx, key, e.Encode(), e.TTL+c.cfg.Grace, tags, redisSnap)
+		if errors.Is(err, errRaced) {
+			c.log.Debug("fill raced with an invalidation in redis; not stored", zap.String("rule", rule.Name))
+			c.publish(sctx, busMessage{Keys: []string{key}})
+			return nil
+		}
+		if err != nil && !store.IsConnectivityError(err) {
+			c.log.Warn("cache store failed", zap.String("rule", rule.Name), zap.Error(err))
+		}
+	}
+	c.l1.add(p)
+	c.obs.Stored(rule.Name, len(e.Body))
+	return p
+}
+
+// statusValues are the Cache-Status values used on hot paths, built once.
+type statusValues struct {
+	hit       []string
+	collapsed []string
+}
+
+func newStatusValues(name string) statusValues {
+	return statusValues{
+		hit:       one(name + "; hit"),
+		collapsed: one(name + "; fwd=uri-miss; collapsed"),
+	}
+}
+
+// elapsedSeconds formats a TTL for Cache-Status.
+func elapsedSeconds(d time.Duration) string { return strconv.Itoa(int(d / time.Second)) }

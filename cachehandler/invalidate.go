@@ -1,0 +1,331 @@
+package cachehandler
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"path"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/ticketi/edge/internal/store"
+)
+
+// Bounds on what an upstream header may ask for.
+const (
+	maxHeaderTags  = 32
+	maxInvalidTags = 64
+)
+
+// handleMutation passes a POST/PUT/PATCH/DELETE on and, when the upstream
+// answers 2xx, drops the matching tags before the response reaches the
+// client: the client's next read sees its own write.
+func (c *Cache) handleMutation(w http.ResponseWriter, r *http.Request, next Next) error {
+	var tags []string
+	var pbuf [4]param
+	for _, ir := range c.cfg.Invalidations {
+		if !containsString(ir.Methods, r.Method) {
+			continue
+		}
+		if ps, ok := ir.path.match(r.URL.EscapedPath(), pbuf[:0]); ok {
+			tags = append(tags, renderTags(ir.tags, ps, nil)...)
+		}
+	}
+	mw := &mutationWriter{ResponseWriter: w, c: c, r: r, tags: tags}
+	err := next(mw, r)
+	if err == nil && !mw.done {
+		mw.commit(http.StatusOK) // the handler wrote nothing: net/http sends 200
+	}
+	return err
+}
+
+type mutationWriter struct {
+	http.ResponseWriter
+	c    *Cache
+	r    *http.Request
+	tags []string
+	done bool
+}
+
+func (mw *mutationWriter) Unwrap() http.ResponseWriter { return mw.ResponseWriter }
+
+func (mw *mutationWriter) commit(code int) {
+	if mw.done || code < 200 {
+		return
+	}
+	mw.done = true
+	tags := append(mw.tags, mw.c.stripInvalidateHeader(mw.Header())...)
+	if code >= 200 && code < 300 && len(tags) > 0 {
+		mw.c.Invalidate(mw.r.Context(), tags)
+	}
+}
+
+func (mw *mutationWriter) WriteHeader(code int) {
+	mw.commit(code)
+	mw.ResponseWriter.WriteHeader(code)
+}
+
+func (mw *mutationWriter) Write(b []byte) (int, error) {
+	mw.commit(http.StatusOK)
+	return mw.ResponseWriter.Write(b)
+}
+
+// stripInvalidateHeader removes the upstream's tag header from h and
+// returns its tags (bounded).
+func (c *Cache) stripInvalidateHeader(h http.Header) []string {
+	if c.cfg.InvalidateHeader == "" {
+		return nil
+	}
+	name := http.CanonicalHeaderKey(c.cfg.InvalidateHeader)
+	vals := h[name]
+	if len(vals) == 0 {
+		return nil
+	}
+	delete(h, name)
+	var tags []string
+	for _, v := range vals {
+		for _, t := range strings.Split(v, ",") {
+			if t = strings.TrimSpace(t); t != "" && len(t) <= maxTagLen && len(tags) < maxHeaderTags {
+				tags = append(tags, t)
+			}
+		}
+	}
+	return tags
+}
+
+// stripWriter wraps w so the upstream's tag header never reaches clients,
+// also on paths that do not otherwise involve the cache.
+func (c *Cache) stripWriter(w http.ResponseWriter) http.ResponseWriter {
+	if c.cfg.InvalidateHeader == "" {
+		return w
+	}
+	return &stripHeaderWriter{ResponseWriter: w, c: c}
+}
+
+type stripHeaderWriter struct {
+	http.ResponseWriter
+	c    *Cache
+	done bool
+}
+
+func (s *stripHeaderWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+func (s *stripHeaderWriter) WriteHeader(code int) {
+	if !s.done && code >= 200 {
+		s.done = true
+		s.c.stripInvalidateHeader(s.Header())
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *stripHeaderWriter) Write(b []byte) (int, error) {
+	if !s.done {
+		s.WriteHeader(http.StatusOK)
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// Invalidate drops every entry carrying one of tags: in this process at
+// once, in Redis, and in the other edges' L1 through pub/sub. It returns
+// how many entries were dropped. When Redis cannot be reached, the tags
+// are remembered and invalidated there as soon as it is back, so an entry
+// stored before the outage cannot outlive a change made during it.
+func (c *Cache) Invalidate(ctx context.Context, tags []string) int {
+	tags = dedupe(tags)
+	if len(tags) > maxInvalidTags {
+		tags = tags[:maxInvalidTags]
+	}
+	if len(tags) == 0 {
+		return 0
+	}
+	c.clock.bump(tags)
+	c.flights.detach(tags)
+	n := 0
+	for _, t := range tags {
+		n += c.l1.dropTag(t)
+	}
+	if c.l2 != nil {
+		c.replayPending(ctx)
+		if !c.cfg.Redis.Available() {
+			c.queuePending(tags)
+		} else if keys, err := c.l2.invalidate(ctx, tags); err != nil {
+			c.queuePending(tags)
+			c.log.Warn("invalidation could not reach redis; will retry when it is back",
+				zap.Strings("tags", tagPatterns(tags)), zap.Error(err))
+		} else {
+			n += len(keys)
+			c.publish(ctx, busMessage{Tags: tags, Keys: keys})
+		}
+	}
+	c.obs.Invalidated(n)
+	c.log.Debug("cache invalidated", zap.Strings("tags", tagPatterns(tags)), zap.Int("entries", n))
+	return n
+}
+
+func tagPatterns(tags []string) []string {
+	out := make([]string, len(tags))
+	for i, t := range tags {
+		out[i] = store.KeyPattern(t)
+	}
+	return out
+}
+
+func dedupe(list []string) []string {
+	out := list[:0:0]
+	for _, s := range list {
+		if s != "" && !containsString(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (c *Cache) queuePending(tags []string) {
+	c.pendingMu.Lock()
+	defer c.pendingMu.Unlock()
+	for _, t := range tags {
+		if len(c.pending) >= maxPendingTags {
+			// Too much changed during the outage to track tag by tag: the
+			// whole cache namespace is purged on recovery instead.
+			c.pendingAll = true
+			clear(c.pending)
+			return
+		}
+		c.pending[t] = struct{}{}
+	}
+	c.pendingFlag.Store(true)
+}
+
+// replayPending sends invalidations queued during an outage. It runs on
+// the next mutation or lookup that finds Redis available again.
+func (c *Cache) replayPending(ctx context.Context) {
+	if c.l2 == nil || !c.cfg.Redis.Available() {
+		return
+	}
+	c.pendingMu.Lock()
+	all := c.pendingAll
+	tags := make([]string, 0, len(c.pending))
+	for t := range c.pending {
+		tags = append(tags, t)
+	}
+	clear(c.pending)
+	c.pendingAll = false
+	c.pendingFlag.Store(false)
+	c.pendingMu.Unlock()
+	if all {
+		n, err := c.PurgePattern(ctx, "*")
+		c.log.Warn("purged the whole cache after an outage with too many changes to track", zap.Int("entries", n), zap.Error(err))
+		return
+	}
+	if len(tags) == 0 {
+		return
+	}
+	keys, err := c.l2.invalidate(ctx, tags)
+	if err != nil {
+		c.queuePending(tags)
+		return
+	}
+	c.log.Info("replayed invalidations queued while redis was down", zap.Int("tags", len(tags)), zap.Int("entries", len(keys)))
+	c.publish(ctx, busMessage{Tags: tags, Keys: keys})
+}
+
+// busMessage tells other edges what to drop from their L1.
+type busMessage struct {
+	Origin  string   `json:"o,omitempty"`
+	Tags    []string `json:"t,omitempty"`
+	Keys    []string `json:"k,omitempty"`
+	Pattern string   `json:"p,omitempty"`
+}
+
+// newOrigin names one Cache on the bus, so it can skip its own messages
+// while another Cache in the same process still receives them.
+func newOrigin() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (c *Cache) publish(ctx context.Context, m busMessage) {
+	if c.cfg.Bus == nil {
+		return
+	}
+	m.Origin = c.origin
+	b, err := json.Marshal(m)
+	if err != nil {
+		return
+	}
+	if err := c.cfg.Bus.Publish(ctx, string(b)); err != nil {
+		c.log.Debug("could not publish cache invalidation; other edges rely on their L1 TTL", zap.Error(err))
+	}
+}
+
+func (c *Cache) onBusMessage(msg string) {
+	var m busMessage
+	if err := json.Unmarshal([]byte(msg), &m); err != nil || m.Origin == c.origin {
+		return
+	}
+	if len(m.Tags) > 0 {
+		c.clock.bump(m.Tags)
+		c.flights.detach(m.Tags)
+		for _, t := range m.Tags {
+			c.l1.dropTag(t)
+		}
+	}
+	for _, k := range m.Keys {
+		c.l1.remove(k)
+	}
+	if m.Pattern != "" {
+		c.l1.dropMatching(m.Pattern)
+	}
+}
+
+// PurgeKey drops one entry by its cache key (e.g. "event:42").
+func (c *Cache) PurgeKey(ctx context.Context, key string) error {
+	if key == "" || len(key) > maxKeyLen {
+		return errors.New("key must be 1 to 512 bytes")
+	}
+	c.l1.remove(key)
+	if c.l2 != nil {
+		if err := c.l2.del(ctx, key); err != nil {
+			return err
+		}
+		c.publish(ctx, busMessage{Keys: []string{key}})
+	}
+	return nil
+}
+
+// PurgePattern drops entries whose key matches glob (Redis glob syntax,
+// e.g. "events:*"). Only keys that a rule could have written are deleted,
+// so "*" can never reach sessions or limiter state sharing the prefix.
+func (c *Cache) PurgePattern(ctx context.Context, glob string) (int, error) {
+	if glob == "" || len(glob) > 256 {
+		return 0, errors.New("pattern must be 1 to 256 bytes")
+	}
+	if _, err := path.Match(glob, ""); err != nil {
+		return 0, errors.New("pattern is not a valid glob")
+	}
+	n := c.l1.dropMatching(glob)
+	if c.l2 == nil {
+		return n, nil
+	}
+	m, err := c.l2.purgePattern(ctx, glob, c.isCacheKey)
+	if err != nil {
+		return n, err
+	}
+	c.publish(ctx, busMessage{Pattern: glob})
+	return n + m, nil
+}
+
+// isCacheKey reports whether key has the shape of some rule's key.
+func (c *Cache) isCacheKey(key string) bool {
+	for _, r := range c.cfg.Rules {
+		if ok, _ := path.Match(r.key.glob(), key); ok {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,187 @@
+package cachehandler
+
+import (
+	"hash/maphash"
+	"path"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+)
+
+const (
+	l1Shards = 16
+	// A hot entry is moved to the LRU front at most this often: the hit
+	// path then needs only a read lock.
+	promoteEvery = time.Second
+	// Per-entry bookkeeping on top of the body, for the byte bound.
+	entryOverhead = 512
+)
+
+// l1 is the in-process cache in front of Redis: sharded, bounded in bytes,
+// each entry valid until its own l1 deadline (a short TTL that bounds
+// staleness when pub/sub invalidations are lost).
+type l1 struct {
+	seed   maphash.Seed
+	shards [l1Shards]l1Shard
+}
+
+type l1Shard struct {
+	mu    sync.RWMutex
+	lru   *simplelru.LRU[string, *prepared]
+	bytes int64
+	max   int64
+	tags  map[string]map[string]struct{} // tag → keys, for drop-by-tag without a scan
+}
+
+func newL1(maxBytes int64) *l1 {
+	c := &l1{seed: maphash.MakeSeed()}
+	per := max(maxBytes/l1Shards, 1)
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.max = per
+		s.tags = map[string]map[string]struct{}{}
+		// The count bound is only a backstop; bytes are the real bound.
+		s.lru, _ = simplelru.NewLRU[string, *prepared](1<<20, s.evicted)
+	}
+	return c
+}
+
+func (c *l1) shard(key string) *l1Shard {
+	return &c.shards[maphash.String(c.seed, key)%l1Shards]
+}
+
+// get returns the entry if its L1 copy is still valid at now.
+func (c *l1) get(key string, now time.Time) *prepared {
+	s := c.shard(key)
+	s.mu.RLock()
+	p, ok := s.lru.Peek(key)
+	s.mu.RUnlock()
+	if !ok {
+		return nil
+	}
+	if now.After(p.l1Until) {
+		return nil
+	}
+	nowNano := now.UnixNano()
+	if last := p.promoted.Load(); nowNano-last > int64(promoteEvery) && p.promoted.CompareAndSwap(last, nowNano) {
+		s.mu.Lock()
+		s.lru.Get(key)
+		s.mu.Unlock()
+	}
+	return p
+}
+
+// add stores p, evicting least recently used entries past the byte bound.
+// An entry larger than a whole shard is not kept.
+func (c *l1) add(p *prepared) {
+	s := c.shard(p.key)
+	if p.size > s.max {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.lru.Peek(p.key); ok {
+		s.lru.Remove(old.key) // runs evicted: bytes and tags stay right
+	}
+	s.lru.Add(p.key, p)
+	s.bytes += p.size
+	for _, t := range p.entry.Tags {
+		keys := s.tags[t]
+		if keys == nil {
+			keys = map[string]struct{}{}
+			s.tags[t] = keys
+		}
+		keys[p.key] = struct{}{}
+	}
+	for s.bytes > s.max {
+		if _, _, ok := s.lru.RemoveOldest(); !ok {
+			break
+		}
+	}
+}
+
+// evicted keeps the byte count and the tag index in step; it runs under
+// the shard lock (simplelru calls it from Add/Remove/RemoveOldest).
+func (s *l1Shard) evicted(key string, p *prepared) {
+	s.bytes -= p.size
+	for _, t := range p.entry.Tags {
+		if keys := s.tags[t]; keys != nil {
+			delete(keys, key)
+			if len(keys) == 0 {
+				delete(s.tags, t)
+			}
+		}
+	}
+}
+
+func (c *l1) remove(key string) {
+	s := c.shard(key)
+	s.mu.Lock()
+	s.lru.Remove(key)
+	s.mu.Unlock()
+}
+
+// dropTag removes every entry carrying tag and reports how many.
+func (c *l1) dropTag(tag string) int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		for key := range s.tags[tag] {
+			if s.lru.Remove(key) {
+				n++
+			}
+		}
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// dropMatching removes entries whose key matches a glob (admin purge).
+func (c *l1) dropMatching(glob string) int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		for _, key := range s.lru.Keys() {
+			if ok, _ := path.Match(glob, key); ok && s.lru.Remove(key) {
+				n++
+			}
+		}
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// stats reports entries and bytes held.
+func (c *l1) stats() (entries int, bytes int64) {
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.RLock()
+		entries += s.lru.Len()
+		bytes += s.bytes
+		s.mu.RUnlock()
+	}
+	return entries, bytes
+}
+
+// prepared is an entry as the hit path wants it: the header sets of both
+// representations built once, so a hit copies slices and writes bytes.
+type prepared struct {
+	key        string
+	entry      *Entry
+	size       int64
+	freshUntil time.Time
+	staleUntil time.Time
+	l1Until    time.Time
+	promoted   atomic.Int64
+
+	gzipHeader  headerList // when the client accepts gzip and the body is gzip
+	plainHeader headerList
+
+	plainOnce sync.Once
+	plainBody []byte
+	plainErr  error
+}

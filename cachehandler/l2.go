@@ -1,0 +1,225 @@
+package cachehandler
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ticketi/edge/internal/store"
+)
+
+// l2 is the Redis layer. Entries live under the rule's key (with the
+// environment prefix): the seed's event:{id}, events:published:page:{n}...
+// Each tag has a set of its entries' keys (tag:{t}) and a version counter
+// (tagver:{t}); the hash tag {t} keeps both in one Cluster slot.
+//
+// A fill and an invalidation can interleave. The rule that keeps a stale
+// fill out: the fill writes the entry, then adds it to its tag sets, then
+// reads the tag versions; an invalidation bumps the version, then reads
+// the set and deletes its members. Either the fill's read sees the bump
+// (and the fill deletes its own entry), or the invalidation's read sees
+// the fill's key (and deletes it). No multi-key atomicity is needed, so it
+// holds on Cluster too.
+type l2 struct {
+	rdb     *store.Redis
+	tagTTL  time.Duration // how long tag sets and versions live: ≥ every entry's lifetime
+	cluster bool
+}
+
+func newL2(rdb *store.Redis, tagTTL time.Duration) *l2 {
+	_, cluster := rdb.Client().(*redis.ClusterClient)
+	return &l2{rdb: rdb, tagTTL: tagTTL, cluster: cluster}
+}
+
+func (s *l2) entryKey(key string) string { return s.rdb.Prefix() + key }
+func (s *l2) tagSet(tag string) string   { return s.rdb.Prefix() + "tag:{" + tag + "}" }
+func (s *l2) tagVer(tag string) string   { return s.rdb.Prefix() + "tagver:{" + tag + "}" }
+
+// get returns the stored value, nil on a miss.
+func (s *l2) get(ctx context.Context, key string) ([]byte, error) {
+	b, err := s.rdb.Client().Get(ctx, s.entryKey(key)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	return b, err
+}
+
+// versions reads the tags' version counters (0 when absent).
+func (s *l2) versions(ctx context.Context, tags []string) ([]int64, error) {
+	if len(tags) == 0 {
+		return nil, nil
+	}
+	pipe := s.rdb.Client().Pipeline()
+	cmds := make([]*redis.StringCmd, len(tags))
+	for i, t := range tags {
+		cmds[i] = pipe.Get(ctx, s.tagVer(t))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	out := make([]int64, len(tags))
+	for i, c := range cmds {
+		out[i], _ = c.Int64()
+	}
+	return out, nil
+}
+
+func sameVersions(a, b []int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// errRaced means an invalidation of the entry's tags happened during the
+// fill: the response may predate the change, so it is not kept.
+var errRaced = errors.New("fill raced with an invalidation")
+
+// store writes value under key unless the tags changed since snap. It
+// returns errRaced when they did (and makes sure nothing stays stored).
+func (s *l2) store(ctx context.Context, key string, value []byte, life time.Duration, tags []string, snap []int64) error {
+	if now, err := s.versions(ctx, tags); err != nil {
+		return err
+	} else if !sameVersions(now, snap) {
+		return errRaced
+	}
+	c := s.rdb.Client()
+	ek := s.entryKey(key)
+	if s.cluster {
+		// The entry and the tag sets are on different nodes; the write must
+		// complete before the set sees the key (see the type comment).
+		if err := c.Set(ctx, ek, value, life).Err(); err != nil {
+			return err
+		}
+	}
+	pipe := c.Pipeline()
+	if !s.cluster {
+		pipe.Set(ctx, ek, value, life)
+	}
+	for _, t := range tags {
+		pipe.SAdd(ctx, s.tagSet(t), ek)
+		pipe.PExpire(ctx, s.tagSet(t), s.tagTTL)
+	}
+	vers := make([]*redis.StringCmd, len(tags))
+	for i, t := range tags {
+		vers[i] = pipe.Get(ctx, s.tagVer(t))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return err
+	}
+	for i, v := range vers {
+		n, _ := v.Int64()
+		if n != snap[i] {
+			_ = c.Unlink(ctx, ek).Err()
+			return errRaced
+		}
+	}
+	return nil
+}
+
+// invalidate bumps each tag's version and deletes its entries, returning
+// the entry keys (without prefix) that were dropped.
+func (s *l2) invalidate(ctx context.Context, tags []string) ([]string, error) {
+	if len(tags) == 0 {
+		return nil, nil
+	}
+	c := s.rdb.Client()
+	pipe := c.Pipeline()
+	members := make([]*redis.StringSliceCmd, len(tags))
+	for i, t := range tags {
+		pipe.Incr(ctx, s.tagVer(t))
+		pipe.PExpire(ctx, s.tagVer(t), s.tagTTL)
+		members[i] = pipe.SMembers(ctx, s.tagSet(t))
+		pipe.Del(ctx, s.tagSet(t))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var keys []string
+	for _, m := range members {
+		for _, k := range m.Val() {
+			if !seen[k] {
+				seen[k] = true
+				keys = append(keys, k)
+			}
+		}
+	}
+	if err := s.unlink(ctx, keys); err != nil {
+		return nil, err
+	}
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = strings.TrimPrefix(k, s.rdb.Prefix())
+	}
+	return out, nil
+}
+
+// unlink deletes full keys, one command each so Cluster can route them.
+func (s *l2) unlink(ctx context.Context, fullKeys []string) error {
+	if len(fullKeys) == 0 {
+		return nil
+	}
+	pipe := s.rdb.Client().Pipeline()
+	for _, k := range fullKeys {
+		pipe.Unlink(ctx, k)
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+func (s *l2) del(ctx context.Context, keys ...string) error {
+	full := make([]string, len(keys))
+	for i, k := range keys {
+		full[i] = s.entryKey(k)
+	}
+	return s.unlink(ctx, full)
+}
+
+// purgePattern deletes every entry matching glob with SCAN + UNLINK in
+// batches (admin only: never on the request path). On Cluster each master
+// is scanned.
+func (s *l2) purgePattern(ctx context.Context, glob string, keep func(key string) bool) (int, error) {
+	ctx = store.WithoutBudget(ctx)
+	match := s.rdb.Prefix() + glob
+	var total atomic.Int64 // Cluster scans masters concurrently
+	scan := func(ctx context.Context, node redis.Cmdable) error {
+		var cursor uint64
+		for {
+			keys, next, err := node.Scan(ctx, cursor, match, 500).Result()
+			if err != nil {
+				return err
+			}
+			victims := keys[:0]
+			for _, k := range keys {
+				if keep(strings.TrimPrefix(k, s.rdb.Prefix())) {
+					victims = append(victims, k)
+				}
+			}
+			if len(victims) > 0 {
+				if err := s.unlink(ctx, victims); err != nil {
+					return err
+				}
+				total.Add(int64(len(victims)))
+			}
+			if cursor = next; cursor == 0 {
+				return nil
+			}
+		}
+	}
+	if cc, ok := s.rdb.Client().(*redis.ClusterClient); ok {
+		err := cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return scan(ctx, node) })
+		return int(total.Load()), err
+	}
+	err := scan(ctx, s.rdb.Client())
+	return int(total.Load()), err
+}

@@ -1,0 +1,142 @@
+package cachehandler
+
+import (
+	"bytes"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// cacheableStatus are the statuses a rule may store (RFC 9111 §3 plus
+// heuristically cacheable ones): a 404 for an unknown event is worth
+// caching briefly during a flood, a 500 never is.
+var cacheableStatus = map[int]bool{200: true, 203: true, 204: true, 300: true, 301: true, 308: true, 404: true, 410: true}
+
+// recorder passes the upstream response to the client while keeping a
+// bounded copy. In hold mode (a stale entry is at hand) a 5xx is not sent
+// on: the caller answers with the stale entry instead.
+type recorder struct {
+	w    http.ResponseWriter
+	c    *Cache
+	rule *Rule
+	fwd  string
+	hold bool
+
+	upstreamHeader http.Header
+	status         int
+	wroteHeader    bool
+	held           bool
+	keep           bool   // still a candidate for storing
+	reason         string // why not, for Cache-Status
+	body           bytes.Buffer
+}
+
+func newRecorder(w http.ResponseWriter, c *Cache, rule *Rule, fwd string, hold bool) *recorder {
+	return &recorder{w: w, c: c, rule: rule, fwd: fwd, hold: hold}
+}
+
+func (rec *recorder) Header() http.Header { return rec.w.Header() }
+
+// Unwrap lets http.ResponseController reach Flush and friends.
+func (rec *recorder) Unwrap() http.ResponseWriter { return rec.w }
+
+func (rec *recorder) WriteHeader(code int) {
+	if rec.wroteHeader {
+		return
+	}
+	if code >= 100 && code < 200 {
+		rec.w.WriteHeader(code) // informational: pass on, not final
+		return
+	}
+	rec.wroteHeader = true
+	rec.status = code
+	h := rec.w.Header()
+	rec.c.stripInvalidateHeader(h)
+	rec.upstreamHeader = h
+	if rec.hold && code >= 500 {
+		rec.held = true
+		return
+	}
+	rec.keep, rec.reason = rec.c.shareable(code, h)
+	status := rec.c.cfg.StatusName + "; fwd=" + rec.fwd + "; fwd-status=" + strconv.Itoa(code)
+	if rec.keep {
+		if cl, err := strconv.Atoi(h.Get("Content-Length")); err == nil && cl <= rec.c.cfg.MaxEntryBytes {
+			status += "; stored; ttl=" + elapsedSeconds(rec.rule.TTL)
+		}
+	} else {
+		status += "; detail=" + rec.reason
+	}
+	h["Cache-Status"] = one(status)
+	rec.w.WriteHeader(code)
+}
+
+func (rec *recorder) Write(b []byte) (int, error) {
+	if !rec.wroteHeader {
+		rec.WriteHeader(http.StatusOK)
+	}
+	if rec.held {
+		return len(b), nil // swallowed: the stale entry will be sent instead
+	}
+	if rec.keep {
+		if rec.body.Len()+len(b) > rec.c.cfg.MaxEntryBytes {
+			// Too big to cache: stop copying, keep streaming.
+			rec.keep, rec.reason = false, "too-large"
+			rec.body = bytes.Buffer{}
+		} else {
+			rec.body.Write(b)
+		}
+	}
+	return rec.w.Write(b)
+}
+
+// storable reports whether the whole response was kept.
+func (rec *recorder) storable() bool { return rec.wroteHeader && rec.keep && !rec.held }
+
+// keptHeader copies the end-to-end headers worth replaying.
+func (rec *recorder) keptHeader() http.Header {
+	out := make(http.Header, len(rec.upstreamHeader))
+	size := 0
+	for k, vs := range rec.upstreamHeader {
+		if droppedHeaders[k] || len(out) >= maxHeaderCount {
+			continue
+		}
+		for _, v := range vs {
+			size += len(k) + len(v)
+		}
+		if size > maxHeaderBytes {
+			break
+		}
+		out[k] = append([]string(nil), vs...)
+	}
+	return out
+}
+
+// shareable decides from status and headers whether a response may be
+// stored for everyone.
+func (c *Cache) shareable(code int, h http.Header) (bool, string) {
+	if !cacheableStatus[code] {
+		return false, "status"
+	}
+	if len(h["Set-Cookie"]) > 0 || len(h["Set-Cookie2"]) > 0 {
+		return false, "set-cookie"
+	}
+	cc := strings.Join(h["Cache-Control"], ",")
+	for _, d := range []string{"no-store", "private", "no-cache"} {
+		if hasDirective(cc, d) {
+			return false, "cache-control"
+		}
+	}
+	for _, v := range h["Vary"] {
+		for _, f := range strings.Split(v, ",") {
+			if f = strings.TrimSpace(f); f != "" && !strings.EqualFold(f, "Accept-Encoding") {
+				return false, "vary"
+			}
+		}
+	}
+	switch strings.ToLower(h.Get("Content-Encoding")) {
+	case "", "identity", "gzip":
+	default:
+		return false, "encoding"
+	}
+	return true, ""
+}

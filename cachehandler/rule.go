@@ -1,0 +1,240 @@
+package cachehandler
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Limits on what a request can put into a key: a key is built from the
+// URL, so its size must not be the client's choice.
+const (
+	maxParamLen = 128
+	maxKeyLen   = 512
+	maxTagLen   = 256
+)
+
+// reservedKeyPrefixes are key spaces other parts of the edge own; a cache
+// rule writing into them could overwrite sessions or limiter state.
+var reservedKeyPrefixes = []string{"session:", "sessions:", "ratelimit:", "tag:", "tagver:", "metrics:", "sess:", "edge:"}
+
+// Resolver resolves a placeholder that is neither a path parameter nor a
+// query value, e.g. "http.auth.user.id". The Caddy glue backs it with the
+// request's replacer; bare net/http users may pass nil.
+type Resolver func(name string) (string, bool)
+
+// Rule caches the responses of one route.
+type Rule struct {
+	// Name is the rule's metric label (bounded: it comes from config).
+	Name string
+	// Path is a pattern such as /api/events/{id}; {name} matches one
+	// non-empty segment, a trailing {name...} matches the rest.
+	Path string
+	// Key is the cache key template, e.g. "events:location:{location}:page:{query.page:1}".
+	Key string
+	// TTL is how long an entry is fresh.
+	TTL time.Duration
+	// Tags are templates like Key; invalidating a tag drops its entries.
+	Tags []string
+	// PerUser marks a rule whose key includes the user (e.g.
+	// {http.auth.user.id}), so credentialed requests may use it.
+	PerUser bool
+	// Disabled is the seed's per-endpoint feature flag.
+	Disabled bool
+	// IgnoreQuery lists query parameters that do not change the response
+	// (e.g. utm_source). Any other parameter not used in Key bypasses the
+	// cache, so a cache-buster or an unknown filter never gets someone
+	// else's response.
+	IgnoreQuery []string
+
+	path  pattern
+	key   template
+	tags  []template
+	query map[string]bool // query names used by Key
+}
+
+// InvalidationRule drops tags when a mutating request succeeds.
+type InvalidationRule struct {
+	// Methods: POST, PUT, PATCH, DELETE (one or more).
+	Methods []string
+	// Path pattern, as in Rule.
+	Path string
+	// Tags to drop, templates over the path parameters.
+	Tags []string
+
+	path pattern
+	tags []template
+}
+
+func (r *Rule) compile() error {
+	if r.Name == "" {
+		return errors.New("cache rule needs a name")
+	}
+	if r.TTL <= 0 {
+		return fmt.Errorf("cache rule %q: ttl must be positive", r.Name)
+	}
+	var err error
+	if r.path, err = compilePattern(r.Path); err != nil {
+		return fmt.Errorf("cache rule %q: %w", r.Name, err)
+	}
+	if r.key, err = compileTemplate(r.Key, r.path); err != nil {
+		return fmt.Errorf("cache rule %q: key: %w", r.Name, err)
+	}
+	for _, p := range reservedKeyPrefixes {
+		if strings.HasPrefix(r.Key, p) {
+			return fmt.Errorf("cache rule %q: key %q is in the reserved %q space", r.Name, r.Key, p)
+		}
+	}
+	r.tags = r.tags[:0]
+	for _, t := range r.Tags {
+		tt, err := compileTemplate(t, r.path)
+		if err != nil {
+			return fmt.Errorf("cache rule %q: tag: %w", r.Name, err)
+		}
+		r.tags = append(r.tags, tt)
+	}
+	r.query = map[string]bool{}
+	for _, name := range r.IgnoreQuery {
+		r.query[name] = true
+	}
+	for _, part := range r.key.parts {
+		if part.kind == partQuery {
+			r.query[part.name] = true
+		}
+		if part.kind == partExternal && !r.PerUser && strings.Contains(part.name, "user") {
+			return fmt.Errorf("cache rule %q: key uses {%s}; mark the rule per_user", r.Name, part.name)
+		}
+	}
+	return nil
+}
+
+func (ir *InvalidationRule) compile() error {
+	if len(ir.Methods) == 0 {
+		return errors.New("invalidation rule needs a method")
+	}
+	for i, m := range ir.Methods {
+		m = strings.ToUpper(m)
+		switch m {
+		case "POST", "PUT", "PATCH", "DELETE":
+		default:
+			return fmt.Errorf("invalidation rule: %s is not a mutating method", m)
+		}
+		ir.Methods[i] = m
+	}
+	var err error
+	if ir.path, err = compilePattern(ir.Path); err != nil {
+		return err
+	}
+	if len(ir.Tags) == 0 {
+		return fmt.Errorf("invalidation rule %s %s names no tags", strings.Join(ir.Methods, ","), ir.Path)
+	}
+	ir.tags = ir.tags[:0]
+	for _, t := range ir.Tags {
+		tt, err := compileTemplate(t, ir.path)
+		if err != nil {
+			return fmt.Errorf("invalidation rule %s: tag: %w", ir.Path, err)
+		}
+		ir.tags = append(ir.tags, tt)
+	}
+	return nil
+}
+
+// pattern is a compiled path pattern: literal segments and parameters.
+type pattern struct {
+	segs []patSeg
+	rest bool // last segment is {name...}
+}
+
+type patSeg struct {
+	literal string
+	param   string // non-empty for {param}
+}
+
+func compilePattern(p string) (pattern, error) {
+	if !strings.HasPrefix(p, "/") {
+		return pattern{}, fmt.Errorf("path pattern %q must start with /", p)
+	}
+	var pat pattern
+	seen := map[string]bool{}
+	parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
+	for i, s := range parts {
+		if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") {
+			name := s[1 : len(s)-1]
+			if strings.HasSuffix(name, "...") {
+				if i != len(parts)-1 {
+					return pattern{}, fmt.Errorf("path pattern %q: {%s} must be last", p, name)
+				}
+				name = strings.TrimSuffix(name, "...")
+				pat.rest = true
+			}
+			if name == "" || strings.ContainsAny(name, "{}.:") || seen[name] {
+				return pattern{}, fmt.Errorf("path pattern %q: bad or repeated parameter {%s}", p, name)
+			}
+			seen[name] = true
+			pat.segs = append(pat.segs, patSeg{param: name})
+			continue
+		}
+		if strings.ContainsAny(s, "{}") {
+			return pattern{}, fmt.Errorf("path pattern %q: a parameter must be a whole segment", p)
+		}
+		pat.segs = append(pat.segs, patSeg{literal: s})
+	}
+	return pat, nil
+}
+
+// params holds matched path parameters; a small slice beats a map here.
+type params []param
+
+type param struct{ name, value string }
+
+func (ps params) get(name string) (string, bool) {
+	for _, p := range ps {
+		if p.name == name {
+			return p.value, true
+		}
+	}
+	return "", false
+}
+
+// match matches an escaped URL path without allocating for literal
+// segments. Parameter values are unescaped and bounded.
+func (pat *pattern) match(path string, out params) (params, bool) {
+	if path == "" || path[0] != '/' {
+		return out, false
+	}
+	rest := path[1:]
+	for i, seg := range pat.segs {
+		last := i == len(pat.segs)-1
+		var s string
+		if last && pat.rest {
+			s, rest = rest, ""
+		} else if j := strings.IndexByte(rest, '/'); j >= 0 {
+			s, rest = rest[:j], rest[j+1:]
+			if last {
+				return out, false // more segments than the pattern
+			}
+		} else {
+			s, rest = rest, ""
+			if !last {
+				return out, false
+			}
+		}
+		if seg.param == "" {
+			if s != seg.literal {
+				return out, false
+			}
+			continue
+		}
+		if s == "" || len(s) > 3*maxParamLen {
+			return out, false
+		}
+		v, err := url.PathUnescape(s)
+		if err != nil || v == "" || len(v) > maxParamLen {
+			return out, false
+		}
+		out = append(out, param{seg.param, v})
+	}
+	return out, rest == ""
+}
