@@ -183,7 +183,7 @@ func (r *reader) u64() uint64 {
 	return 0
 }
 
-func (r *reader) str() string   { return string(r.take(int(r.u16()))) }
+func (r *reader) str() string { return string(r.take(int(r.u16()))) }
 func (r *reader) bytes(n int) []byte {
 	v := r.take(n)
 	if v == nil {

@@ -25,7 +25,7 @@ type flight struct {
 	tags    []string
 	done    chan struct{}
 	waiters atomic.Int32 // followers, for stats and deterministic tests
-	p    *prepared // set before done closes; nil when the response was not shareable
+	p       *prepared    // set before done closes; nil when the response was not shareable
 }
 
 func (f *flights) join(key string, tags []string) (*flight, bool) {

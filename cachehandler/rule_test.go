@@ -19,14 +19,14 @@ func compiled(t *testing.T, r *Rule) *Rule {
 func TestPatternMatch(t *testing.T) {
 	r := compiled(t, &Rule{Name: "loc", Path: "/api/events/location/{location}", Key: "events:location:{location}:page:{query.page:1}", TTL: time.Minute})
 	cases := map[string]string{
-		"/api/events/location/lagos":     "lagos",
+		"/api/events/location/lagos":      "lagos",
 		"/api/events/location/New%20York": "New York",
-		"/api/events/location/":          "",
-		"/api/events/location/a/b":       "",
-		"/api/events/location":           "",
-		"/api/events/locations/lagos":    "",
-		"api/events/location/lagos":      "",
-		"/api/events/location/%zz":       "",
+		"/api/events/location/":           "",
+		"/api/events/location/a/b":        "",
+		"/api/events/location":            "",
+		"/api/events/locations/lagos":     "",
+		"api/events/location/lagos":       "",
+		"/api/events/location/%zz":        "",
 	}
 	for path, want := range cases {
 		ps, ok := r.path.match(path, nil)
