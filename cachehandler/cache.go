@@ -53,8 +53,10 @@ type Config struct {
 	// MaxEntryBytes: larger responses stream through uncached.
 	MaxEntryBytes int
 	// Grace is how long after expiry an entry may be served when the
-	// upstream fails (stale-if-error).
+	// upstream fails (stale-if-error). Zero means DefaultGrace.
 	Grace time.Duration
+	// DisableStale turns stale serving off (entries live exactly their TTL).
+	DisableStale bool
 	// CompressMin: bodies at least this long are stored gzip-compressed.
 	CompressMin int
 	// NegativeTTL caps the TTL of cached 404/410 answers.
@@ -127,8 +129,13 @@ func New(cfg Config) (*Cache, error) {
 	if cfg.MaxEntryBytes <= 0 {
 		cfg.MaxEntryBytes = DefaultMaxEntryBytes
 	}
-	if cfg.Grace < 0 {
+	switch {
+	case cfg.Grace < 0:
 		return nil, errors.New("grace must not be negative")
+	case cfg.DisableStale:
+		cfg.Grace = 0
+	case cfg.Grace == 0:
+		cfg.Grace = DefaultGrace
 	}
 	if cfg.CompressMin <= 0 {
 		cfg.CompressMin = DefaultCompressMin

@@ -1,0 +1,243 @@
+package cachehandler
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ticketi/edge/internal/redistest"
+	"github.com/ticketi/edge/internal/store"
+	"github.com/ticketi/edge/internal/ticketisim"
+)
+
+func TestMain(m *testing.M) {
+	store.InstallGoRedisLogger(zap.NewNop())
+	os.Exit(m.Run())
+}
+
+// edgePair is two edge instances sharing one Redis and one origin.
+type edgePair struct {
+	a, b *rig
+	srv  *redistest.Server
+	rdb  [2]*store.Redis
+}
+
+func newPair(t *testing.T, mutate func(*Config)) *edgePair {
+	t.Helper()
+	srv := redistest.Start(t, redistest.Options{})
+	p := &edgePair{srv: srv}
+	sim := ticketisim.New(ticketisim.Options{Instant: true})
+	rigs := [2]*rig{}
+	for i := range rigs {
+		rdb, err := store.New(store.Options{URL: srv.URL(), KeyPrefix: "test_", Heartbeat: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = rdb.Close() })
+		bus := store.NewBus(rdb, busChannel, nil)
+		t.Cleanup(bus.Close)
+		p.rdb[i] = rdb
+		rigs[i] = newRig(t, func(c *Config) {
+			c.Redis, c.Bus = rdb, bus
+			if mutate != nil {
+				mutate(c)
+			}
+		})
+		rigs[i].sim = sim
+		rigs[i].next = func(w http.ResponseWriter, r *http.Request) error { sim.ServeHTTP(w, r); return nil }
+	}
+	// One clock for both edges.
+	rigs[1].cache.now = rigs[0].clock.Now
+	rigs[1].clock = rigs[0].clock
+	p.a, p.b = rigs[0], rigs[1]
+	// Pub/sub subscriptions are asynchronous: wait until both receive.
+	waitBus(t, p)
+	return p
+}
+
+// waitBus publishes probes until each cache has seen one from the other.
+func waitBus(t *testing.T, p *edgePair) {
+	t.Helper()
+	seen := make(chan struct{}, 16)
+	for _, g := range []*rig{p.a, p.b} {
+		unsub := g.cache.cfg.Bus.Subscribe(func(string) {
+			select {
+			case seen <- struct{}{}:
+			default:
+			}
+		})
+		defer unsub()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	got := 0
+	for got < 2 {
+		_ = p.a.cache.cfg.Bus.Publish(context.Background(), `{"o":"probe"}`)
+		select {
+		case <-seen:
+			got++
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("pub/sub subscriptions never became active")
+		}
+	}
+}
+
+func TestSecondEdgeHitsFromRedis(t *testing.T) {
+	p := newPair(t, nil)
+	p.a.get("/api/events/42")
+	w := p.b.get("/api/events/42")
+	if w.Code != 200 || w.Header().Get("Cache-Status") != "ticketi-edge; hit" {
+		t.Fatalf("edge b: %d %q", w.Code, w.Header().Get("Cache-Status"))
+	}
+	if n := p.a.origin(eventRoute); n != 1 {
+		t.Fatalf("origin saw %d, want 1", n)
+	}
+	raw := p.srv.Client(t)
+	ctx := context.Background()
+	ttl := raw.PTTL(ctx, "test_event:42").Val()
+	if ttl <= 1800*time.Second || ttl > 1800*time.Second+DefaultGrace {
+		t.Fatalf("entry TTL %v, want the rule's 1800s plus grace", ttl)
+	}
+	if !raw.SIsMember(ctx, "test_tag:{event:42}", "test_event:42").Val() {
+		t.Fatal("entry missing from its tag set")
+	}
+	if raw.PTTL(ctx, "test_tag:{event:42}").Val() <= 0 {
+		t.Fatal("tag set without TTL")
+	}
+}
+
+func TestInvalidationReachesEveryEdge(t *testing.T) {
+	p := newPair(t, nil)
+	p.a.get("/api/events/42")
+	p.b.get("/api/events/42") // now in b's L1 too
+	p.b.get("/api/events/published")
+	w := putEvent(p.a, 42, "New venue")
+	if w.Code != 200 {
+		t.Fatalf("PUT %d", w.Code)
+	}
+	// b's L1 copy is dropped by pub/sub; poll rather than sleep.
+	deadline := time.Now().Add(2 * time.Second)
+	for p.b.cache.l1.get("event:42", p.b.clock.Now()) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("edge b kept its L1 copy after the invalidation")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if got := titleOf(t, p.b.get("/api/events/42")); got != "New venue" {
+		t.Fatalf("edge b after PUT on a: %q", got)
+	}
+	p.b.get("/api/events/published")
+	if n := p.a.origin("GET /api/events/published"); n != 2 {
+		t.Fatalf("lists not invalidated: origin saw %d", n)
+	}
+}
+
+func TestRedisFillRacingRemoteInvalidationIsNotStored(t *testing.T) {
+	p := newPair(t, nil)
+	// Edge a fetched the old event; before it stores, edge b changes it.
+	// a's local clock knows nothing: only the Redis versions can tell.
+	p.a.cache.testHookBeforeStore = func() {
+		p.a.cache.testHookBeforeStore = nil
+		putEvent(p.b, 12, "Changed on b")
+	}
+	p.a.get("/api/events/12")
+	raw := p.srv.Client(t)
+	if raw.Exists(context.Background(), "test_event:12").Val() != 0 {
+		t.Fatal("the raced fill was stored in redis")
+	}
+	if got := titleOf(t, p.a.get("/api/events/12")); got != "Changed on b" {
+		t.Fatalf("edge a served %q", got)
+	}
+}
+
+func TestCorruptEntryIsDeletedAndRefetched(t *testing.T) {
+	p := newPair(t, nil)
+	raw := p.srv.Client(t)
+	ctx := context.Background()
+	raw.Set(ctx, "test_event:5", "TE1 garbage that is not an entry", time.Hour)
+	w := p.a.get("/api/events/5")
+	if w.Code != 200 || !strings.Contains(w.Header().Get("Cache-Status"), "fwd=uri-miss") {
+		t.Fatalf("corrupt entry: %d %q", w.Code, w.Header().Get("Cache-Status"))
+	}
+	val, _ := raw.Get(ctx, "test_event:5").Bytes()
+	if _, err := DecodeEntry(val); err != nil {
+		t.Fatal("the corrupt entry was not replaced by a good one")
+	}
+}
+
+func TestRedisDownServesFromL1AndUpstreamAndReplaysInvalidations(t *testing.T) {
+	p := newPair(t, nil)
+	p.a.get("/api/events/30") // in Redis and a's L1
+	if err := p.srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for p.rdb[0].Available() || p.rdb[1].Available() {
+		if time.Now().After(deadline) {
+			t.Fatal("breakers did not open")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Correct answers without Redis: b misses to the origin, a mutation works.
+	if w := p.b.get("/api/events/31"); w.Code != 200 {
+		t.Fatalf("GET during outage: %d", w.Code)
+	}
+	if w := putEvent(p.a, 30, "Changed during outage"); w.Code != 200 {
+		t.Fatalf("PUT during outage: %d", w.Code)
+	}
+	if got := titleOf(t, p.a.get("/api/events/30")); got != "Changed during outage" {
+		t.Fatalf("edge a during outage: %q", got)
+	}
+	// Redis comes back with no data (no persistence in tests); to prove the
+	// replay, put the pre-outage entry back as a persistent Redis would have it.
+	if err := p.srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	raw := p.srv.Client(t)
+	old := &Entry{Status: 200, Header: http.Header{"Content-Type": {"application/json"}}, ETag: `W/"old"`,
+		StoredAt: p.a.clock.Now(), TTL: time.Hour, Tags: []string{"event:30"}, Body: []byte(`{"event":{"title":"OLD"}}`)}
+	ctx := context.Background()
+	raw.Set(ctx, "test_event:30", old.Encode(), time.Hour)
+	raw.SAdd(ctx, "test_tag:{event:30}", "test_event:30")
+	for !p.rdb[0].Available() {
+		if time.Now().After(deadline.Add(5 * time.Second)) {
+			t.Fatal("no recovery")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The next request on a finds Redis back and replays the invalidation first.
+	p.a.get("/api/events/31")
+	if raw.Exists(ctx, "test_event:30").Val() != 0 {
+		t.Fatal("the invalidation made during the outage was not replayed")
+	}
+}
+
+func TestPatternPurgeSparesEverythingElse(t *testing.T) {
+	p := newPair(t, nil)
+	raw := p.srv.Client(t)
+	ctx := context.Background()
+	raw.Set(ctx, "test_session:abc", "{}", time.Hour)
+	raw.Set(ctx, "test_ratelimit:api:{1.2.3.4}", "1", time.Hour)
+	raw.Set(ctx, "other_event:1", "x", time.Hour)
+	p.a.get("/api/events/1")
+	p.a.get("/api/events/2")
+	p.a.get("/api/events/featured")
+	n, err := p.a.cache.PurgePattern(ctx, "*")
+	if err != nil || n < 3 {
+		t.Fatalf("purge *: %d %v", n, err)
+	}
+	for _, k := range []string{"test_session:abc", "test_ratelimit:api:{1.2.3.4}", "other_event:1"} {
+		if raw.Exists(ctx, k).Val() != 1 {
+			t.Fatalf("pattern purge deleted %s", k)
+		}
+	}
+	if raw.Exists(ctx, "test_event:1", "test_event:2", "test_events:featured").Val() != 0 {
+		t.Fatal("cache entries survived the purge")
+	}
+}
