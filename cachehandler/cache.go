@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,6 +70,8 @@ type Config struct {
 	// CredentialCookies: requests carrying one of these cookies (or an
 	// Authorization header) use only per-user rules.
 	CredentialCookies []string
+	// Resolve supplies placeholders such as {http.auth.user.id}.
+	Resolve Resolver
 
 	Redis    *store.Redis // nil: L1 only (embedded default)
 	Bus      *store.Bus   // cross-instance L1 drops; nil without Redis
@@ -201,8 +204,17 @@ func (c *Cache) Close() {
 	}
 }
 
-// Next is the rest of the handler chain.
-type Next func(http.ResponseWriter, *http.Request) error
+// Next is the rest of the handler chain. caddyhttp.Handler satisfies it,
+// so the Caddy glue passes its next handler without wrapping it.
+type Next interface {
+	ServeHTTP(http.ResponseWriter, *http.Request) error
+}
+
+// NextFunc adapts a function to Next.
+type NextFunc func(http.ResponseWriter, *http.Request) error
+
+// ServeHTTP calls f.
+func (f NextFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) error { return f(w, r) }
 
 // match finds the first enabled rule for a GET path.
 func (c *Cache) match(path string, buf params) (*Rule, params) {
@@ -218,31 +230,34 @@ func (c *Cache) match(path string, buf params) (*Rule, params) {
 }
 
 // Handle serves r from the cache or through next, storing what it may.
-// resolve supplies placeholders such as {http.auth.user.id}; it may be nil.
-func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next, resolve Resolver) error {
+func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error {
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
 	case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
 		return c.handleMutation(w, r, next)
 	default:
-		return next(w, r)
+		return next.ServeHTTP(w, r)
 	}
 	var pbuf [4]param
 	rule, ps := c.match(r.URL.EscapedPath(), pbuf[:0])
 	if rule == nil {
-		return next(c.stripWriter(w), r)
+		return next.ServeHTTP(c.stripWriter(w), r)
 	}
-	if reason := c.bypassReason(rule, r); reason != "" {
+	var query url.Values
+	if r.URL.RawQuery != "" {
+		query = r.URL.Query()
+	}
+	if reason := c.bypassReason(rule, r, query); reason != "" {
 		c.obs.Lookup(rule.Name, "bypass")
 		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=bypass; detail=" + reason)
-		return next(c.stripWriter(w), r)
+		return next.ServeHTTP(c.stripWriter(w), r)
 	}
 	var kbuf [128]byte
-	keyBytes, ok := rule.key.render(ps, r.URL.Query(), resolve, kbuf[:0])
+	keyBytes, ok := rule.key.render(ps, query, r, c.cfg.Resolve, kbuf[:0])
 	if !ok {
 		c.obs.Lookup(rule.Name, "bypass")
 		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=bypass; detail=key")
-		return next(c.stripWriter(w), r)
+		return next.ServeHTTP(c.stripWriter(w), r)
 	}
 	key := string(keyBytes)
 	now := c.now()
@@ -262,11 +277,11 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next, resolv
 		stale = p // expired but within grace, or nil
 	}
 	c.obs.Lookup(rule.Name, "miss")
-	return c.fill(w, r, next, rule, ps, resolve, key, stale, noCache)
+	return c.fill(w, r, next, rule, ps, key, stale, noCache)
 }
 
 // bypassReason says why a request must not use the cache at all.
-func (c *Cache) bypassReason(rule *Rule, r *http.Request) string {
+func (c *Cache) bypassReason(rule *Rule, r *http.Request, query url.Values) string {
 	if !rule.PerUser {
 		if r.Header.Get("Authorization") != "" {
 			return "credentials"
@@ -277,7 +292,7 @@ func (c *Cache) bypassReason(rule *Rule, r *http.Request) string {
 			}
 		}
 	}
-	for name := range r.URL.Query() {
+	for name := range query {
 		if !rule.query[name] {
 			return "query"
 		}
@@ -321,10 +336,10 @@ func (c *Cache) lookup(ctx context.Context, key string, now time.Time) (*prepare
 
 // renderTags renders a rule's or invalidation's tag templates; a tag that
 // cannot be rendered is skipped.
-func renderTags(ts []template, ps params, resolve Resolver) []string {
+func renderTags(ts []template, ps params, r *http.Request, resolve Resolver) []string {
 	out := make([]string, 0, len(ts))
 	for i := range ts {
-		b, ok := ts[i].render(ps, nil, resolve, nil)
+		b, ok := ts[i].render(ps, nil, r, resolve, nil)
 		if ok && len(b) <= maxTagLen {
 			out = append(out, string(b))
 		}

@@ -54,14 +54,16 @@ func seedRules() ([]*Rule, []*InvalidationRule) {
 }
 
 type rig struct {
-	t     *testing.T
+	t     testing.TB
 	sim   *ticketisim.Sim
 	cache *Cache
 	clock *fakeClock
-	next  Next
+	next  NextFunc
 }
 
-func newRig(t *testing.T, mutate func(*Config)) *rig {
+func newRig(t *testing.T, mutate func(*Config)) *rig { return newRigTB(t, mutate) }
+
+func newRigTB(t testing.TB, mutate func(*Config)) *rig {
 	t.Helper()
 	rules, inv := seedRules()
 	clock := &fakeClock{now: time.Unix(1_800_000_000, 0)}
@@ -85,7 +87,7 @@ func newRig(t *testing.T, mutate func(*Config)) *rig {
 func (g *rig) do(r *http.Request) *httptest.ResponseRecorder {
 	g.t.Helper()
 	w := httptest.NewRecorder()
-	if err := g.cache.Handle(w, r, g.next, nil); err != nil {
+	if err := g.cache.Handle(w, r, g.next); err != nil {
 		g.t.Fatalf("%s %s: %v", r.Method, r.URL, err)
 	}
 	return w
@@ -187,7 +189,7 @@ func TestConcurrentMissesMakeOneOriginRequest(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			w := httptest.NewRecorder()
-			if err := g.cache.Handle(w, newReq("GET", "/api/events/9"), g.next, nil); err != nil {
+			if err := g.cache.Handle(w, newReq("GET", "/api/events/9"), g.next); err != nil {
 				codes <- err.Error()
 				return
 			}

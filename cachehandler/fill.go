@@ -94,8 +94,8 @@ func upstreamRequest(r *http.Request) *http.Request {
 // to store. With a stale entry in hand, a 5xx or a failed upstream is
 // answered with the stale entry instead.
 func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Rule, ps params,
-	resolve Resolver, key string, stale *prepared, noCache bool) error {
-	tags := renderTags(rule.tags, ps, resolve)
+	key string, stale *prepared, noCache bool) error {
+	tags := renderTags(rule.tags, ps, r, c.cfg.Resolve)
 	fl, leader := c.flights.join(key, tags)
 	if !leader {
 		select {
@@ -108,7 +108,7 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 		}
 		// The leader's answer could not be shared: ask upstream ourselves.
 		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=uri-miss; detail=not-shareable")
-		return next(c.stripWriter(w), r)
+		return next.ServeHTTP(c.stripWriter(w), r)
 	}
 	var stored *prepared
 	defer func() { c.flights.finish(key, fl, stored) }()
@@ -130,7 +130,7 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 		fwd = "stale"
 	}
 	rec := newRecorder(w, c, rule, fwd, stale != nil)
-	err := next(rec, upstreamRequest(r))
+	err := next.ServeHTTP(rec, upstreamRequest(r))
 	if stale != nil && (rec.held || (err != nil && !rec.wroteHeader)) {
 		code := rec.status
 		if code == 0 {

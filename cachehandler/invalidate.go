@@ -32,11 +32,11 @@ func (c *Cache) handleMutation(w http.ResponseWriter, r *http.Request, next Next
 			continue
 		}
 		if ps, ok := ir.path.match(r.URL.EscapedPath(), pbuf[:0]); ok {
-			tags = append(tags, renderTags(ir.tags, ps, nil)...)
+			tags = append(tags, renderTags(ir.tags, ps, r, c.cfg.Resolve)...)
 		}
 	}
 	mw := &mutationWriter{ResponseWriter: w, c: c, r: r, tags: tags}
-	err := next(mw, r)
+	err := next.ServeHTTP(mw, r)
 	if err == nil && !mw.done {
 		mw.commit(http.StatusOK) // the handler wrote nothing: net/http sends 200
 	}

@@ -3,6 +3,7 @@ package cachehandler
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -21,9 +22,9 @@ const (
 var reservedKeyPrefixes = []string{"session:", "sessions:", "ratelimit:", "tag:", "tagver:", "metrics:", "sess:", "edge:"}
 
 // Resolver resolves a placeholder that is neither a path parameter nor a
-// query value, e.g. "http.auth.user.id". The Caddy glue backs it with the
-// request's replacer; bare net/http users may pass nil.
-type Resolver func(name string) (string, bool)
+// query value, e.g. "http.auth.user.id", for one request. The Caddy glue
+// backs it with the request's replacer; bare net/http users may leave it nil.
+type Resolver func(r *http.Request, name string) (string, bool)
 
 // Rule caches the responses of one route.
 type Rule struct {

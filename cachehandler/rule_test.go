@@ -2,6 +2,7 @@ package cachehandler
 
 import (
 	"bytes"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -49,7 +50,7 @@ func TestKeyRendering(t *testing.T) {
 	render := func(path, query string) (string, bool) {
 		ps, _ := r.path.match(path, nil)
 		q, _ := url.ParseQuery(query)
-		b, ok := r.key.render(ps, q, nil, nil)
+		b, ok := r.key.render(ps, q, nil, nil, nil)
 		return string(b), ok
 	}
 	if k, ok := render("/api/events/location/lagos", ""); !ok || k != "events:location:lagos:page:1" {
@@ -71,11 +72,11 @@ func TestKeyRendering(t *testing.T) {
 
 	user := compiled(t, &Rule{Name: "pay", Path: "/api/payments/verify/{ref}", Key: "payment:verification:{http.auth.user.id}:{ref}", TTL: time.Minute, PerUser: true})
 	ps, _ := user.path.match("/api/payments/verify/ref_1", nil)
-	resolve := func(name string) (string, bool) { return "17", name == "http.auth.user.id" }
-	if b, ok := user.key.render(ps, nil, resolve, nil); !ok || string(b) != "payment:verification:17:ref_1" {
+	resolve := func(_ *http.Request, name string) (string, bool) { return "17", name == "http.auth.user.id" }
+	if b, ok := user.key.render(ps, nil, nil, resolve, nil); !ok || string(b) != "payment:verification:17:ref_1" {
 		t.Fatalf("per-user key: %q %v", b, ok)
 	}
-	if _, ok := user.key.render(ps, nil, func(string) (string, bool) { return "", false }, nil); ok {
+	if _, ok := user.key.render(ps, nil, nil, func(*http.Request, string) (string, bool) { return "", false }, nil); ok {
 		t.Fatal("a per-user key without a user must not render")
 	}
 }

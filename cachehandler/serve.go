@@ -101,6 +101,7 @@ func prepare(key string, e *Entry, grace, l1TTL time.Duration, now time.Time) *p
 func (p *prepared) plain(limit int) ([]byte, error) {
 	p.plainOnce.Do(func() {
 		p.plainBody, p.plainErr = decompressBody(p.entry.Body, limit)
+		p.plainLen = one(strconv.Itoa(len(p.plainBody)))
 	})
 	return p.plainBody, p.plainErr
 }
@@ -173,7 +174,7 @@ func (c *Cache) writeHit(w http.ResponseWriter, r *http.Request, p *prepared, st
 		}
 		p.plainHeader.writeTo(h)
 		if e.Gzipped {
-			h["Content-Length"] = one(strconv.Itoa(len(body)))
+			h["Content-Length"] = p.plainLen
 		}
 	}
 	h["Age"] = ageValue(now.Sub(e.StoredAt))

@@ -2,6 +2,7 @@ package cachehandler
 
 import (
 	"fmt"
+	"net/http"
 	"net/url"
 	"strings"
 )
@@ -77,7 +78,7 @@ func compileTemplate(s string, pat pattern) (template, error) {
 
 // render builds the key. ok is false when a value is missing or too
 // long, which makes the request uncacheable rather than wrongly keyed.
-func (t *template) render(ps params, q url.Values, resolve Resolver, buf []byte) ([]byte, bool) {
+func (t *template) render(ps params, q url.Values, r *http.Request, resolve Resolver, buf []byte) ([]byte, bool) {
 	for _, p := range t.parts {
 		var v string
 		switch p.kind {
@@ -103,7 +104,7 @@ func (t *template) render(ps params, q url.Values, resolve Resolver, buf []byte)
 				return buf, false
 			}
 			var ok bool
-			if v, ok = resolve(p.name); !ok || v == "" {
+			if v, ok = resolve(r, p.name); !ok || v == "" {
 				return buf, false
 			}
 		}
