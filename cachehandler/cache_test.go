@@ -447,3 +447,37 @@ func TestPurgeKeyAndPatternOnL1(t *testing.T) {
 		t.Fatalf("tag purge dropped %d", n)
 	}
 }
+
+func TestPerUserRuleKeepsPrivateResponsesApart(t *testing.T) {
+	g := newRig(t, func(c *Config) {
+		c.Rules = append(c.Rules, &Rule{Name: "me", Path: "/api/me", Key: "me:{http.auth.user.id}", TTL: time.Minute, PerUser: true})
+		c.Resolve = func(r *http.Request, name string) (string, bool) {
+			v := r.Header.Get("X-Test-User")
+			return v, name == "http.auth.user.id" && v != ""
+		}
+	})
+	calls := 0
+	g.next = func(w http.ResponseWriter, r *http.Request) error {
+		calls++
+		w.Header().Set("Cache-Control", "private")
+		_, _ = io.WriteString(w, "secret of "+r.Header.Get("X-Test-User"))
+		return nil
+	}
+	as := func(user string) string {
+		r := newReq("GET", "/api/me")
+		if user != "" {
+			r.Header.Set("X-Test-User", user)
+			r.Header.Set("Authorization", "Bearer "+user) // credentialed: allowed on per-user rules
+		}
+		return g.do(r).Body.String()
+	}
+	if as("alice") != "secret of alice" || as("alice") != "secret of alice" || calls != 1 {
+		t.Fatalf("alice's private response not cached for her (calls=%d)", calls)
+	}
+	if got := as("bob"); got != "secret of bob" || calls != 2 {
+		t.Fatalf("bob got %q", got)
+	}
+	if got := as(""); got != "secret of " || calls != 3 {
+		t.Fatalf("anonymous request on a per-user rule: %q calls=%d", got, calls)
+	}
+}

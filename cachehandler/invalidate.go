@@ -144,9 +144,12 @@ func (c *Cache) Invalidate(ctx context.Context, tags []string) int {
 	}
 	c.clock.bump(tags)
 	c.flights.detach(tags)
-	n := 0
+	// The same entry is usually in L1 and Redis: count it once.
+	dropped := map[string]struct{}{}
 	for _, t := range tags {
-		n += c.l1.dropTag(t)
+		for _, k := range c.l1.dropTag(t) {
+			dropped[k] = struct{}{}
+		}
 	}
 	if c.l2 != nil {
 		c.replayPending(ctx)
@@ -157,10 +160,13 @@ func (c *Cache) Invalidate(ctx context.Context, tags []string) int {
 			c.log.Warn("invalidation could not reach redis; will retry when it is back",
 				zap.Strings("tags", tagPatterns(tags)), zap.Error(err))
 		} else {
-			n += len(keys)
+			for _, k := range keys {
+				dropped[k] = struct{}{}
+			}
 			c.publish(ctx, busMessage{Tags: tags, Keys: keys})
 		}
 	}
+	n := len(dropped)
 	c.obs.Invalidated(n)
 	c.log.Debug("cache invalidated", zap.Strings("tags", tagPatterns(tags)), zap.Int("entries", n))
 	return n

@@ -123,20 +123,20 @@ func (c *l1) remove(key string) {
 	s.mu.Unlock()
 }
 
-// dropTag removes every entry carrying tag and reports how many.
-func (c *l1) dropTag(tag string) int {
-	n := 0
+// dropTag removes every entry carrying tag and returns their keys.
+func (c *l1) dropTag(tag string) []string {
+	var dropped []string
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()
 		for key := range s.tags[tag] {
 			if s.lru.Remove(key) {
-				n++
+				dropped = append(dropped, key)
 			}
 		}
 		s.mu.Unlock()
 	}
-	return n
+	return dropped
 }
 
 // dropMatching removes entries whose key matches a glob (admin purge).

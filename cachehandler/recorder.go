@@ -57,7 +57,7 @@ func (rec *recorder) WriteHeader(code int) {
 		rec.held = true
 		return
 	}
-	rec.keep, rec.reason = rec.c.shareable(code, h)
+	rec.keep, rec.reason = rec.c.shareable(code, h, rec.rule.PerUser)
 	status := rec.c.cfg.StatusName + "; fwd=" + rec.fwd + "; fwd-status=" + strconv.Itoa(code)
 	if rec.keep {
 		if cl, err := strconv.Atoi(h.Get("Content-Length")); err == nil && cl <= rec.c.cfg.MaxEntryBytes {
@@ -112,8 +112,10 @@ func (rec *recorder) keptHeader() http.Header {
 }
 
 // shareable decides from status and headers whether a response may be
-// stored for everyone.
-func (c *Cache) shareable(code int, h http.Header) (bool, string) {
+// stored. A per-user rule keys by user, so it may keep `private`
+// responses (each user only ever gets their own); `no-store` and
+// `no-cache` are honoured always.
+func (c *Cache) shareable(code int, h http.Header, perUser bool) (bool, string) {
 	if !cacheableStatus[code] {
 		return false, "status"
 	}
@@ -121,10 +123,8 @@ func (c *Cache) shareable(code int, h http.Header) (bool, string) {
 		return false, "set-cookie"
 	}
 	cc := strings.Join(h["Cache-Control"], ",")
-	for _, d := range []string{"no-store", "private", "no-cache"} {
-		if hasDirective(cc, d) {
-			return false, "cache-control"
-		}
+	if hasDirective(cc, "no-store") || hasDirective(cc, "no-cache") || (!perUser && hasDirective(cc, "private")) {
+		return false, "cache-control"
 	}
 	for _, v := range h["Vary"] {
 		for _, f := range strings.Split(v, ",") {

@@ -70,6 +70,20 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return writeJSON(w, http.StatusOK, app.statsSnapshot())
+	case "cache/purge":
+		if err := allowMethods(r, http.MethodPost); err != nil {
+			return err
+		}
+		return a.cachePurge(w, r, app)
+	case "cache/stats":
+		if err := allowMethods(r, http.MethodGet); err != nil {
+			return err
+		}
+		out := map[string]any{}
+		for name, c := range app.cacheHandlers() {
+			out[name] = map[string]any{"engine": c.engine.Stats(), "rules": c.obs.stats()}
+		}
+		return writeJSON(w, http.StatusOK, out)
 	case "reconnect":
 		if err := allowMethods(r, http.MethodPost); err != nil {
 			return err
@@ -78,7 +92,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return caddy.APIError{
 			HTTPStatus: http.StatusNotFound,
-			Err:        fmt.Errorf("unknown edge admin route %q; known: GET %sstats, POST %sreconnect", r.URL.Path, adminBase, adminBase),
+			Err:        fmt.Errorf("unknown edge admin route %q; known: GET %[2]sstats, POST %[2]sreconnect, POST %[2]scache/purge, GET %[2]scache/stats", r.URL.Path, adminBase),
 		}
 	}
 }
@@ -112,6 +126,66 @@ func (a *adminAPI) reconnect(w http.ResponseWriter, r *http.Request, app *App) e
 		resp["error"] = err.Error()
 	}
 	return writeJSON(w, http.StatusOK, resp)
+}
+
+// cachePurge drops cache entries: {"key": "event:42"}, {"tag": "events:lists"}
+// or {"pattern": "events:*"} (exactly one), in every edge_cache handler of
+// the running config (or the one named by "cache"). Other edges drop their
+// L1 copies through pub/sub.
+func (a *adminAPI) cachePurge(w http.ResponseWriter, r *http.Request, app *App) error {
+	var req struct {
+		Key     string `json:"key"`
+		Tag     string `json:"tag"`
+		Pattern string `json:"pattern"`
+		Cache   string `json:"cache"`
+	}
+	if err := decodeJSON(r, &req); err != nil {
+		return err
+	}
+	given := 0
+	for _, v := range []string{req.Key, req.Tag, req.Pattern} {
+		if v != "" {
+			given++
+		}
+	}
+	if given != 1 {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New(`give exactly one of "key", "tag" or "pattern"`)}
+	}
+	caches := app.cacheHandlers()
+	if req.Cache != "" {
+		c, ok := caches[req.Cache]
+		if !ok {
+			return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no edge_cache handler named %q", req.Cache)}
+		}
+		caches = map[string]*Cache{req.Cache: c}
+	}
+	if len(caches) == 0 {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("the running config has no edge_cache handler")}
+	}
+	ctx := r.Context()
+	purged := 0
+	for _, c := range caches {
+		switch {
+		case req.Key != "":
+			if err := c.engine.PurgeKey(ctx, req.Key); err != nil {
+				return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
+			}
+		case req.Tag != "":
+			purged += c.engine.Invalidate(ctx, []string{req.Tag})
+		default:
+			n, err := c.engine.PurgePattern(ctx, req.Pattern)
+			if err != nil {
+				return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
+			}
+			purged += n
+		}
+	}
+	what := map[bool]string{true: "key", false: "tag"}[req.Key != ""]
+	if req.Pattern != "" {
+		what = "pattern"
+	}
+	a.log.Info("cache purged through the admin API", zap.String("by", what), zap.Int("entries", purged))
+	return writeJSON(w, http.StatusOK, map[string]any{"purged": purged})
 }
 
 func (a *adminAPI) app() (*App, error) {

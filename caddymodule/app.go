@@ -56,6 +56,7 @@ type App struct {
 	poolKey  string
 	cache    *stats.CacheCounters
 	modules  *moduleStats
+	handlers *handlerRegistry
 	metrics  *metrics
 	log      *zap.Logger
 	stopping chan struct{}
@@ -128,6 +129,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	store.InstallGoRedisLogger(caddy.Log())
 	a.cache = new(stats.CacheCounters)
 	a.modules = new(moduleStats)
+	a.handlers = &handlerRegistry{caches: map[string]*Cache{}, buses: map[string]*store.Bus{}}
 	a.flushWG = new(sync.WaitGroup)
 	a.stopping = make(chan struct{})
 	var err error
@@ -253,6 +255,9 @@ func (a *App) Stop() error {
 
 // Cleanup releases this config's hold on the shared connection.
 func (a *App) Cleanup() error {
+	if a.handlers != nil {
+		a.handlers.closeBuses()
+	}
 	if a.poolKey != "" {
 		_, err := connections.Delete(a.poolKey)
 		return err
@@ -337,3 +342,67 @@ var (
 	_ caddy.Validator    = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
 )
+
+// handlerRegistry lets the admin API reach this config's handlers, and
+// keeps one pub/sub subscription per channel for all of them.
+type handlerRegistry struct {
+	mu     sync.Mutex
+	caches map[string]*Cache
+	buses  map[string]*store.Bus
+}
+
+// bus returns the app's subscription to channel, creating it once.
+func (a *App) bus(channel string) *store.Bus {
+	h := a.handlers
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if b, ok := h.buses[channel]; ok {
+		return b
+	}
+	b := store.NewBus(a.redis, channel, a.log.Named("bus"))
+	h.buses[channel] = b
+	return b
+}
+
+func (h *handlerRegistry) closeBuses() {
+	h.mu.Lock()
+	buses := h.buses
+	h.buses = map[string]*store.Bus{}
+	h.mu.Unlock()
+	for _, b := range buses {
+		b.Close()
+	}
+}
+
+// registerCache records a cache handler under a stable name for the admin
+// API: "cache" for the first, "cache2", "cache3"... after it.
+func (a *App) registerCache(c *Cache) string {
+	h := a.handlers
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	name := "cache"
+	for i := 2; h.caches[name] != nil; i++ {
+		name = "cache" + strconv.Itoa(i)
+	}
+	h.caches[name] = c
+	return name
+}
+
+func (a *App) unregisterCache(name string) {
+	h := a.handlers
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.caches, name)
+}
+
+// cacheHandlers returns the registered caches by name.
+func (a *App) cacheHandlers() map[string]*Cache {
+	h := a.handlers
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]*Cache, len(h.caches))
+	for k, v := range h.caches {
+		out[k] = v
+	}
+	return out
+}

@@ -43,19 +43,26 @@ func startEdge(t *testing.T, edgeOption, site string) *testEdge {
 	t.Helper()
 	e := &testEdge{httpAddr: freeAddr(t), adminAddr: freeAddr(t), client: &http.Client{Timeout: 5 * time.Second}}
 	src := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n%s\n}\n\nhttp://%s {\n%s\n}\n", e.adminAddr, edgeOption, e.httpAddr, site)
-	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(caddyfile.Format([]byte(src)), map[string]any{"filename": "Caddyfile"})
-	if err != nil {
-		t.Fatalf("adapt: %v\n%s", err, src)
+	if err := loadCaddyfile(src); err != nil {
+		t.Fatalf("%v\n%s", err, src)
 	}
-	if len(warnings) > 0 {
-		t.Fatalf("warnings: %v", warnings)
-	}
-	if err := caddy.Load(cfg, true); err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(stopCaddy)
 	return e
 }
+
+// loadCaddyfile adapts and loads a Caddyfile into this process.
+func loadCaddyfile(src string) error {
+	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(caddyfile.Format([]byte(src)), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		return fmt.Errorf("adapt: %w", err)
+	}
+	if len(warnings) > 0 {
+		return fmt.Errorf("adapt warnings: %v", warnings)
+	}
+	return caddy.Load(cfg, true)
+}
+
+func stopCaddy() { _ = caddy.Stop() }
 
 func (e *testEdge) do(t *testing.T, method, url, body string) (int, http.Header, []byte) {
 	t.Helper()

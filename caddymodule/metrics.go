@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,6 +21,10 @@ const metricsNamespace = "ticketi_edge"
 // result from a fixed set, breaker and pool states. Never keys, IPs or
 // user ids.
 type metrics struct {
+	cacheLookups     *prometheus.CounterVec
+	cacheStored      *prometheus.CounterVec
+	cacheStoredBytes *prometheus.CounterVec
+	cacheDropped     prometheus.Counter
 	redisCalls       *prometheus.HistogramVec
 	fallbackEntries  prometheus.Counter
 	fallbackRecovers prometheus.Counter
@@ -27,6 +32,22 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 	m := &metrics{
+		cacheLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "cache", Name: "lookups_total",
+			Help: "Cache lookups by rule and result (hit_l1, hit_l2, miss, stale, bypass).",
+		}, []string{"rule", "result"}),
+		cacheStored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "cache", Name: "fills_total",
+			Help: "Responses stored in the cache, by rule.",
+		}, []string{"rule"}),
+		cacheStoredBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "cache", Name: "stored_bytes_total",
+			Help: "Bytes stored in the cache (as stored, compressed or not), by rule.",
+		}, []string{"rule"}),
+		cacheDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "cache", Name: "invalidated_entries_total",
+			Help: "Entries dropped by invalidations and purges.",
+		}),
 		redisCalls: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: metricsNamespace, Subsystem: "redis", Name: "call_duration_seconds",
 			Help:    "Redis call latency by command and result (ok, nil, error, timeout, unavailable).",
@@ -51,6 +72,7 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 	}
 	collectors := []prometheus.Collector{
 		m.redisCalls, m.fallbackEntries, m.fallbackRecovers,
+		m.cacheLookups, m.cacheStored, m.cacheStoredBytes, m.cacheDropped,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: metricsNamespace, Subsystem: "redis", Name: "breaker_open",
 			Help: "1 while the circuit breaker is open (fallback mode), else 0.",
@@ -125,4 +147,95 @@ func callResult(err error) string {
 	default:
 		return "error"
 	}
+}
+
+// cacheObserver feeds one cache handler's events into the metrics (with
+// counters resolved once per rule, so the hit path does no label lookups),
+// the app's hit/miss counters (health, fleet) and per-rule admin stats.
+type cacheObserver struct {
+	app     *App
+	m       *metrics
+	perRule map[string]*ruleCounters
+}
+
+type ruleCounters struct {
+	hitL1, hitL2, miss, stale, bypass prometheus.Counter
+	stored, storedBytes               prometheus.Counter
+	counts                            struct{ hits, misses, stale, bypass, stored atomic.Int64 }
+}
+
+func (m *metrics) cacheObserver(app *App, rules []CacheRule) *cacheObserver {
+	o := &cacheObserver{app: app, m: m, perRule: map[string]*ruleCounters{}}
+	for _, r := range rules {
+		o.perRule[r.Name] = &ruleCounters{
+			hitL1:       m.cacheLookups.WithLabelValues(r.Name, "hit_l1"),
+			hitL2:       m.cacheLookups.WithLabelValues(r.Name, "hit_l2"),
+			miss:        m.cacheLookups.WithLabelValues(r.Name, "miss"),
+			stale:       m.cacheLookups.WithLabelValues(r.Name, "stale"),
+			bypass:      m.cacheLookups.WithLabelValues(r.Name, "bypass"),
+			stored:      m.cacheStored.WithLabelValues(r.Name),
+			storedBytes: m.cacheStoredBytes.WithLabelValues(r.Name),
+		}
+	}
+	return o
+}
+
+// Lookup implements cachehandler.Observer.
+func (o *cacheObserver) Lookup(rule, result string) {
+	rc := o.perRule[rule]
+	if rc == nil {
+		return
+	}
+	switch result {
+	case "hit-l1", "hit-l2":
+		if result == "hit-l1" {
+			rc.hitL1.Inc()
+		} else {
+			rc.hitL2.Inc()
+		}
+		rc.counts.hits.Add(1)
+		o.app.cache.Hit()
+	case "miss":
+		rc.miss.Inc()
+		rc.counts.misses.Add(1)
+		o.app.cache.Miss()
+	case "stale":
+		rc.stale.Inc()
+		rc.counts.stale.Add(1)
+	case "bypass":
+		rc.bypass.Inc()
+		rc.counts.bypass.Add(1)
+	}
+}
+
+// Stored implements cachehandler.Observer.
+func (o *cacheObserver) Stored(rule string, bytes int) {
+	if rc := o.perRule[rule]; rc != nil {
+		rc.stored.Inc()
+		rc.storedBytes.Add(float64(bytes))
+		rc.counts.stored.Add(1)
+	}
+}
+
+// Invalidated implements cachehandler.Observer.
+func (o *cacheObserver) Invalidated(entries int) { o.m.cacheDropped.Add(float64(entries)) }
+
+// ruleStats is one rule's figures for the admin API.
+type ruleStats struct {
+	Hits   int64 `json:"hits"`
+	Misses int64 `json:"misses"`
+	Stale  int64 `json:"stale"`
+	Bypass int64 `json:"bypass"`
+	Stored int64 `json:"stored"`
+}
+
+func (o *cacheObserver) stats() map[string]ruleStats {
+	out := make(map[string]ruleStats, len(o.perRule))
+	for name, rc := range o.perRule {
+		out[name] = ruleStats{
+			Hits: rc.counts.hits.Load(), Misses: rc.counts.misses.Load(), Stale: rc.counts.stale.Load(),
+			Bypass: rc.counts.bypass.Load(), Stored: rc.counts.stored.Load(),
+		}
+	}
+	return out
 }

@@ -91,7 +91,7 @@ func TestPayments(t *testing.T) {
 	expectError(t, do(t, s, "GET", path, ""), http.StatusUnauthorized)
 	rec = do(t, s, "GET", path, "", as(1)...)
 	expect(t, rec, http.StatusOK)
-	header(t, rec, "Cache-Control", ccPrivate)
+	header(t, rec, "Cache-Control", ccPerUser)
 	if rec.Header().Get("ETag") == "" {
 		t.Fatalf("GET without ETag")
 	}

@@ -27,6 +27,7 @@ const (
 	contentTypeJSON = "application/json; charset=utf-8"
 	ccPublic        = "public, max-age=60"
 	ccPrivate       = "private, no-store"
+	ccPerUser       = "private"
 	ccNoStore       = "no-store"
 	maxBodyBytes    = 1 << 20
 	perPage         = 20

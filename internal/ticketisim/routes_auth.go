@@ -166,7 +166,9 @@ func (s *Sim) verifyPayment(w http.ResponseWriter, r *http.Request) {
 		fail(w, r, err)
 		return
 	}
-	writeJSON(w, r, http.StatusOK, ccPrivate, struct {
+	// private but storable: the payer may see a per-user cached copy
+	// (the seed caches verifications per user for 300 s).
+	writeJSON(w, r, http.StatusOK, ccPerUser, struct {
 		Payment payment `json:"payment"`
 	}{p})
 }

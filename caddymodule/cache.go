@@ -1,0 +1,197 @@
+package caddymodule
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/ticketi/edge/cachehandler"
+)
+
+func init() {
+	caddy.RegisterModule(Cache{})
+}
+
+// Cache is the `edge_cache` handler: GET/HEAD responses cached by rule in
+// an in-process L1 and Redis (the app's connection), invalidated by tag
+// when mutations succeed. Without Redis it caches in L1 only.
+type Cache struct {
+	// Cache rules, tried in order; the first whose path matches is used.
+	Rules []CacheRule `json:"rules,omitempty"`
+	// Tags dropped when a mutating request succeeds upstream.
+	Invalidations []CacheInvalidation `json:"invalidations,omitempty"`
+	// In-process cache size in bytes. Default: 64 MiB.
+	L1Size int64 `json:"l1_size,omitempty"`
+	// How long an L1 copy is trusted without asking Redis; bounds staleness
+	// when pub/sub messages are lost. Default: 5s.
+	L1TTL caddy.Duration `json:"l1_ttl,omitempty"`
+	// Larger responses stream through uncached. Default: 1 MiB.
+	MaxEntrySize int `json:"max_entry_size,omitempty"`
+	// How long after expiry an entry may be served if the upstream fails.
+	// Default: 5m.
+	Grace caddy.Duration `json:"grace,omitempty"`
+	// Never serve stale entries.
+	DisableStale bool `json:"disable_stale,omitempty"`
+	// Bodies at least this long are stored gzip-compressed. Default: 1024.
+	CompressMin int `json:"compress_min,omitempty"`
+	// TTL cap for cached 404/410 answers. Default: 30s.
+	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
+	// The cache's name in Cache-Status. Default: ticketi-edge.
+	StatusName string `json:"status_name,omitempty"`
+	// Response header in which the upstream names tags to drop; stripped
+	// from every response. Default: X-Ticketi-Invalidate.
+	InvalidateHeader string `json:"invalidate_header,omitempty"`
+	// Cookies that mark a request as credentialed (only per-user rules
+	// apply to it). Default: connect.sid and the edge session cookie.
+	CredentialCookies []string `json:"credential_cookies,omitempty"`
+
+	engine *cachehandler.Cache
+	obs    *cacheObserver
+	app    *App
+	log    *zap.Logger
+	name   string
+}
+
+// CacheRule is one cached route.
+type CacheRule struct {
+	// Metric label and admin name.
+	Name string `json:"name"`
+	// Path pattern: /api/events/{id}; {name...} as the last segment matches the rest.
+	Path string `json:"path"`
+	// Key template: event:{id}, events:published:page:{query.page:1},
+	// payment:verification:{http.auth.user.id}:{ref}.
+	Key string `json:"key"`
+	// Freshness.
+	TTL caddy.Duration `json:"ttl"`
+	// Tag templates, e.g. event:{id}, events:lists.
+	Tags []string `json:"tags,omitempty"`
+	// The key names the user, so credentialed requests may use this rule.
+	PerUser bool `json:"per_user,omitempty"`
+	// Query parameters that do not change the response; any other
+	// parameter not used in the key bypasses the cache.
+	IgnoreQuery []string `json:"ignore_query,omitempty"`
+	// The seed's per-endpoint feature flag.
+	Disabled bool `json:"disabled,omitempty"`
+}
+
+// CacheInvalidation drops tags when a mutation succeeds.
+type CacheInvalidation struct {
+	Methods []string `json:"methods"`
+	Path    string   `json:"path"`
+	Tags    []string `json:"tags"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Cache) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.edge_cache",
+		New: func() caddy.Module { return new(Cache) },
+	}
+}
+
+// Provision builds the engine on the app's connection.
+func (c *Cache) Provision(ctx caddy.Context) error {
+	c.log = ctx.Logger()
+	var err error
+	if c.app, err = edgeApp(ctx); err != nil {
+		return err
+	}
+	cfg := cachehandler.Config{
+		L1Bytes:           c.L1Size,
+		L1TTL:             time.Duration(c.L1TTL),
+		MaxEntryBytes:     c.MaxEntrySize,
+		Grace:             time.Duration(c.Grace),
+		DisableStale:      c.DisableStale,
+		CompressMin:       c.CompressMin,
+		NegativeTTL:       time.Duration(c.NegativeTTL),
+		StatusName:        c.StatusName,
+		InvalidateHeader:  c.InvalidateHeader,
+		CredentialCookies: c.CredentialCookies,
+		Redis:             c.app.redis,
+		Now:               time.Now,
+		Logger:            c.log,
+		Resolve:           resolvePlaceholder,
+	}
+	if cfg.InvalidateHeader == "" {
+		cfg.InvalidateHeader = "X-Ticketi-Invalidate"
+	}
+	if cfg.CredentialCookies == nil {
+		cfg.CredentialCookies = []string{"connect.sid", DefaultSessionCookie}
+	}
+	for _, r := range c.Rules {
+		cfg.Rules = append(cfg.Rules, &cachehandler.Rule{
+			Name: r.Name, Path: r.Path, Key: r.Key, TTL: time.Duration(r.TTL), Tags: r.Tags,
+			PerUser: r.PerUser, IgnoreQuery: r.IgnoreQuery, Disabled: r.Disabled,
+		})
+	}
+	for _, inv := range c.Invalidations {
+		cfg.Invalidations = append(cfg.Invalidations, &cachehandler.InvalidationRule{
+			Methods: append([]string(nil), inv.Methods...), Path: inv.Path, Tags: inv.Tags,
+		})
+	}
+	if c.app.redis != nil {
+		cfg.Bus = c.app.bus(cacheBusChannel)
+	}
+	c.obs = c.app.metrics.cacheObserver(c.app, c.Rules)
+	cfg.Observer = c.obs
+	if c.engine, err = cachehandler.New(cfg); err != nil {
+		return err
+	}
+	c.name = c.app.registerCache(c)
+	return nil
+}
+
+// cacheBusChannel is the pub/sub channel for L1 drops.
+const cacheBusChannel = "edge:cache:invalidate"
+
+// DefaultSessionCookie is edge_session's cookie name.
+const DefaultSessionCookie = "ticketi_session"
+
+// Validate checks the configuration (the engine validates rules in Provision).
+func (c *Cache) Validate() error {
+	if c.L1Size < 0 || c.MaxEntrySize < 0 || c.CompressMin < 0 {
+		return fmt.Errorf("edge_cache: sizes must not be negative")
+	}
+	if len(c.Rules) == 0 && len(c.Invalidations) == 0 {
+		return fmt.Errorf("edge_cache: no rules and no invalidations: nothing to do")
+	}
+	return nil
+}
+
+// Cleanup detaches the engine.
+func (c *Cache) Cleanup() error {
+	if c.engine != nil {
+		c.engine.Close()
+	}
+	if c.app != nil {
+		c.app.unregisterCache(c.name)
+	}
+	return nil
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	return c.engine.Handle(w, r, next)
+}
+
+// resolvePlaceholder reads a Caddy placeholder for a cache key, e.g.
+// {http.auth.user.id} set by edge_session.
+func resolvePlaceholder(r *http.Request, name string) (string, bool) {
+	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if !ok {
+		return "", false
+	}
+	return repl.GetString(name)
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Cache)(nil)
+	_ caddy.Validator             = (*Cache)(nil)
+	_ caddy.CleanerUpper          = (*Cache)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Cache)(nil)
+)

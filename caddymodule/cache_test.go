@@ -1,0 +1,163 @@
+package caddymodule
+
+import (
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/ticketi/edge/internal/redistest"
+)
+
+func TestCacheDirectiveParses(t *testing.T) {
+	c := new(Cache)
+	err := c.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`edge_cache {
+		rule event /api/events/{id} {
+			key event:{id}
+			ttl 30m
+			tags event:{id} events:lists
+			ignore_query utm_source
+			enabled off
+		}
+		rule me /api/users/me {
+			key me:{http.auth.user.id}
+			ttl 1m
+			per_user
+		}
+		invalidate put,DELETE /api/events/{id} event:{id} events:lists
+		l1_size 16MiB
+		l1_ttl 2s
+		max_entry 512KiB
+		grace off
+		compress_min 2KB
+		negative_ttl 10s
+		status_name edge-a
+		invalidate_header X-Purge
+		credential_cookies sid other
+	}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Rules) != 2 || c.Rules[0].Key != "event:{id}" || time.Duration(c.Rules[0].TTL) != 30*time.Minute ||
+		!c.Rules[0].Disabled || !c.Rules[1].PerUser || c.Rules[0].IgnoreQuery[0] != "utm_source" {
+		t.Fatalf("rules %+v", c.Rules)
+	}
+	if inv := c.Invalidations[0]; strings.Join(inv.Methods, ",") != "PUT,DELETE" || len(inv.Tags) != 2 {
+		t.Fatalf("invalidation %+v", inv)
+	}
+	if c.L1Size != 16<<20 || c.MaxEntrySize != 512<<10 || !c.DisableStale || c.CompressMin != 2000 ||
+		c.StatusName != "edge-a" || c.InvalidateHeader != "X-Purge" || len(c.CredentialCookies) != 2 {
+		t.Fatalf("options %+v", c)
+	}
+	for src, want := range map[string]string{
+		"edge_cache {\n rule a\n}":                          "rule needs a name and a path",
+		"edge_cache {\n rule a /x {\n key a\n }\n}":         "needs a key and a ttl",
+		"edge_cache {\n rule a /x {\n color red\n }\n}":     "unrecognized rule option",
+		"edge_cache {\n l1_size lots\n}":                    "expected a size",
+		"edge_cache {\n invalidate PUT /x\n}":               "needs methods, a path and at least one tag",
+		"edge_cache {\n rule a /x {\n enabled maybe\n }\n}": "expected on or off",
+		"edge_cache {\n bogus\n}":                           "unrecognized edge_cache option",
+	} {
+		err := new(Cache).UnmarshalCaddyfile(caddyfile.NewTestDispenser(src))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", src, err, want)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int{"1024": 1024, "64KiB": 64 << 10, "1MB": 1000000, "2mib": 2 << 20, "0": 0} {
+		if got, ok := parseSize(in); !ok || got != want {
+			t.Errorf("parseSize(%q) = %d %v", in, got, ok)
+		}
+	}
+	for _, in := range []string{"", "MB", "1.5MB", "-1", "1XB", "99999999999GiB"} {
+		if _, ok := parseSize(in); ok {
+			t.Errorf("parseSize(%q) accepted", in)
+		}
+	}
+}
+
+func TestBadCacheRuleFailsProvisioning(t *testing.T) {
+	src := "{\n\tadmin off\n}\n\nhttp://127.0.0.1:0 {\n\tedge_cache {\n\t\trule a /x/{id} {\n\t\t\tkey session:{id}\n\t\t\tttl 1m\n\t\t}\n\t}\n}\n"
+	if err := loadCaddyfile(src); err == nil || !strings.Contains(err.Error(), "reserved") {
+		t.Fatalf("a rule writing into session: keys must fail: %v", err)
+	}
+}
+
+// TestExampleConfigCaches runs Caddyfile.example itself against a private
+// Redis and the simulated API.
+func TestExampleConfigCaches(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	upstream := startSim(t)
+	src, err := os.ReadFile("../Caddyfile.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &testEdge{httpAddr: freeAddr(t), adminAddr: freeAddr(t), client: &http.Client{Timeout: 5 * time.Second}}
+	t.Setenv("EDGE_PORT", strings.Split(e.httpAddr, ":")[1])
+	t.Setenv("TICKETI_UPSTREAM", upstream)
+	t.Setenv("REDIS_URL", srv.URL())
+	t.Setenv("REDIS_KEY_PREFIX", "test_")
+	cfg := strings.Replace(string(src), "{\n\t# Let in-flight", "{\n\tadmin "+e.adminAddr+"\n\tauto_https off\n\tpersist_config off\n\t# Let in-flight", 1)
+	if err := loadCaddyfile(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopCaddy() })
+
+	_, h1, _ := e.get(t, "/api/events/42")
+	_, h2, _ := e.get(t, "/api/events/42")
+	if !strings.Contains(h1.Get("Cache-Status"), "fwd=uri-miss") || h2.Get("Cache-Status") != "ticketi-edge; hit" {
+		t.Fatalf("miss then hit: %q, %q", h1.Get("Cache-Status"), h2.Get("Cache-Status"))
+	}
+	raw := srv.Client(t)
+	if raw.Exists(t.Context(), "test_event:42").Val() != 1 {
+		t.Fatal("entry not in redis under the seed key")
+	}
+	code, body := e.admin(t, http.MethodPost, "/edge/cache/purge", `{"key":"event:42"}`)
+	if code != 200 {
+		t.Fatalf("purge key: %d %s", code, body)
+	}
+	if raw.Exists(t.Context(), "test_event:42").Val() != 0 {
+		t.Fatal("purge by key left the entry")
+	}
+	e.get(t, "/api/events/published?page=2")
+	code, body = e.admin(t, http.MethodPost, "/edge/cache/purge", `{"tag":"events:lists"}`)
+	if code != 200 || !strings.Contains(string(body), `"purged":1`) {
+		t.Fatalf("purge tag: %d %s", code, body)
+	}
+	e.get(t, "/api/events/featured")
+	code, body = e.admin(t, http.MethodPost, "/edge/cache/purge", `{"pattern":"events:*"}`)
+	if code != 200 || !strings.Contains(string(body), `"purged":`) {
+		t.Fatalf("purge pattern: %d %s", code, body)
+	}
+	for _, bad := range []string{`{}`, `{"key":"a","tag":"b"}`, `{"pattern":"[x"}`, `{"cache":"nope","key":"a"}`} {
+		if code, body := e.admin(t, http.MethodPost, "/edge/cache/purge", bad); code < 400 || code >= 500 {
+			t.Errorf("purge %s: %d %s", bad, code, body)
+		}
+	}
+	code, body = e.admin(t, http.MethodGet, "/edge/cache/stats", "")
+	if code != 200 || !strings.Contains(string(body), `"event":{"hits":1,"misses":1`) {
+		t.Fatalf("cache stats: %d %s", code, body)
+	}
+	_, metrics := e.admin(t, http.MethodGet, "/metrics", "")
+	if !strings.Contains(string(metrics), `ticketi_edge_cache_lookups_total{result="hit_l1",rule="event"} 1`) {
+		t.Fatalf("cache metrics missing:\n%s", grepLines(string(metrics), "ticketi_edge_cache"))
+	}
+	if strings.Contains(string(metrics), "event:42") {
+		t.Fatal("a cache key reached the metrics")
+	}
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
