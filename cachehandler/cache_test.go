@@ -471,7 +471,8 @@ func TestPerUserRuleKeepsPrivateResponsesApart(t *testing.T) {
 		}
 		return g.do(r).Body.String()
 	}
-	if as("alice") != "secret of alice" || as("alice") != "secret of alice" || calls != 1 {
+	first, second := as("alice"), as("alice")
+	if first != "secret of alice" || second != "secret of alice" || calls != 1 {
 		t.Fatalf("alice's private response not cached for her (calls=%d)", calls)
 	}
 	if got := as("bob"); got != "secret of bob" || calls != 2 {
