@@ -1,0 +1,184 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ticketi/edge/internal/redistest"
+)
+
+// exampleCaddyfile is Caddyfile.example as shipped, with extra lines put
+// into the site block (tests use it to add a response header).
+func exampleCaddyfile(t *testing.T, siteExtra string) string {
+	t.Helper()
+	root, err := ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile(filepath.Join(root, "Caddyfile.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := strings.Replace(string(src), "\tedge_health /api/health/cache\n", "\tedge_health /api/health/cache\n"+siteExtra, 1)
+	// Tests bind to loopback only.
+	return strings.Replace(cfg, "{\n\t# Let in-flight", "{\n\tdefault_bind 127.0.0.1\n\t# Let in-flight", 1)
+}
+
+func setSimLatency(t *testing.T, sim *Sim, ms int) {
+	t.Helper()
+	resp, err := http.Post(sim.URL("/__sim/config"), "application/json", strings.NewReader(fmt.Sprintf(`{"latencyMs":%d}`, ms)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+}
+
+func eventTitle(t *testing.T, body []byte) string {
+	t.Helper()
+	var v struct {
+		Event struct {
+			Title string `json:"title"`
+		} `json:"event"`
+	}
+	if err := json.Unmarshal(body, &v); err != nil {
+		t.Fatalf("event body %q: %v", body, err)
+	}
+	return v.Event.Title
+}
+
+// TestCacheAcrossTwoEdges is issue #3's "must show", against two real
+// edges running Caddyfile.example on one private Redis, counted at the sim.
+func TestCacheAcrossTwoEdges(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	sim := StartSim(t)
+	vars := map[string]string{"TICKETI_UPSTREAM": sim.Addr, "REDIS_URL": srv.URL(), "REDIS_KEY_PREFIX": "test_"}
+	cfg := exampleCaddyfile(t, "\theader /api/events/77 Set-Cookie \"tracker=first-client\"\n")
+	a := StartEdge(t, cfg, vars)
+	b := StartEdge(t, cfg, vars)
+	events := func() int64 { return sim.Stats(t).Routes["GET /api/events/{id}"] }
+
+	// 100 concurrent GETs of a cold event: one origin request. The sim's
+	// latency keeps the first request in flight while the rest arrive.
+	setSimLatency(t, sim, 300)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	for range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, _, _ := a.Get(t, "/api/events/42")
+			mu.Lock()
+			statuses[code]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	setSimLatency(t, sim, 0)
+	if statuses[200] != 100 || events() != 1 {
+		t.Fatalf("100 concurrent cold GETs: statuses %v, origin requests %d (want 1)", statuses, events())
+	}
+
+	// Repeated GETs on both edges: no further origin requests.
+	for i := range 20 {
+		e := a
+		if i%2 == 1 {
+			e = b
+		}
+		if code, h, _ := e.Get(t, "/api/events/42"); code != 200 || h.Get("Cache-Status") != "ticketi-edge; hit" {
+			t.Fatalf("repeat %d: %d %q", i, code, h.Get("Cache-Status"))
+		}
+	}
+	a.Get(t, "/api/events/published")
+	b.Get(t, "/api/events/published")
+	if events() != 1 || sim.Stats(t).Routes["GET /api/events/published"] != 1 {
+		t.Fatalf("after repeats: %v", sim.Stats(t).Routes)
+	}
+
+	// A PUT on edge a: the next GET on every edge reaches the origin and
+	// returns the new data, for the event and for the lists.
+	req, _ := http.NewRequest(http.MethodPut, a.URL("/api/events/42"), strings.NewReader(`{"title":"Rescheduled"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Ticketi-User-Id", "1") // until edge_session lands, the test plays the trusted identity
+	if code, h, body := a.Do(t, req); code != 200 || h.Get("X-Ticketi-Invalidate") != "" {
+		t.Fatalf("PUT: %d %s (invalidate header %q)", code, body, h.Get("X-Ticketi-Invalidate"))
+	}
+	for _, e := range []*Edge{b, a} {
+		_, _, body := e.Get(t, "/api/events/42")
+		if got := eventTitle(t, body); got != "Rescheduled" {
+			t.Fatalf("after PUT: %q", got)
+		}
+		e.Get(t, "/api/events/published")
+	}
+	if n := events(); n != 2 {
+		t.Fatalf("event refetched %d times after the PUT, want once (then shared through redis)", n-1)
+	}
+	if n := sim.Stats(t).Routes["GET /api/events/published"]; n != 2 {
+		t.Fatalf("lists after PUT: %d origin requests, want 2", n)
+	}
+
+	// Set-Cookie responses and credentialed requests are never shared.
+	_, h1, _ := a.Get(t, "/api/events/77")
+	_, h2, _ := b.Get(t, "/api/events/77")
+	if !strings.Contains(h1.Get("Cache-Status"), "detail=set-cookie") || strings.Contains(h2.Get("Cache-Status"), "hit") {
+		t.Fatalf("Set-Cookie response cached: %q then %q", h1.Get("Cache-Status"), h2.Get("Cache-Status"))
+	}
+	authed, _ := http.NewRequest(http.MethodGet, a.URL("/api/events/55"), nil)
+	authed.Header.Set("Authorization", "Bearer someone")
+	a.Do(t, authed)
+	if _, h, _ := b.Get(t, "/api/events/55"); !strings.Contains(h.Get("Cache-Status"), "fwd=uri-miss") {
+		t.Fatalf("request after an Authorization one: %q", h.Get("Cache-Status"))
+	}
+
+	// Purge through the admin API of edge a drops the entry everywhere.
+	b.Get(t, "/api/events/42") // in b's L1
+	before := events()
+	if code, _, body := a.Admin(t, http.MethodPost, "/edge/cache/purge", "application/json", `{"key":"event:42"}`); code != 200 {
+		t.Fatalf("purge: %d %s", code, body)
+	}
+	Eventually(t, 2*time.Second, func() error {
+		if _, h, _ := b.Get(t, "/api/events/42"); h.Get("Cache-Status") == "ticketi-edge; hit" {
+			return fmt.Errorf("edge b still hits after the purge")
+		}
+		return nil
+	})
+	if events() <= before {
+		t.Fatal("purged entry was not refetched")
+	}
+	for _, body := range []string{`{"tag":"event:42"}`, `{"pattern":"events:*"}`} {
+		if code, _, resp := a.Admin(t, http.MethodPost, "/edge/cache/purge", "application/json", body); code != 200 {
+			t.Fatalf("purge %s: %d %s", body, code, resp)
+		}
+	}
+
+	// Redis stopped mid-test: correct answers, never a 5xx.
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 60 {
+		e := []*Edge{a, b}[i%2]
+		path := fmt.Sprintf("/api/events/%d", 40+i%5)
+		if code, _, _ := e.Get(t, path); code != 200 {
+			t.Fatalf("GET %s with redis down: %d", path, code)
+		}
+	}
+	req, _ = http.NewRequest(http.MethodPut, b.URL("/api/events/41"), strings.NewReader(`{"title":"Changed without redis"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Ticketi-User-Id", "1")
+	if code, _, _ := b.Do(t, req); code != 200 {
+		t.Fatalf("PUT with redis down: %d", code)
+	}
+	if _, _, body := b.Get(t, "/api/events/41"); eventTitle(t, body) != "Changed without redis" {
+		t.Fatalf("edge b after its own PUT with redis down: %s", body)
+	}
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+}
