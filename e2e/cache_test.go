@@ -182,3 +182,23 @@ func TestCacheAcrossTwoEdges(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestCacheOnEmbeddedDefault: the same config without Redis caches in L1.
+func TestCacheOnEmbeddedDefault(t *testing.T) {
+	sim := StartSim(t)
+	e := StartEdge(t, exampleCaddyfile(t, ""), map[string]string{"TICKETI_UPSTREAM": sim.Addr})
+	for i := range 5 {
+		code, h, _ := e.Get(t, "/api/events/9")
+		if code != 200 || (i > 0 && h.Get("Cache-Status") != "ticketi-edge; hit") {
+			t.Fatalf("GET %d: %d %q", i, code, h.Get("Cache-Status"))
+		}
+	}
+	if n := sim.Stats(t).Routes["GET /api/events/{id}"]; n != 1 {
+		t.Fatalf("origin saw %d, want 1", n)
+	}
+	_, _, body := e.Get(t, "/api/health/cache")
+	var rep healthReport
+	if err := json.Unmarshal(body, &rep); err != nil || rep.Store != "embedded" || rep.Cache.HitRate != 80 || rep.Cache.TotalOperations != 5 {
+		t.Fatalf("health after 1 miss + 4 hits: %s", body)
+	}
+}
