@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ticketi/edge/internal/store"
+	"github.com/ticketi/edge/sessionauth"
 )
 
 func init() {
@@ -64,7 +65,11 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	switch path := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, adminBase), "/"); path {
+	path := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, adminBase), "/")
+	if rest, ok := strings.CutPrefix(path, "sessions/"); ok {
+		return a.sessions(w, r, app, rest)
+	}
+	switch path {
 	case "stats":
 		if err := allowMethods(r, http.MethodGet); err != nil {
 			return err
@@ -92,7 +97,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return caddy.APIError{
 			HTTPStatus: http.StatusNotFound,
-			Err:        fmt.Errorf("unknown edge admin route %q; known: GET %[2]sstats, POST %[2]sreconnect, POST %[2]scache/purge, GET %[2]scache/stats", r.URL.Path, adminBase),
+			Err:        fmt.Errorf("unknown edge admin route %q; known: GET %[2]sstats, POST %[2]sreconnect, POST %[2]scache/purge, GET %[2]scache/stats, GET|DELETE %[2]ssessions/{userId}[/{handle}]", r.URL.Path, adminBase),
 		}
 	}
 }
@@ -186,6 +191,61 @@ func (a *adminAPI) cachePurge(w http.ResponseWriter, r *http.Request, app *App) 
 	}
 	a.log.Info("cache purged through the admin API", zap.String("by", what), zap.Int("entries", purged))
 	return writeJSON(w, http.StatusOK, map[string]any{"purged": purged})
+}
+
+// sessions serves the seed's getAllSessions and destroyByUserId:
+//
+//	GET    /edge/sessions/{userId}           → {"sessions":[{handle, userId, ...}]} (never tokens)
+//	DELETE /edge/sessions/{userId}           → {"destroyed": n}: logout everywhere
+//	DELETE /edge/sessions/{userId}/{handle}  → {"destroyed": 1}
+func (a *adminAPI) sessions(w http.ResponseWriter, r *http.Request, app *App, rest string) error {
+	handlers := app.sessionHandlers()
+	if len(handlers) == 0 {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("the running config has no edge_session handler")}
+	}
+	userID, handle, hasHandle := strings.Cut(rest, "/")
+	if !sessionauth.ValidUserID(userID) || (hasHandle && (handle == "" || strings.Contains(handle, "/"))) {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("expected /edge/sessions/{userId} or /edge/sessions/{userId}/{handle}")}
+	}
+	ctx := r.Context()
+	switch {
+	case r.Method == http.MethodGet && !hasHandle:
+		all := []sessionauth.SessionInfo{}
+		for _, s := range handlers {
+			list, err := s.engine.List(ctx, userID)
+			if err != nil {
+				return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
+			}
+			all = append(all, list...)
+		}
+		return writeJSON(w, http.StatusOK, map[string]any{"sessions": all})
+	case r.Method == http.MethodDelete && !hasHandle:
+		total := 0
+		for _, s := range handlers {
+			n, err := s.engine.DestroyUser(ctx, userID)
+			if err != nil {
+				return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
+			}
+			total += n
+		}
+		a.log.Info("all sessions of a user destroyed through the admin API", zap.Int("sessions", total))
+		return writeJSON(w, http.StatusOK, map[string]any{"destroyed": total})
+	case r.Method == http.MethodDelete:
+		for _, s := range handlers {
+			err := s.engine.DestroyHandle(ctx, userID, handle)
+			if err == nil {
+				return writeJSON(w, http.StatusOK, map[string]any{"destroyed": 1})
+			}
+			if errors.Is(err, sessionauth.ErrBadHandle) {
+				return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
+			}
+			if !errors.Is(err, sessionauth.ErrNotFound) {
+				return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
+			}
+		}
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("no such session")}
+	}
+	return allowMethods(r, http.MethodGet, http.MethodDelete)
 }
 
 func (a *adminAPI) app() (*App, error) {

@@ -346,9 +346,34 @@ var (
 // handlerRegistry lets the admin API reach this config's handlers, and
 // keeps one pub/sub subscription per channel for all of them.
 type handlerRegistry struct {
-	mu     sync.Mutex
-	caches map[string]*Cache
-	buses  map[string]*store.Bus
+	mu       sync.Mutex
+	caches   map[string]*Cache
+	sessions []*Session
+	buses    map[string]*store.Bus
+}
+
+func (a *App) registerSessions(s *Session) {
+	a.handlers.mu.Lock()
+	defer a.handlers.mu.Unlock()
+	a.handlers.sessions = append(a.handlers.sessions, s)
+}
+
+func (a *App) unregisterSessions(s *Session) {
+	h := a.handlers
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, x := range h.sessions {
+		if x == s {
+			h.sessions = append(h.sessions[:i], h.sessions[i+1:]...)
+			return
+		}
+	}
+}
+
+func (a *App) sessionHandlers() []*Session {
+	a.handlers.mu.Lock()
+	defer a.handlers.mu.Unlock()
+	return append([]*Session(nil), a.handlers.sessions...)
 }
 
 // bus returns the app's subscription to channel, creating it once.
@@ -405,4 +430,48 @@ func (a *App) cacheHandlers() map[string]*Cache {
 		out[k] = v
 	}
 	return out
+}
+
+// moduleConnection is a handler's Redis: the app's shared connection, or
+// the handler's own when it names one (so sessions and limits can live on
+// a Redis whose eviction policy does not drop them under memory pressure).
+type moduleConnection struct {
+	redis   *store.Redis
+	poolKey string // set when the handler holds its own pooled connection
+}
+
+// connectionFor resolves a handler's `redis` override, or the app's.
+func (a *App) connectionFor(override *RedisConfig) (moduleConnection, error) {
+	if override == nil {
+		return moduleConnection{redis: a.redis}, nil
+	}
+	opts, configured, err := override.storeOptions()
+	if err != nil {
+		return moduleConnection{}, err
+	}
+	if !configured {
+		return moduleConnection{redis: a.redis}, nil
+	}
+	rdb, key, err := openConnection(opts, a.log)
+	if err != nil {
+		return moduleConnection{}, err
+	}
+	rdb.SetObserver(a.metrics)
+	return moduleConnection{redis: rdb, poolKey: key}, nil
+}
+
+// release drops the handler's hold on its own connection.
+func (c moduleConnection) release() {
+	if c.poolKey != "" {
+		_, _ = connections.Delete(c.poolKey)
+	}
+}
+
+// busOn returns a pub/sub subscription on rdb: the app's shared one for
+// the app's connection, else a new one the caller closes.
+func (a *App) busOn(rdb *store.Redis, channel string) (bus *store.Bus, owned bool) {
+	if rdb == a.redis {
+		return a.bus(channel), false
+	}
+	return store.NewBus(rdb, channel, a.log.Named("bus")), true
 }

@@ -102,6 +102,7 @@ func TestExampleConfigCaches(t *testing.T) {
 	t.Setenv("TICKETI_UPSTREAM", upstream)
 	t.Setenv("REDIS_URL", srv.URL())
 	t.Setenv("REDIS_KEY_PREFIX", "test_")
+	t.Setenv("EDGE_SESSION_KEYS", testSigningKey)
 	cfg := strings.Replace(string(src), "{\n\t# Let in-flight", "{\n\tadmin "+e.adminAddr+"\n\tauto_https off\n\tpersist_config off\n\t# Let in-flight", 1)
 	if err := loadCaddyfile(cfg); err != nil {
 		t.Fatal(err)
@@ -151,6 +152,9 @@ func TestExampleConfigCaches(t *testing.T) {
 		t.Fatal("a cache key reached the metrics")
 	}
 }
+
+// testSigningKey is a 32+ byte cookie key for tests.
+const testSigningKey = "test-signing-key-0123456789abcdefghijklmnop"
 
 func grepLines(s, substr string) string {
 	var out []string

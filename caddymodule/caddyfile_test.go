@@ -29,7 +29,7 @@ func TestAdaptGolden(t *testing.T) {
 	}
 	// The example config is adapted as a newcomer gets it: no environment.
 	files = append(files, "../Caddyfile.example")
-	for _, v := range []string{"EDGE_PORT", "TICKETI_UPSTREAM", "REDIS_URL", "REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_TLS", "REDIS_KEY_PREFIX", "DEV_REDIS_DB"} {
+	for _, v := range []string{"EDGE_PORT", "TICKETI_UPSTREAM", "REDIS_URL", "REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_TLS", "REDIS_KEY_PREFIX", "DEV_REDIS_DB", "EDGE_SESSION_KEYS"} {
 		t.Setenv(v, "")
 		os.Unsetenv(v)
 	}

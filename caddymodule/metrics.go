@@ -25,6 +25,9 @@ type metrics struct {
 	cacheStored      *prometheus.CounterVec
 	cacheStoredBytes *prometheus.CounterVec
 	cacheDropped     prometheus.Counter
+	sessionResults   *prometheus.CounterVec
+	sessionLogins    prometheus.Counter
+	sessionLogouts   prometheus.Counter
 	redisCalls       *prometheus.HistogramVec
 	fallbackEntries  prometheus.Counter
 	fallbackRecovers prometheus.Counter
@@ -47,6 +50,18 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 		cacheDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: "cache", Name: "invalidated_entries_total",
 			Help: "Entries dropped by invalidations and purges.",
+		}),
+		sessionResults: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "session", Name: "validations_total",
+			Help: "Session checks by result (valid, missing, invalid, expired, unknown, unavailable).",
+		}, []string{"result"}),
+		sessionLogins: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "session", Name: "created_total",
+			Help: "Sessions created from the upstream's login hand-off.",
+		}),
+		sessionLogouts: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "session", Name: "logouts_total",
+			Help: "Sessions destroyed by logout requests.",
 		}),
 		redisCalls: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: metricsNamespace, Subsystem: "redis", Name: "call_duration_seconds",
@@ -73,6 +88,7 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 	collectors := []prometheus.Collector{
 		m.redisCalls, m.fallbackEntries, m.fallbackRecovers,
 		m.cacheLookups, m.cacheStored, m.cacheStoredBytes, m.cacheDropped,
+		m.sessionResults, m.sessionLogins, m.sessionLogouts,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: metricsNamespace, Subsystem: "redis", Name: "breaker_open",
 			Help: "1 while the circuit breaker is open (fallback mode), else 0.",

@@ -31,6 +31,34 @@ func exampleCaddyfile(t *testing.T, siteExtra string) string {
 	return strings.Replace(cfg, "{\n\t# Let in-flight", "{\n\tdefault_bind 127.0.0.1\n\t# Let in-flight", 1)
 }
 
+// testSigningKeys are EDGE_SESSION_KEYS for tests (32+ bytes).
+const testSigningKeys = "e2e-signing-key-0123456789abcdefghijklmnopq"
+
+// login signs in through the edge and returns the session cookie as a
+// Cookie header value.
+func login(t *testing.T, e *Edge, user, password string) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, e.URL("/api/auth/login"), strings.NewReader(`{"username":"`+user+`","password":"`+password+`"}`))
+	req.Header.Set("Content-Type", "application/json")
+	code, h, body := e.Do(t, req)
+	if code != 200 {
+		t.Fatalf("login %s: %d %s", user, code, body)
+	}
+	if h.Get("X-Ticketi-Identity") != "" {
+		t.Fatal("the login hand-off header reached the client")
+	}
+	for _, c := range (&http.Response{Header: h}).Cookies() {
+		if c.Name == "ticketi_session" && c.Value != "" {
+			if !c.HttpOnly || !c.Secure || c.SameSite != http.SameSiteLaxMode {
+				t.Fatalf("session cookie attributes: %+v", c)
+			}
+			return c.Name + "=" + c.Value
+		}
+	}
+	t.Fatalf("login set no session cookie: %v", h["Set-Cookie"])
+	return ""
+}
+
 func setSimLatency(t *testing.T, sim *Sim, ms int) {
 	t.Helper()
 	resp, err := http.Post(sim.URL("/__sim/config"), "application/json", strings.NewReader(fmt.Sprintf(`{"latencyMs":%d}`, ms)))
@@ -58,7 +86,7 @@ func eventTitle(t *testing.T, body []byte) string {
 func TestCacheAcrossTwoEdges(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	sim := StartSim(t)
-	vars := map[string]string{"TICKETI_UPSTREAM": sim.Addr, "REDIS_URL": srv.URL(), "REDIS_KEY_PREFIX": "test_"}
+	vars := map[string]string{"TICKETI_UPSTREAM": sim.Addr, "REDIS_URL": srv.URL(), "REDIS_KEY_PREFIX": "test_", "EDGE_SESSION_KEYS": testSigningKeys}
 	cfg := exampleCaddyfile(t, "\theader /api/events/77 Set-Cookie \"tracker=first-client\"\n")
 	a := StartEdge(t, cfg, vars)
 	b := StartEdge(t, cfg, vars)
@@ -106,7 +134,8 @@ func TestCacheAcrossTwoEdges(t *testing.T) {
 	// returns the new data, for the event and for the lists.
 	req, _ := http.NewRequest(http.MethodPut, a.URL("/api/events/42"), strings.NewReader(`{"title":"Rescheduled"}`))
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-Ticketi-User-Id", "1") // until edge_session lands, the test plays the trusted identity
+	cookie := login(t, a, "alice", "secret1")
+	req.Header.Set("Cookie", cookie)
 	if code, h, body := a.Do(t, req); code != 200 || h.Get("X-Ticketi-Invalidate") != "" {
 		t.Fatalf("PUT: %d %s (invalidate header %q)", code, body, h.Get("X-Ticketi-Invalidate"))
 	}
@@ -169,14 +198,22 @@ func TestCacheAcrossTwoEdges(t *testing.T) {
 			t.Fatalf("GET %s with redis down: %d", path, code)
 		}
 	}
-	req, _ = http.NewRequest(http.MethodPut, b.URL("/api/events/41"), strings.NewReader(`{"title":"Changed without redis"}`))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-Ticketi-User-Id", "1")
-	if code, _, _ := b.Do(t, req); code != 200 {
-		t.Fatalf("PUT with redis down: %d", code)
+	put := func(e *Edge) (int, http.Header, []byte) {
+		req, _ := http.NewRequest(http.MethodPut, e.URL("/api/events/41"), strings.NewReader(`{"title":"Changed without redis"}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Cookie", cookie)
+		return e.Do(t, req)
 	}
-	if _, _, body := b.Get(t, "/api/events/41"); eventTitle(t, body) != "Changed without redis" {
-		t.Fatalf("edge b after its own PUT with redis down: %s", body)
+	// Edge b never saw this session: it cannot check it, so 503, not a false 401.
+	if code, h, body := put(b); code != 503 || h.Get("Retry-After") == "" {
+		t.Fatalf("PUT on b with an unknown session and redis down: %d %s", code, body)
+	}
+	// Edge a validated it recently: within the outage grace it still works.
+	if code, _, body := put(a); code != 200 {
+		t.Fatalf("PUT on a with redis down: %d %s", code, body)
+	}
+	if _, _, body := a.Get(t, "/api/events/41"); eventTitle(t, body) != "Changed without redis" {
+		t.Fatalf("edge a after its own PUT with redis down: %s", body)
 	}
 	if err := srv.Restart(); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,281 @@
+package caddymodule
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/ticketi/edge/internal/store"
+	"github.com/ticketi/edge/sessionauth"
+)
+
+func init() {
+	caddy.RegisterModule(Session{})
+}
+
+// Session is the `edge_session` handler: sessions in Redis, created from
+// the upstream's login answer, validated on every request, sent upstream
+// as trusted identity headers. Spoofed identity headers from clients are
+// always removed.
+type Session struct {
+	// Cookie signing keys (≥ 32 bytes each; "base64:..." for binary). The
+	// first signs, all verify: rotate by putting a new key first. Required
+	// when Redis is configured; without Redis a random key is used.
+	SigningKeys []string `json:"signing_keys,omitempty"`
+	// Key for deriving Redis keys from tokens; default: from the last signing key.
+	StorageKey string `json:"storage_key,omitempty"`
+	// Cookie settings. Defaults: ticketi_session, /, Secure, HttpOnly, SameSite=Lax.
+	CookieName     string `json:"cookie_name,omitempty"`
+	CookiePath     string `json:"cookie_path,omitempty"`
+	CookieDomain   string `json:"cookie_domain,omitempty"`
+	SameSite       string `json:"same_site,omitempty"`
+	InsecureCookie bool   `json:"insecure_cookie,omitempty"`
+	// Idle expiry (default 24h, extended on activity), absolute cap
+	// (default 7 days) and how often activity is written back (default 1m).
+	IdleTimeout     caddy.Duration `json:"idle_timeout,omitempty"`
+	AbsoluteTimeout caddy.Duration `json:"absolute_timeout,omitempty"`
+	TouchInterval   caddy.Duration `json:"touch_interval,omitempty"`
+	// How long a validated session is trusted locally (default 10s), and
+	// how long it keeps working while Redis is down (default 5m).
+	LocalTTL    caddy.Duration `json:"local_ttl,omitempty"`
+	OutageGrace caddy.Duration `json:"outage_grace,omitempty"`
+	// POST routes whose 2xx answer carries the identity header: the edge
+	// creates the session and sets the cookie. Default: /api/auth/login, /api/auth/register.
+	LoginPaths []string `json:"login_paths,omitempty"`
+	// POST routes that destroy the session. Default: /api/auth/logout.
+	LogoutPaths []string `json:"logout_paths,omitempty"`
+	// The upstream's login hand-off header (JSON identity); never reaches
+	// clients. Default: X-Ticketi-Identity.
+	IdentityHeader string `json:"identity_header,omitempty"`
+	// Trusted headers sent upstream. Defaults: X-Ticketi-User-Id,
+	// X-Ticketi-Username, X-Ticketi-Verified.
+	UserIDHeader   string `json:"user_id_header,omitempty"`
+	UsernameHeader string `json:"username_header,omitempty"`
+	VerifiedHeader string `json:"verified_header,omitempty"`
+	// Paths (Caddy path matcher syntax) that need a session, any method.
+	Protect []string `json:"protect,omitempty"`
+	// Require a session for every POST/PUT/PATCH/DELETE except these paths.
+	ProtectMutations bool     `json:"protect_mutations,omitempty"`
+	MutationsExcept  []string `json:"mutations_except,omitempty"`
+	// Browsers (Accept: text/html) without a session on a protected route
+	// are redirected here instead of getting 401 JSON.
+	LoginRedirect string `json:"login_redirect,omitempty"`
+	// Validate the Ticketi server's own express-session cookies.
+	Express *SessionExpress `json:"express,omitempty"`
+	// A separate Redis for sessions (recommended under allkeys-lru).
+	Redis *RedisConfig `json:"redis,omitempty"`
+
+	engine   *sessionauth.Manager
+	conn     moduleConnection
+	ownedBus *store.Bus
+	app      *App
+	log      *zap.Logger
+	sameSite http.SameSite
+	protect  caddyhttp.MatchPath
+	except   caddyhttp.MatchPath
+	login    caddyhttp.MatchPath
+	logout   caddyhttp.MatchPath
+	strip    []string
+	results  [6]prometheus.Counter
+}
+
+// SessionExpress configures express-session compatibility.
+type SessionExpress struct {
+	// express-session's secret(s).
+	Secrets []string `json:"secrets"`
+	// Cookie name. Default connect.sid.
+	CookieName string `json:"cookie_name,omitempty"`
+	// connect-redis key prefix. Default sess:.
+	Prefix string `json:"prefix,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Session) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.edge_session",
+		New: func() caddy.Module { return new(Session) },
+	}
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// Provision builds the session manager.
+func (s *Session) Provision(ctx caddy.Context) error {
+	s.log = ctx.Logger()
+	var err error
+	if s.app, err = edgeApp(ctx); err != nil {
+		return err
+	}
+	s.CookieName = orDefault(s.CookieName, DefaultSessionCookie)
+	s.CookiePath = orDefault(s.CookiePath, "/")
+	s.IdentityHeader = orDefault(s.IdentityHeader, "X-Ticketi-Identity")
+	s.UserIDHeader = orDefault(s.UserIDHeader, "X-Ticketi-User-Id")
+	s.UsernameHeader = orDefault(s.UsernameHeader, "X-Ticketi-Username")
+	s.VerifiedHeader = orDefault(s.VerifiedHeader, "X-Ticketi-Verified")
+	if s.LoginPaths == nil {
+		s.LoginPaths = []string{"/api/auth/login", "/api/auth/register"}
+	}
+	if s.LogoutPaths == nil {
+		s.LogoutPaths = []string{"/api/auth/logout"}
+	}
+	s.strip = []string{s.UserIDHeader, s.UsernameHeader, s.VerifiedHeader, s.IdentityHeader}
+	switch strings.ToLower(orDefault(s.SameSite, "lax")) {
+	case "lax":
+		s.sameSite = http.SameSiteLaxMode
+	case "strict":
+		s.sameSite = http.SameSiteStrictMode
+	case "none":
+		s.sameSite = http.SameSiteNoneMode
+	default:
+		return fmt.Errorf("edge_session: same_site must be lax, strict or none, got %q", s.SameSite)
+	}
+	for _, m := range []struct {
+		paths []string
+		into  *caddyhttp.MatchPath
+	}{{s.Protect, &s.protect}, {s.MutationsExcept, &s.except}, {s.LoginPaths, &s.login}, {s.LogoutPaths, &s.logout}} {
+		*m.into = caddyhttp.MatchPath(m.paths)
+		if err := m.into.Provision(ctx); err != nil {
+			return err
+		}
+	}
+	if s.conn, err = s.app.connectionFor(s.Redis); err != nil {
+		return err
+	}
+	opts, err := s.engineOptions()
+	if err != nil {
+		return err
+	}
+	if s.engine, err = sessionauth.New(opts); err != nil {
+		return fmt.Errorf("edge_session: %w", err)
+	}
+	for i := range s.results {
+		s.results[i] = s.app.metrics.sessionResults.WithLabelValues(sessionauth.Result(i).String())
+	}
+	s.app.registerSessions(s)
+	return nil
+}
+
+func (s *Session) engineOptions() (sessionauth.Options, error) {
+	repl := caddy.NewReplacer()
+	opts := sessionauth.Options{
+		Redis:           s.conn.redis,
+		IdleTimeout:     time.Duration(s.IdleTimeout),
+		AbsoluteTimeout: time.Duration(s.AbsoluteTimeout),
+		TouchInterval:   time.Duration(s.TouchInterval),
+		LocalTTL:        time.Duration(s.LocalTTL),
+		OutageGrace:     time.Duration(s.OutageGrace),
+		Logger:          s.log,
+	}
+	for _, k := range s.SigningKeys {
+		// One placeholder may hold a space-separated rotation list.
+		for _, f := range strings.Fields(repl.ReplaceKnown(k, "")) {
+			key, err := decodeKey(f)
+			if err != nil {
+				return opts, err
+			}
+			opts.SigningKeys = append(opts.SigningKeys, key)
+		}
+	}
+	if sk := strings.TrimSpace(repl.ReplaceKnown(s.StorageKey, "")); sk != "" {
+		key, err := decodeKey(sk)
+		if err != nil {
+			return opts, err
+		}
+		opts.StorageKey = key
+	}
+	if len(opts.SigningKeys) == 0 {
+		if s.conn.redis != nil {
+			return opts, errors.New("edge_session: signing_keys are required with redis: every edge must sign and verify cookies with the same keys (set e.g. EDGE_SESSION_KEYS to a random 32+ byte secret)")
+		}
+		key := make([]byte, 32)
+		_, _ = rand.Read(key)
+		opts.SigningKeys = [][]byte{key}
+		s.log.Warn("edge_session: no signing_keys; using a random key: sessions end when the edge restarts")
+	}
+	if s.conn.redis != nil {
+		bus, owned := s.app.busOn(s.conn.redis, sessionBusChannel)
+		opts.Bus = bus
+		if owned {
+			s.ownedBus = bus
+		}
+	}
+	if s.Express != nil {
+		if s.conn.redis == nil {
+			return opts, errors.New("edge_session: express compatibility reads connect-redis sessions and needs redis")
+		}
+		ex := &sessionauth.ExpressOptions{Prefix: s.Express.Prefix}
+		for _, sec := range s.Express.Secrets {
+			if v := repl.ReplaceKnown(sec, ""); v != "" {
+				ex.Secrets = append(ex.Secrets, v)
+			}
+		}
+		if len(ex.Secrets) == 0 {
+			return opts, errors.New("edge_session: express needs at least one secret")
+		}
+		opts.Express = ex
+		s.Express.CookieName = orDefault(s.Express.CookieName, "connect.sid")
+	}
+	return opts, nil
+}
+
+const sessionBusChannel = "edge:session:invalidate"
+
+// decodeKey accepts raw text or "base64:..." (binary keys).
+func decodeKey(s string) ([]byte, error) {
+	if rest, ok := strings.CutPrefix(s, "base64:"); ok {
+		b, err := base64.StdEncoding.DecodeString(rest)
+		if err != nil {
+			return nil, errors.New("edge_session: a base64: key is not valid base64")
+		}
+		return b, nil
+	}
+	return []byte(s), nil
+}
+
+// Validate checks the configuration.
+func (s *Session) Validate() error {
+	if s.IdleTimeout < 0 || s.AbsoluteTimeout < 0 || s.TouchInterval < 0 {
+		return errors.New("edge_session: timeouts must not be negative")
+	}
+	if s.LoginRedirect != "" && !strings.HasPrefix(s.LoginRedirect, "/") && !strings.HasPrefix(s.LoginRedirect, "https://") {
+		return errors.New("edge_session: login_redirect must be a path or an https:// URL")
+	}
+	return nil
+}
+
+// Cleanup releases the engine and any connection of its own.
+func (s *Session) Cleanup() error {
+	if s.engine != nil {
+		s.engine.Close()
+	}
+	if s.ownedBus != nil {
+		s.ownedBus.Close()
+	}
+	s.conn.release()
+	if s.app != nil {
+		s.app.unregisterSessions(s)
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Session)(nil)
+	_ caddy.Validator             = (*Session)(nil)
+	_ caddy.CleanerUpper          = (*Session)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Session)(nil)
+)

@@ -1,0 +1,136 @@
+package sessionauth
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ticketi/edge/internal/redistest"
+	"github.com/ticketi/edge/internal/store"
+)
+
+func TestMain(m *testing.M) {
+	// Fault tests dial a stopped server on purpose; keep go-redis quiet.
+	store.InstallGoRedisLogger(zap.NewNop())
+	os.Exit(m.Run())
+}
+
+var (
+	key1 = bytes.Repeat([]byte{0x11}, 32)
+	key2 = bytes.Repeat([]byte{0x22}, 32)
+	key3 = bytes.Repeat([]byte{0x33}, 32)
+)
+
+// fakeClock is the injected clock: tests move it, nothing sleeps on it.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *fakeClock {
+	return &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func (c *fakeClock) Set(t time.Time) {
+	c.mu.Lock()
+	c.t = t
+	c.mu.Unlock()
+}
+
+// startRedis starts a private redis-server and the shared connection the
+// engines use (key prefix "test_", fast heartbeat and reconnect).
+func startRedis(t *testing.T) (*redistest.Server, *store.Redis) {
+	t.Helper()
+	srv := redistest.Start(t, redistest.Options{})
+	r, err := store.New(store.Options{
+		URL: srv.URL(), KeyPrefix: "test_",
+		Heartbeat: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+	}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	return srv, r
+}
+
+func newManager(t *testing.T, opts Options) *Manager {
+	t.Helper()
+	if opts.SigningKeys == nil {
+		opts.SigningKeys = [][]byte{key1}
+	}
+	m, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	return m
+}
+
+// backends runs fn against the in-memory store and a private Redis.
+func backends(t *testing.T, fn func(t *testing.T, clk *fakeClock, mk func(Options) *Manager, r *store.Redis)) {
+	t.Run("memory", func(t *testing.T) {
+		clk := newClock()
+		fn(t, clk, func(o Options) *Manager {
+			o.Now = clk.Now
+			return newManager(t, o)
+		}, nil)
+	})
+	t.Run("redis", func(t *testing.T) {
+		_, r := startRedis(t)
+		clk := newClock()
+		fn(t, clk, func(o Options) *Manager {
+			o.Now = clk.Now
+			o.Redis = r
+			return newManager(t, o)
+		}, r)
+	})
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, within)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
+var alice = Identity{UserID: "1", Username: "alice", IsVerified: true}
+
+func mustCreate(t *testing.T, m *Manager, id Identity) string {
+	t.Helper()
+	tok, _, err := m.Create(context.Background(), id, Meta{IP: "203.0.113.7", UserAgent: "test-agent/1.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func wantResult(t *testing.T, m *Manager, token string, want Result) Session {
+	t.Helper()
+	s, got := m.Validate(context.Background(), token, Meta{})
+	if got != want {
+		t.Fatalf("Validate = %v, want %v", got, want)
+	}
+	return s
+}
