@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ticketi/edge/internal/redistest"
+)
+
+// echoHeaders asks the sim what headers reached it through the edge.
+func echoHeaders(t *testing.T, e *Edge, set map[string]string) http.Header {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, e.URL("/__sim/echo"), nil)
+	for k, v := range set {
+		req.Header[k] = []string{v} // raw names: no canonicalisation, as a hostile client would send
+	}
+	code, _, body := e.Do(t, req)
+	if code != 200 {
+		t.Fatalf("echo: %d %s", code, body)
+	}
+	var echo struct {
+		Headers map[string][]string `json:"headers"`
+	}
+	if err := json.Unmarshal(body, &echo); err != nil {
+		t.Fatalf("echo body %s: %v", body, err)
+	}
+	return http.Header(echo.Headers)
+}
+
+// identityHeaders returns every received header that names the user, in
+// whatever spelling it arrived.
+func identityHeaders(h http.Header) map[string][]string {
+	out := map[string][]string{}
+	for k, v := range h {
+		norm := strings.ToLower(strings.ReplaceAll(k, "_", "-"))
+		if strings.HasPrefix(norm, "x-ticketi-user") || strings.HasPrefix(norm, "x-ticketi-verified") || strings.HasPrefix(norm, "x-ticketi-identity") {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func TestSessionsAcrossTwoEdges(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	sim := StartSim(t)
+	vars := map[string]string{"TICKETI_UPSTREAM": sim.Addr, "REDIS_URL": srv.URL(), "REDIS_KEY_PREFIX": "test_", "EDGE_SESSION_KEYS": testSigningKeys}
+	cfg := exampleCaddyfile(t, "")
+	a := StartEdge(t, cfg, vars)
+	b := StartEdge(t, cfg, vars)
+
+	// Spoofed identity never reaches the origin, in any spelling, with or
+	// without a session.
+	spoof := map[string]string{"x-ticketi-user-id": "999", "X_Ticketi_User_Id": "998", "X-TICKETI-USERNAME": "mallory", "x_ticketi_verified": "true"}
+	if got := identityHeaders(echoHeaders(t, a, spoof)); len(got) != 0 {
+		t.Fatalf("spoofed identity reached the origin: %v", got)
+	}
+	if code, _, _ := a.Get(t, "/api/users/me"); code != 401 {
+		t.Fatalf("/api/users/me without a session: %d", code)
+	}
+
+	cookie := login(t, a, "alice", "secret1")
+	spoof["Cookie"] = cookie
+	got := identityHeaders(echoHeaders(t, b, spoof)) // the other edge knows the session through redis
+	if len(got) != 3 || got["X-Ticketi-User-Id"][0] != "1" || got["X-Ticketi-Username"][0] != "alice" || got["X-Ticketi-Verified"][0] != "true" {
+		t.Fatalf("trusted headers at the origin: %v", got)
+	}
+	req, _ := http.NewRequest(http.MethodGet, b.URL("/api/users/me"), nil)
+	req.Header.Set("Cookie", cookie)
+	if code, _, body := b.Do(t, req); code != 200 || !strings.Contains(string(body), `"alice"`) {
+		t.Fatalf("/api/users/me with the session: %d %s", code, body)
+	}
+	// The redis value holds no token.
+	token := strings.SplitN(strings.TrimPrefix(cookie, "ticketi_session="), ".", 2)[0]
+	ctx := context.Background()
+	for _, k := range srv.Client(t).Keys(ctx, "*").Val() { // our private server: KEYS is fine in a test
+		if strings.Contains(k, token) || strings.Contains(srv.Client(t).Get(ctx, k).Val(), token) {
+			t.Fatalf("token visible in redis under %s", k)
+		}
+	}
+
+	// Logout on a: the cookie stops working on b at once (pub/sub drops b's local copy).
+	req, _ = http.NewRequest(http.MethodPost, a.URL("/api/auth/logout"), nil)
+	req.Header.Set("Cookie", cookie)
+	if code, h, _ := a.Do(t, req); code != 200 || !strings.Contains(h.Get("Set-Cookie"), "Max-Age=0") {
+		t.Fatalf("logout: %d %v", code, h["Set-Cookie"])
+	}
+	meOn := func(e *Edge, c string) int {
+		req, _ := http.NewRequest(http.MethodGet, e.URL("/api/users/me"), nil)
+		req.Header.Set("Cookie", c)
+		code, _, _ := e.Do(t, req)
+		return code
+	}
+	Eventually(t, time.Second, func() error {
+		if code := meOn(b, cookie); code != 401 {
+			return fmt.Errorf("edge b after logout on a: %d", code)
+		}
+		return nil
+	})
+
+	// Logout everywhere through the admin API of b: both sessions of bob die on both edges.
+	c1, c2 := login(t, a, "bob", "secret2"), login(t, b, "bob", "secret2")
+	if meOn(a, c2) != 200 || meOn(b, c1) != 200 {
+		t.Fatal("bob's sessions should work on both edges")
+	}
+	code, _, body := b.Admin(t, http.MethodGet, "/edge/sessions/2", "", "")
+	if code != 200 || strings.Count(string(body), `"handle"`) != 2 || strings.Contains(string(body), strings.Split(strings.TrimPrefix(c1, "ticketi_session="), ".")[0]) {
+		t.Fatalf("list bob's sessions: %d %s", code, body)
+	}
+	if code, _, body := b.Admin(t, http.MethodDelete, "/edge/sessions/2", "", ""); code != 200 || !strings.Contains(string(body), `"destroyed":2`) {
+		t.Fatalf("destroy all: %d %s", code, body)
+	}
+	Eventually(t, time.Second, func() error {
+		for _, e := range []*Edge{a, b} {
+			for _, c := range []string{c1, c2} {
+				if code := meOn(e, c); code != 401 {
+					return fmt.Errorf("bob's session still answers %d", code)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// TestExpressSessionCompatibility: a cookie made by the real
+// express-session package is accepted, a tampered one refused.
+func TestExpressSessionCompatibility(t *testing.T) {
+	root, _ := ModuleRoot()
+	raw, err := os.ReadFile(filepath.Join(root, "testdata/express/vectors.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vec struct {
+		EdgeSecrets []string `json:"edgeSecrets"`
+		Vectors     []struct {
+			Name, Sid, CookieHeader string
+			Expect                  struct{ Result string }
+		} `json:"vectors"`
+	}
+	if err := json.Unmarshal(raw, &vec); err != nil {
+		t.Fatal(err)
+	}
+	v := vec.Vectors[0]
+	if v.Expect.Result != "valid" {
+		t.Fatalf("first vector is %q", v.Name)
+	}
+	srv := redistest.Start(t, redistest.Options{})
+	// The signature covers the sid only; store what connect-redis would,
+	// with an expiry in the future (the committed vector's date passes).
+	exp := time.Now().Add(24 * time.Hour).UTC().Format("2006-01-02T15:04:05.000Z")
+	sess := `{"cookie":{"originalMaxAge":86400000,"expires":"` + exp + `","httpOnly":true,"path":"/"},"userId":"1","username":"alice","isVerified":true}`
+	if err := srv.Client(t).Set(context.Background(), "sess:"+v.Sid, sess, time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	sim := StartSim(t)
+	cfg := strings.Replace(exampleCaddyfile(t, ""), "\t\tsigning_keys {$EDGE_SESSION_KEYS}\n",
+		"\t\tsigning_keys {$EDGE_SESSION_KEYS}\n\t\texpress {\n\t\t\tsecrets \""+vec.EdgeSecrets[0]+"\"\n\t\t}\n", 1)
+	e := StartEdge(t, cfg, map[string]string{"TICKETI_UPSTREAM": sim.Addr, "REDIS_URL": srv.URL(), "EDGE_SESSION_KEYS": testSigningKeys})
+
+	got := identityHeaders(echoHeaders(t, e, map[string]string{"Cookie": v.CookieHeader}))
+	if len(got["X-Ticketi-User-Id"]) != 1 || got["X-Ticketi-User-Id"][0] != "1" {
+		t.Fatalf("real express-session cookie not accepted: %v", got)
+	}
+	tampered := strings.Replace(v.CookieHeader, v.Sid[:4], "AAAA", 1)
+	if got := identityHeaders(echoHeaders(t, e, map[string]string{"Cookie": tampered})); len(got) != 0 {
+		t.Fatalf("tampered express cookie accepted: %v", got)
+	}
+}
