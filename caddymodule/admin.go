@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -89,6 +90,8 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			out[name] = map[string]any{"engine": c.engine.Stats(), "rules": c.obs.stats()}
 		}
 		return writeJSON(w, http.StatusOK, out)
+	case "ratelimit/reset", "ratelimit/remaining", "ratelimit/stats":
+		return a.rateLimit(w, r, app, strings.TrimPrefix(path, "ratelimit/"))
 	case "reconnect":
 		if err := allowMethods(r, http.MethodPost); err != nil {
 			return err
@@ -97,7 +100,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return caddy.APIError{
 			HTTPStatus: http.StatusNotFound,
-			Err:        fmt.Errorf("unknown edge admin route %q; known: GET %[2]sstats, POST %[2]sreconnect, POST %[2]scache/purge, GET %[2]scache/stats, GET|DELETE %[2]ssessions/{userId}[/{handle}]", r.URL.Path, adminBase),
+			Err:        fmt.Errorf("unknown edge admin route %q; known: GET %[2]sstats, POST %[2]sreconnect, POST %[2]scache/purge, GET %[2]scache/stats, GET|DELETE %[2]ssessions/{userId}[/{handle}], POST %[2]sratelimit/reset, GET %[2]sratelimit/remaining, GET %[2]sratelimit/stats", r.URL.Path, adminBase),
 		}
 	}
 }
@@ -246,6 +249,79 @@ func (a *adminAPI) sessions(w http.ResponseWriter, r *http.Request, app *App, re
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("no such session")}
 	}
 	return allowMethods(r, http.MethodGet, http.MethodDelete)
+}
+
+// rateLimit serves the seed's resetLimit and getRemainingRequests:
+//
+//	POST /edge/ratelimit/reset      {"tier":"api","key":"203.0.113.9"} → {"reset": true}
+//	GET  /edge/ratelimit/remaining?tier=api&key=203.0.113.9 → {"limit","remaining","reset_seconds"}
+//	GET  /edge/ratelimit/stats[?top=20] → per limiter: per-tier counts and the top offenders
+func (a *adminAPI) rateLimit(w http.ResponseWriter, r *http.Request, app *App, op string) error {
+	limiters := app.limiterHandlers()
+	if len(limiters) == 0 {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("the running config has no edge_rate_limit handler")}
+	}
+	if op == "stats" {
+		if err := allowMethods(r, http.MethodGet); err != nil {
+			return err
+		}
+		top := 20
+		if v := r.URL.Query().Get("top"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 1000 {
+				return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("top must be 1 to 1000")}
+			}
+			top = n
+		}
+		out := map[string]any{}
+		for name, rl := range limiters {
+			out[name] = map[string]any{"stats": rl.engine.Stats(), "top": rl.engine.Top(top)}
+		}
+		return writeJSON(w, http.StatusOK, out)
+	}
+	var req struct {
+		Tier string `json:"tier"`
+		Key  string `json:"key"`
+	}
+	if op == "reset" {
+		if err := allowMethods(r, http.MethodPost); err != nil {
+			return err
+		}
+		if err := decodeJSON(r, &req); err != nil {
+			return err
+		}
+	} else {
+		if err := allowMethods(r, http.MethodGet); err != nil {
+			return err
+		}
+		req.Tier, req.Key = r.URL.Query().Get("tier"), r.URL.Query().Get("key")
+	}
+	if req.Tier == "" || req.Key == "" || len(req.Key) > 512 {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New(`"tier" and "key" (at most 512 bytes) are required`)}
+	}
+	for _, rl := range limiters {
+		for _, rt := range rl.tiers {
+			if rt.tier.Name != req.Tier {
+				continue
+			}
+			if op == "reset" {
+				if err := rl.engine.Reset(r.Context(), rt.tier, req.Key); err != nil {
+					return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
+				}
+				a.log.Info("rate limit reset through the admin API", zap.String("tier", req.Tier))
+				return writeJSON(w, http.StatusOK, map[string]any{"reset": true})
+			}
+			res, err := rl.engine.Peek(r.Context(), rt.tier, req.Key)
+			if err != nil {
+				return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
+			}
+			return writeJSON(w, http.StatusOK, map[string]any{
+				"tier": req.Tier, "limit": rt.tier.Limit, "remaining": res.Remaining,
+				"reset_seconds": res.Reset.Seconds(),
+			})
+		}
+	}
+	return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no tier named %q", req.Tier)}
 }
 
 func (a *adminAPI) app() (*App, error) {

@@ -129,7 +129,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	store.InstallGoRedisLogger(caddy.Log())
 	a.cache = new(stats.CacheCounters)
 	a.modules = new(moduleStats)
-	a.handlers = &handlerRegistry{caches: map[string]*Cache{}, buses: map[string]*store.Bus{}}
+	a.handlers = &handlerRegistry{caches: map[string]*Cache{}, limiters: map[string]*RateLimit{}, buses: map[string]*store.Bus{}}
 	a.flushWG = new(sync.WaitGroup)
 	a.stopping = make(chan struct{})
 	var err error
@@ -348,6 +348,7 @@ var (
 type handlerRegistry struct {
 	mu       sync.Mutex
 	caches   map[string]*Cache
+	limiters map[string]*RateLimit
 	sessions []*Session
 	buses    map[string]*store.Bus
 }
@@ -474,4 +475,36 @@ func (a *App) busOn(rdb *store.Redis, channel string) (bus *store.Bus, owned boo
 		return a.bus(channel), false
 	}
 	return store.NewBus(rdb, channel, a.log.Named("bus")), true
+}
+
+// registerLimiter records a limiter for the admin API: "limiter",
+// "limiter2", ...
+func (a *App) registerLimiter(rl *RateLimit) string {
+	h := a.handlers
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	name := "limiter"
+	for i := 2; h.limiters[name] != nil; i++ {
+		name = "limiter" + strconv.Itoa(i)
+	}
+	h.limiters[name] = rl
+	return name
+}
+
+func (a *App) unregisterLimiter(name string) {
+	h := a.handlers
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.limiters, name)
+}
+
+func (a *App) limiterHandlers() map[string]*RateLimit {
+	h := a.handlers
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]*RateLimit, len(h.limiters))
+	for k, v := range h.limiters {
+		out[k] = v
+	}
+	return out
 }

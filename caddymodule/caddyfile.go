@@ -290,3 +290,9 @@ var (
 	_ caddyfile.Unmarshaler = (*App)(nil)
 	_ caddyfile.Unmarshaler = (*Health)(nil)
 )
+
+// parseCaddyDuration parses a Caddy duration (1m, 30s, 1d).
+func parseCaddyDuration(s string) (caddy.Duration, error) {
+	d, err := caddy.ParseDuration(s)
+	return caddy.Duration(d), err
+}

@@ -26,6 +26,7 @@ type metrics struct {
 	cacheStoredBytes *prometheus.CounterVec
 	cacheDropped     prometheus.Counter
 	sessionResults   *prometheus.CounterVec
+	limitDecisions   *prometheus.CounterVec
 	sessionLogins    prometheus.Counter
 	sessionLogouts   prometheus.Counter
 	redisCalls       *prometheus.HistogramVec
@@ -55,6 +56,10 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 			Namespace: metricsNamespace, Subsystem: "session", Name: "validations_total",
 			Help: "Session checks by result (valid, missing, invalid, expired, unknown, unavailable).",
 		}, []string{"result"}),
+		limitDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "ratelimit", Name: "decisions_total",
+			Help: "Rate-limit outcomes by tier, result (allowed, denied; dry-run denials count as denied) and source (redis, local_deny, memory, invalid).",
+		}, []string{"tier", "result", "source"}),
 		sessionLogins: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: "session", Name: "created_total",
 			Help: "Sessions created from the upstream's login hand-off.",
@@ -88,7 +93,7 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 	collectors := []prometheus.Collector{
 		m.redisCalls, m.fallbackEntries, m.fallbackRecovers,
 		m.cacheLookups, m.cacheStored, m.cacheStoredBytes, m.cacheDropped,
-		m.sessionResults, m.sessionLogins, m.sessionLogouts,
+		m.sessionResults, m.sessionLogins, m.sessionLogouts, m.limitDecisions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: metricsNamespace, Subsystem: "redis", Name: "breaker_open",
 			Help: "1 while the circuit breaker is open (fallback mode), else 0.",

@@ -1,0 +1,169 @@
+package caddymodule
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("edge_rate_limit", parseRateLimitCaddyfile)
+	// After edge_session (after basic_auth), so a per-user tier sees the
+	// user; before the cache, so cache hits are limited too.
+	httpcaddyfile.RegisterDirectiveOrder("edge_rate_limit", httpcaddyfile.After, "forward_auth")
+}
+
+// parseRateLimitCaddyfile sets up the limiter. Syntax:
+//
+//	edge_rate_limit [<matcher>] {
+//		tier <name> <limit> <window> {
+//			match_path   <path...>
+//			match_method <method...>
+//			key          <placeholder template>    # default {http.vars.client_ip}
+//			message      <text>
+//			missing_key  client_ip|deny
+//		}
+//		dry_run
+//		penalty     <factor> [max <duration>] [memory <duration>]
+//		local_deny  on|off
+//		key_display hash|truncate
+//		hash_salt   <salt>
+//		top_k       <n>
+//		redis       <url>                          # a separate Redis for limiter state
+//	}
+func parseRateLimitCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	rl := new(RateLimit)
+	err := rl.UnmarshalCaddyfile(h.Dispenser)
+	return rl, err
+}
+
+// UnmarshalCaddyfile parses edge_rate_limit (see parseRateLimitCaddyfile).
+func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		var err error
+		switch opt := d.Val(); opt {
+		case "tier":
+			err = rl.parseTier(d)
+		case "dry_run":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			rl.DryRun = true
+		case "penalty":
+			err = rl.parsePenalty(d)
+		case "local_deny":
+			var v string
+			if v, err = requiredArg(d); err == nil {
+				on, perr := parseBoolWord(v)
+				if perr != nil {
+					return d.Errf("local_deny: expected on or off, got %q", v)
+				}
+				rl.DisableLocalDeny = !on
+			}
+		case "key_display":
+			if rl.KeyDisplay, err = requiredArg(d); err == nil && rl.KeyDisplay != "hash" && rl.KeyDisplay != "truncate" {
+				return d.Errf("key_display: expected hash or truncate, got %q", rl.KeyDisplay)
+			}
+		case "hash_salt":
+			rl.HashSalt, err = optionalArg(d)
+		case "top_k":
+			rl.TopK, err = requiredInt(d)
+		case "redis":
+			var url string
+			if url, err = optionalArg(d); err == nil && url != "" {
+				rl.Redis = &RedisConfig{URL: url}
+			}
+		default:
+			return d.Errf("unrecognized edge_rate_limit option '%s'", opt)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (rl *RateLimit) parseTier(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	if len(args) != 3 {
+		return d.Errf("tier needs a name, a limit and a window, e.g. tier api 100 1m")
+	}
+	limit, err := strconv.ParseInt(args[1], 10, 64)
+	if err != nil || limit < 1 {
+		return d.Errf("tier %s: limit must be a positive whole number, got %q", args[0], args[1])
+	}
+	window, err := parseCaddyDuration(args[2])
+	if err != nil || window <= 0 {
+		return d.Errf("tier %s: window must be a duration such as 1m, got %q", args[0], args[2])
+	}
+	t := RateLimitTier{Name: args[0], Limit: limit, Window: window}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch sub := d.Val(); sub {
+		case "match_path":
+			if t.Paths, err = pathArgs(d); err != nil {
+				return err
+			}
+		case "match_method":
+			if t.Methods = d.RemainingArgs(); len(t.Methods) == 0 {
+				return d.ArgErr()
+			}
+		case "key":
+			if t.Key, err = requiredArg(d); err != nil {
+				return err
+			}
+		case "message":
+			if t.Message, err = requiredArg(d); err != nil {
+				return err
+			}
+		case "missing_key":
+			if t.MissingKey, err = requiredArg(d); err != nil {
+				return err
+			}
+			if t.MissingKey != "client_ip" && t.MissingKey != "deny" {
+				return d.Errf("missing_key: expected client_ip or deny, got %q", t.MissingKey)
+			}
+		default:
+			return d.Errf("unrecognized tier option '%s'", sub)
+		}
+	}
+	rl.Tiers = append(rl.Tiers, t)
+	return nil
+}
+
+func (rl *RateLimit) parsePenalty(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	if len(args) == 0 || len(args)%2 != 1 {
+		return d.Errf("expected: penalty <factor> [max <duration>] [memory <duration>]")
+	}
+	factor, err := strconv.ParseFloat(args[0], 64)
+	if err != nil || factor <= 1 {
+		return d.Errf("penalty factor must be a number greater than 1, got %q", args[0])
+	}
+	p := &RateLimitPenalty{Factor: factor}
+	for i := 1; i < len(args); i += 2 {
+		dur, err := parseCaddyDuration(args[i+1])
+		if err != nil || dur <= 0 {
+			return d.Errf("penalty %s: expected a duration, got %q", args[i], args[i+1])
+		}
+		switch strings.ToLower(args[i]) {
+		case "max":
+			p.Max = dur
+		case "memory":
+			p.Memory = dur
+		default:
+			return d.Errf("penalty: unknown option %q", args[i])
+		}
+	}
+	rl.Penalty = p
+	return nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*RateLimit)(nil)

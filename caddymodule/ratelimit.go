@@ -1,0 +1,284 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/ticketi/edge/ratelimit"
+)
+
+func init() {
+	caddy.RegisterModule(RateLimit{})
+}
+
+// RateLimit is the `edge_rate_limit` handler: any number of tiers, all
+// that apply to a request decided in one Redis round trip, exact across
+// every edge sharing the Redis; in-memory limits while Redis is down.
+type RateLimit struct {
+	// The tiers; every tier whose matchers fit the request applies.
+	Tiers []RateLimitTier `json:"tiers,omitempty"`
+	// Only log and count what would be denied.
+	DryRun bool `json:"dry_run,omitempty"`
+	// Progressive penalties for repeat offenders.
+	Penalty *RateLimitPenalty `json:"penalty,omitempty"`
+	// Turn off the local deny cache (repeat offenders denied in-process
+	// until their reset, without asking Redis).
+	DisableLocalDeny bool `json:"disable_local_deny,omitempty"`
+	// How keys appear in logs and admin stats: hash (default) or truncate.
+	KeyDisplay string `json:"key_display,omitempty"`
+	// Salt for hashed keys; give every edge the same one to correlate logs.
+	HashSalt string `json:"hash_salt,omitempty"`
+	// Size of the top-offenders table. Default 100.
+	TopK int `json:"top_k,omitempty"`
+	// A separate Redis for limiter state (recommended under allkeys-lru).
+	Redis *RedisConfig `json:"redis,omitempty"`
+
+	engine   *ratelimit.Limiter
+	conn     moduleConnection
+	tiers    []tierRuntime
+	app      *App
+	log      *zap.Logger
+	name     string
+	counters map[string]*tierMetric
+}
+
+// RateLimitTier is one limit.
+type RateLimitTier struct {
+	// Name: header, metric and key label, [A-Za-z0-9_-].
+	Name string `json:"name"`
+	// Requests allowed per window (all may be used at once).
+	Limit int64 `json:"limit"`
+	// The window.
+	Window caddy.Duration `json:"window"`
+	// Detail of the 429 problem body.
+	Message string `json:"message,omitempty"`
+	// What is limited: a placeholder template. Default {http.vars.client_ip}
+	// (Caddy's client IP, honouring trusted_proxies; never a raw
+	// X-Forwarded-For). Per user: {http.auth.user.id}.
+	Key string `json:"key,omitempty"`
+	// Request paths this tier applies to (Caddy path matcher syntax); empty: all.
+	Paths []string `json:"paths,omitempty"`
+	// Methods this tier applies to; empty: all.
+	Methods []string `json:"methods,omitempty"`
+	// When the key is empty (no user on a per-user tier): "client_ip"
+	// (default: limit the client's IP instead) or "deny".
+	MissingKey string `json:"missing_key,omitempty"`
+}
+
+// RateLimitPenalty configures progressive penalties.
+type RateLimitPenalty struct {
+	// Block-time multiplier per repeated violation (> 1), e.g. 2.
+	Factor float64 `json:"factor"`
+	// Cap on the block time. Default 10m.
+	Max caddy.Duration `json:"max,omitempty"`
+	// How long a violation is remembered. Default 10m.
+	Memory caddy.Duration `json:"memory,omitempty"`
+}
+
+type tierRuntime struct {
+	tier        *ratelimit.Tier
+	key         string
+	paths       caddyhttp.MatchPath
+	methods     map[string]bool
+	denyMissing bool
+}
+
+// CaddyModule returns the Caddy module information.
+func (RateLimit) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.edge_rate_limit",
+		New: func() caddy.Module { return new(RateLimit) },
+	}
+}
+
+// Provision builds the limiter.
+func (rl *RateLimit) Provision(ctx caddy.Context) error {
+	rl.log = ctx.Logger()
+	var err error
+	if rl.app, err = edgeApp(ctx); err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for _, t := range rl.Tiers {
+		if seen[t.Name] {
+			return fmt.Errorf("edge_rate_limit: tier %q is defined twice", t.Name)
+		}
+		seen[t.Name] = true
+		rt := tierRuntime{
+			tier:        &ratelimit.Tier{Name: t.Name, Limit: t.Limit, Window: time.Duration(t.Window), Message: t.Message},
+			key:         orDefault(t.Key, "{http.vars.client_ip}"),
+			paths:       caddyhttp.MatchPath(t.Paths),
+			denyMissing: t.MissingKey == "deny",
+		}
+		if rt.tier.Message == "" {
+			rt.tier.Message = "Too many requests"
+		}
+		if err := rt.paths.Provision(ctx); err != nil {
+			return err
+		}
+		if len(t.Methods) > 0 {
+			rt.methods = map[string]bool{}
+			for _, m := range t.Methods {
+				rt.methods[strings.ToUpper(m)] = true
+			}
+		}
+		rl.tiers = append(rl.tiers, rt)
+	}
+	if rl.conn, err = rl.app.connectionFor(rl.Redis); err != nil {
+		return err
+	}
+	opts := ratelimit.Options{
+		Redis:            rl.conn.redis,
+		DryRun:           rl.DryRun,
+		DisableLocalDeny: rl.DisableLocalDeny,
+		TopK:             rl.TopK,
+		KeyDisplay:       rl.KeyDisplay,
+		HashSalt:         caddy.NewReplacer().ReplaceKnown(rl.HashSalt, ""),
+		Logger:           rl.log,
+	}
+	if rl.Penalty != nil {
+		opts.Penalty = ratelimit.Penalty{Factor: rl.Penalty.Factor, Max: time.Duration(rl.Penalty.Max), Memory: time.Duration(rl.Penalty.Memory)}
+	}
+	rl.counters = rl.app.metrics.limitCounters(rl.Tiers)
+	opts.Observer = limitObserver(rl.counters)
+	if rl.engine, err = ratelimit.New(opts); err != nil {
+		return fmt.Errorf("edge_rate_limit: %w", err)
+	}
+	// Tier definitions are checked by the engine on first use; check them
+	// now so a bad tier fails the config load, not a request.
+	for _, rt := range rl.tiers {
+		if err := rt.tier.Validate(); err != nil {
+			return fmt.Errorf("edge_rate_limit: %w", err)
+		}
+	}
+	rl.name = rl.app.registerLimiter(rl)
+	return nil
+}
+
+// Validate checks the configuration.
+func (rl *RateLimit) Validate() error {
+	if len(rl.Tiers) == 0 {
+		return errors.New("edge_rate_limit: no tiers")
+	}
+	for _, t := range rl.Tiers {
+		if t.MissingKey != "" && t.MissingKey != "client_ip" && t.MissingKey != "deny" {
+			return fmt.Errorf("edge_rate_limit: tier %s: missing_key must be client_ip or deny", t.Name)
+		}
+	}
+	if rl.Penalty != nil && rl.Penalty.Factor <= 1 {
+		return errors.New("edge_rate_limit: penalty factor must be greater than 1")
+	}
+	return nil
+}
+
+// Cleanup stops the limiter.
+func (rl *RateLimit) Cleanup() error {
+	if rl.engine != nil {
+		rl.engine.Close()
+	}
+	rl.conn.release()
+	if rl.app != nil {
+		rl.app.unregisterLimiter(rl.name)
+	}
+	return nil
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (rl *RateLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	var buf [4]ratelimit.Check
+	checks := buf[:0]
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	for i := range rl.tiers {
+		rt := &rl.tiers[i]
+		if rt.methods != nil && !rt.methods[r.Method] {
+			continue
+		}
+		if len(rt.paths) > 0 && !rt.paths.Match(r) {
+			continue
+		}
+		checks = append(checks, ratelimit.Check{Tier: rt.tier, Key: rl.keyFor(rt, r, repl)})
+	}
+	if len(checks) == 0 {
+		return next.ServeHTTP(w, r)
+	}
+	d := rl.engine.Allow(r.Context(), checks)
+	ratelimit.SetHeaders(w.Header(), d)
+	if d.Allowed {
+		return next.ServeHTTP(w, r)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/problem+json")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusTooManyRequests)
+	_, err := w.Write(ratelimit.ProblemJSON(d))
+	return err
+}
+
+// keyFor resolves a tier's key. A per-user tier without a user falls back
+// to the client IP (prefixed, so it can never collide with a user id) or,
+// if configured, to an empty key, which the limiter denies.
+func (rl *RateLimit) keyFor(rt *tierRuntime, r *http.Request, repl *caddy.Replacer) string {
+	var key string
+	if repl != nil {
+		key = repl.ReplaceKnown(rt.key, "")
+	}
+	if key != "" {
+		return key
+	}
+	if rt.denyMissing {
+		return ""
+	}
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	return "ip:" + ip
+}
+
+// tierMetric holds a tier's counters resolved once: [allowed][source].
+type tierMetric struct {
+	c [2][4]prometheus.Counter
+}
+
+func (m *metrics) limitCounters(tiers []RateLimitTier) map[string]*tierMetric {
+	out := map[string]*tierMetric{}
+	for _, t := range tiers {
+		tm := &tierMetric{}
+		for a, result := range []string{"denied", "allowed"} {
+			for s := ratelimit.SourceRedis; s <= ratelimit.SourceInvalid; s++ {
+				tm.c[a][s] = m.limitDecisions.WithLabelValues(t.Name, result, s.String())
+			}
+		}
+		out[t.Name] = tm
+	}
+	return out
+}
+
+type limitObserver map[string]*tierMetric
+
+// Decided implements ratelimit.Observer.
+func (o limitObserver) Decided(tier string, allowed bool, src ratelimit.Source) {
+	tm := o[tier]
+	if tm == nil || src < 0 || int(src) >= len(tm.c[0]) {
+		return
+	}
+	a := 0
+	if allowed {
+		a = 1
+	}
+	tm.c[a][src].Inc()
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*RateLimit)(nil)
+	_ caddy.Validator             = (*RateLimit)(nil)
+	_ caddy.CleanerUpper          = (*RateLimit)(nil)
+	_ caddyhttp.MiddlewareHandler = (*RateLimit)(nil)
+	_ ratelimit.Observer          = limitObserver(nil)
+)

@@ -1,0 +1,187 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ticketi/edge/internal/redistest"
+)
+
+func limitVars(srv *redistest.Server, sim *Sim) map[string]string {
+	return map[string]string{"TICKETI_UPSTREAM": sim.Addr, "REDIS_URL": srv.URL(), "REDIS_KEY_PREFIX": "test_", "EDGE_SESSION_KEYS": testSigningKeys}
+}
+
+// TestLimitExactAcrossThreeEdges: 300 requests from one IP through three
+// edges sharing Redis at 100/min → 100 allowed. GCRA returns one request
+// every 600 ms, so a burst that takes longer may let exactly that many
+// more through; the bound is computed from the measured time. Spoofed
+// X-Forwarded-For headers change nothing: no proxy is trusted.
+func TestLimitExactAcrossThreeEdges(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	sim := StartSim(t)
+	cfg := exampleCaddyfile(t, "")
+	edges := []*Edge{StartEdge(t, cfg, limitVars(srv, sim)), StartEdge(t, cfg, limitVars(srv, sim)), StartEdge(t, cfg, limitVars(srv, sim))}
+	for _, e := range edges {
+		e.Get(t, "/api/events/1") // warm connections and the cache: the burst measures the limiter
+	}
+	var allowed, denied, other atomic.Int64
+	var wg sync.WaitGroup
+	jobs := make(chan int)
+	start := time.Now()
+	for w := range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				req, _ := http.NewRequest(http.MethodGet, edges[(w+i)%3].URL("/api/events/1"), nil)
+				req.Header.Set("X-Forwarded-For", fmt.Sprintf("198.51.100.%d", i%250))
+				code, _, _ := edges[(w+i)%3].Do(t, req)
+				switch code {
+				case 200:
+					allowed.Add(1)
+				case 429:
+					denied.Add(1)
+				default:
+					other.Add(1)
+				}
+			}
+		}()
+	}
+	for i := range 297 { // 3 warm-up requests already counted
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	elapsed := time.Since(start)
+	leak := int64(elapsed / (600 * time.Millisecond))
+	got := allowed.Load() + 3
+	t.Logf("300 requests in %v: %d allowed, %d denied", elapsed, got, denied.Load())
+	if other.Load() != 0 || got < 100 || got > 100+leak {
+		t.Fatalf("allowed %d (want 100, at most %d after %v), denied %d, other %d", got, 100+leak, elapsed, denied.Load(), other.Load())
+	}
+}
+
+type problem struct {
+	Type, Title, Detail, Tier string
+	Status                    int
+}
+
+func TestAuthTierAndPaymentPerUser(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	sim := StartSim(t)
+	e := StartEdge(t, exampleCaddyfile(t, ""), limitVars(srv, sim))
+	attempt := func() (int, http.Header, []byte) {
+		req, _ := http.NewRequest(http.MethodPost, e.URL("/api/auth/login"), strings.NewReader(`{"username":"alice","password":"wrong"}`))
+		req.Header.Set("Content-Type", "application/json")
+		return e.Do(t, req)
+	}
+	for i := 1; i <= 10; i++ {
+		code, h, _ := attempt()
+		if code != 401 {
+			t.Fatalf("attempt %d: %d", i, code)
+		}
+		if want := fmt.Sprintf(`"auth";r=%d;`, 10-i); !strings.Contains(h.Get("RateLimit"), want) {
+			t.Fatalf("attempt %d: RateLimit %q lacks %s", i, h.Get("RateLimit"), want)
+		}
+	}
+	code, h, body := attempt()
+	if code != 429 {
+		t.Fatalf("11th auth attempt: %d %s", code, body)
+	}
+	if p := h.Get("RateLimit-Policy"); !strings.Contains(p, `"auth";q=10;w=60`) || !strings.Contains(p, `"api";q=100;w=60`) {
+		t.Fatalf("RateLimit-Policy %q", p)
+	}
+	if rl := h.Get("RateLimit"); !strings.Contains(rl, `"auth";r=0;t=`) {
+		t.Fatalf("RateLimit %q", rl)
+	}
+	if ra := h.Get("Retry-After"); ra == "" || ra == "0" {
+		t.Fatalf("Retry-After %q", ra)
+	}
+	var p problem
+	if h.Get("Content-Type") != "application/problem+json" || json.Unmarshal(body, &p) != nil ||
+		p.Status != 429 || p.Detail != "Too many authentication attempts" || p.Tier != "auth" {
+		t.Fatalf("429 body %s (%s)", body, h.Get("Content-Type"))
+	}
+	if n := sim.Stats(t).Routes["POST /api/auth/login"]; n != 10 {
+		t.Fatalf("origin saw %d logins, want 10 (the 11th was stopped at the edge)", n)
+	}
+	// The health endpoint is never limited.
+	if code, _, _ := e.Get(t, "/api/health/cache"); code != 200 {
+		t.Fatalf("health after the auth tier tripped: %d", code)
+	}
+	// Reset through the admin API (the seed's resetLimit) lets the client in again.
+	if code, _, body := e.Admin(t, http.MethodPost, "/edge/ratelimit/reset", "application/json", `{"tier":"auth","key":"127.0.0.1"}`); code != 200 {
+		t.Fatalf("reset: %d %s", code, body)
+	}
+	if code, _, _ := attempt(); code != 401 {
+		t.Fatalf("after reset: %d", code)
+	}
+
+	// The payment tier counts per user: alice's 6th payment is refused,
+	// bob from the same IP still pays.
+	srv2 := redistest.Start(t, redistest.Options{})
+	e2 := StartEdge(t, exampleCaddyfile(t, ""), limitVars(srv2, sim))
+	pay := func(cookie string) int {
+		req, _ := http.NewRequest(http.MethodPost, e2.URL("/api/payments/initialize"), strings.NewReader(`{"eventId":42,"quantity":1}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Cookie", cookie)
+		code, _, _ := e2.Do(t, req)
+		return code
+	}
+	alice, bob := login(t, e2, "alice", "secret1"), login(t, e2, "bob", "secret2")
+	for i := 1; i <= 5; i++ {
+		if code := pay(alice); code != 200 && code != 201 {
+			t.Fatalf("alice payment %d: %d", i, code)
+		}
+	}
+	if code := pay(alice); code != 429 {
+		t.Fatalf("alice's 6th payment: %d", code)
+	}
+	if code := pay(bob); code != 200 && code != 201 {
+		t.Fatalf("bob's first payment after alice was limited: %d", code)
+	}
+	code, _, body = e2.Admin(t, http.MethodGet, "/edge/ratelimit/remaining?tier=payment&key=2", "", "")
+	if code != 200 || !strings.Contains(string(body), `"remaining":4`) {
+		t.Fatalf("bob's remaining payments: %d %s", code, body)
+	}
+}
+
+// TestLimitingContinuesWhileRedisIsPaused: a hung Redis (SIGSTOP) under
+// load; decisions come from memory, no request waits long, no 5xx.
+func TestLimitingContinuesWhileRedisIsPaused(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	sim := StartSim(t)
+	e := StartEdge(t, exampleCaddyfile(t, ""), limitVars(srv, sim))
+	e.Get(t, "/api/events/3")
+	if err := srv.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Resume() })
+	var worst time.Duration
+	codes := map[int]int{}
+	for range 150 {
+		start := time.Now()
+		code, _, _ := e.Get(t, "/api/events/3")
+		worst = max(worst, time.Since(start))
+		codes[code]++
+	}
+	t.Logf("150 requests with redis paused: %v, slowest %v", codes, worst)
+	if codes[200]+codes[429] != 150 || codes[429] == 0 {
+		t.Fatalf("responses with redis paused: %v (want only 200 and 429, some 429)", codes)
+	}
+	// The store budget is 50 ms; allow scheduling slack, never seconds.
+	if worst > 300*time.Millisecond {
+		t.Fatalf("a request waited %v on a paused redis", worst)
+	}
+	_, _, metrics := e.Admin(t, http.MethodGet, "/metrics", "", "")
+	if !strings.Contains(string(metrics), `ticketi_edge_ratelimit_decisions_total{result="denied",source="memory",tier="api"}`) &&
+		!strings.Contains(string(metrics), `source="local_deny",tier="api"`) {
+		t.Fatalf("no in-memory decisions in the metrics")
+	}
+}

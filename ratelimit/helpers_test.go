@@ -1,0 +1,134 @@
+package ratelimit
+
+import (
+	"context"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/ticketi/edge/internal/redistest"
+	"github.com/ticketi/edge/internal/store"
+)
+
+func TestMain(m *testing.M) {
+	// Fault tests make go-redis complain about dead servers; keep it quiet.
+	store.InstallGoRedisLogger(zap.NewNop())
+	os.Exit(m.Run())
+}
+
+// fakeClock is an injectable clock that moves only when told.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *fakeClock {
+	return &fakeClock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// The seed's tiers.
+func apiTier() *Tier {
+	return &Tier{Name: "api", Limit: 100, Window: time.Minute, Message: "Too many requests"}
+}
+func authTier() *Tier {
+	return &Tier{Name: "auth", Limit: 10, Window: time.Minute, Message: "Too many authentication attempts"}
+}
+func paymentTier() *Tier {
+	return &Tier{Name: "payment", Limit: 5, Window: time.Minute, Message: "Too many payment requests"}
+}
+
+// startRedis starts a private Redis and connects a store to it.
+func startRedis(t testing.TB) (*redistest.Server, *store.Redis) {
+	t.Helper()
+	srv := redistest.Start(t, redistest.Options{})
+	return srv, connect(t, store.Options{URL: srv.URL()})
+}
+
+func connect(t testing.TB, o store.Options) *store.Redis {
+	t.Helper()
+	if o.KeyPrefix == "" {
+		o.KeyPrefix = "test_"
+	}
+	if o.Heartbeat == 0 {
+		o.Heartbeat = time.Hour // tests drive traffic themselves
+	}
+	r, err := store.New(o, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
+func newLimiter(t testing.TB, o Options) *Limiter {
+	t.Helper()
+	l, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	return l
+}
+
+// backend builds a limiter on one store; tests run against each.
+type backend struct {
+	name string
+	new  func(t *testing.T, o Options) *Limiter
+}
+
+func backends() []backend {
+	return []backend{
+		{"memory", func(t *testing.T, o Options) *Limiter { return newLimiter(t, o) }},
+		{"redis", func(t *testing.T, o Options) *Limiter {
+			_, r := startRedis(t)
+			o.Redis, o.SendNow = r, true
+			return newLimiter(t, o)
+		}},
+	}
+}
+
+// wantSource is what a healthy backend reports.
+func (b backend) source() Source {
+	if b.name == "redis" {
+		return SourceRedis
+	}
+	return SourceMemory
+}
+
+func observedLogger() (*zap.Logger, *observer.ObservedLogs) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	return zap.New(core), logs
+}
+
+func allow(l *Limiter, checks ...Check) Decision {
+	return l.Allow(context.Background(), checks)
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, within)
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval, not synchronisation
+	}
+}

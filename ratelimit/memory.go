@@ -1,0 +1,134 @@
+package ratelimit
+
+import (
+	"hash/maphash"
+	"slices"
+	"sync"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+)
+
+// memShards spreads the memory limiter's lock; a power of two.
+const memShards = 32
+
+// stateKey names one tier's state for one (normalized) key.
+type stateKey struct {
+	tier string
+	key  string
+}
+
+// memoryLimiter is the per-instance limiter: the embedded default and the
+// fallback while Redis is away. It runs the same GCRA (gcra.go) over
+// sharded LRU maps, so its memory is bounded by MaxKeys. Evicting the least
+// recently used state is safe in the common case: a state untouched for a
+// whole window equals a fresh one. Only when more than MaxKeys keys are
+// active within one window does a key lose its state early (and get its
+// quota back): that is the price of the bound, documented for operators.
+type memoryLimiter struct {
+	seed   maphash.Seed
+	shards [memShards]memShard
+}
+
+type memShard struct {
+	mu  sync.Mutex
+	lru *simplelru.LRU[stateKey, *gcraState]
+}
+
+func newMemoryLimiter(maxKeys int) *memoryLimiter {
+	m := &memoryLimiter{seed: maphash.MakeSeed()}
+	per := max(maxKeys/memShards, 1)
+	for i := range m.shards {
+		// NewLRU fails only for a size below 1.
+		m.shards[i].lru, _ = simplelru.NewLRU[stateKey, *gcraState](per, nil)
+	}
+	return m
+}
+
+func (m *memoryLimiter) shardOf(k stateKey) int {
+	return int(maphash.String(m.seed, k.key) % memShards)
+}
+
+// decide decides one request, all checks atomically: the shards involved
+// are locked together, in index order so two requests cannot deadlock.
+func (m *memoryLimiter) decide(now int64, pen penaltyParams, consume bool, checks []preparedCheck, out []outcome) bool {
+	n := len(checks)
+	var shardBuf [4]int
+	shards := shardBuf[:0]
+	for i := range checks {
+		s := m.shardOf(checks[i].stateKey())
+		if !slices.Contains(shards, s) {
+			shards = append(shards, s)
+		}
+	}
+	slices.Sort(shards)
+	for _, s := range shards {
+		m.shards[s].mu.Lock()
+	}
+	defer func() {
+		for _, s := range shards {
+			m.shards[s].mu.Unlock()
+		}
+	}()
+
+	// Requests have a few checks; keep their scratch space off the heap.
+	var limBuf [4]gcraLimit
+	var stateBuf [4]*gcraState
+	var nextBuf [4]int64
+	lims, states, next := limBuf[:], stateBuf[:], nextBuf[:]
+	if n > len(limBuf) {
+		lims, states, next = make([]gcraLimit, n), make([]*gcraState, n), make([]int64, n)
+	}
+	lims, states, next = lims[:n], states[:n], next[:n]
+	for i := range checks {
+		k := checks[i].stateKey()
+		lru := m.shards[m.shardOf(k)].lru
+		lims[i] = checks[i].lim
+		st, ok := lru.Get(k)
+		if !ok {
+			st = &gcraState{}
+			// A peek must not fill the table with states nobody used.
+			if consume {
+				lru.Add(k, st)
+			}
+		}
+		// The same tier+key twice in one request shares one state, as the
+		// Lua script's key table does.
+		for j := range i {
+			if checks[j].tier.Name == k.tier && checks[j].key == k.key {
+				st = states[j]
+				break
+			}
+		}
+		states[i] = st
+	}
+	return decideRequest(now, pen, consume, lims, states, next, out)
+}
+
+// reset forgets one tier+key.
+func (m *memoryLimiter) reset(k stateKey) {
+	s := &m.shards[m.shardOf(k)]
+	s.mu.Lock()
+	s.lru.Remove(k)
+	s.mu.Unlock()
+}
+
+// len is the number of states held.
+func (m *memoryLimiter) len() int {
+	n := 0
+	for i := range m.shards {
+		s := &m.shards[i]
+		s.mu.Lock()
+		n += s.lru.Len()
+		s.mu.Unlock()
+	}
+	return n
+}
+
+func (m *memoryLimiter) purge() {
+	for i := range m.shards {
+		s := &m.shards[i]
+		s.mu.Lock()
+		s.lru.Purge()
+		s.mu.Unlock()
+	}
+}
