@@ -416,6 +416,12 @@ func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Con
 	} else {
 		epoch := m.epoch.Load()
 		res = m.flight.do(k, func() lookup {
+			// A caller that missed the cache just as an earlier flight for
+			// this key finished starts a new flight: that flight has filled
+			// the cache by now, so look again before asking the store.
+			if c, ok := m.pos.get(k); ok && now-c.confirmed <= m.localMs && now < c.expiresMs {
+				return lookup{e: c}
+			}
 			m.stats.storeLookups.Add(1)
 			// Shared by every waiter: not cancelled with the first caller.
 			r := load(context.WithoutCancel(ctx), now)
