@@ -23,7 +23,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-32}
-ALL_SCENARIOS="respond respond_gzip file_server proxy proxy_gzip varnish edge_l1 edge_l1_gzip edge_l1_encode edge_l1_redis edge_l2 limiter"
+ALL_SCENARIOS="respond respond_gzip file_server proxy proxy_gzip varnish edge_l1 edge_l1_gzip edge_l1_encode edge_l1_redis edge_l2 limiter limiter3"
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 EVENT_PATH=/api/events/42
 
@@ -343,18 +343,21 @@ edge_cache_block() { # extra lines inside edge_cache
 EOF
 }
 
-# ---- HOOK: the limiter row (edge_rate_limit + reverse_proxy) -------------
-# TODO(lead): fill in the edge_rate_limit configuration once the directive
-# lands (issue #4). The row runs only when the binary has the module
-# (`ticketi-edge list-modules | grep edge_rate_limit`) and always with the
-# private Redis configured. Give the tiers limits far above what wrk sends
-# from one IP in DURATION + WARMUP seconds: the row is flagged when wrk sees
-# non-2xx answers (429s measure the deny path, not limiter + proxy). The
-# target is >= 0.9x the proxy row, one Redis round trip per decision.
+# ---- the limiter rows (edge_rate_limit + reverse_proxy) ------------------
+# Limits far above what wrk sends from one IP in DURATION + WARMUP seconds:
+# a row is flagged when wrk sees non-2xx answers (429s would measure the
+# deny path, not limiter + proxy). Target: >= 0.9x the proxy row, at most
+# one Redis round trip per decision. limiter: the seed's api tier alone (what
+# GET /api/events/42 meets); limiter3: three tiers that all apply.
 limiter_site() {
+	local tiers=$'\t\ttier api 10000000 1h {\n\t\t\tmatch_path /api/*\n\t\t}'
+	if [[ ${1:-1} == 3 ]]; then
+		tiers+=$'\n\t\ttier auth 10000000 1h {\n\t\t\tmatch_path /api/*\n\t\t}'
+		tiers+=$'\n\t\ttier payment 10000000 1h {\n\t\t\tmatch_path /api/*\n\t\t}'
+	fi
 	cat <<EOF
 	edge_rate_limit {
-		# TODO(lead): tiers, e.g. the seed's api tier with a limit wrk cannot reach
+$tiers
 	}
 	reverse_proxy 127.0.0.1:$SIM_PORT
 EOF
@@ -395,7 +398,8 @@ scenario_config() {
 		# every lookup goes to Redis.
 		SITE=$(edge_cache_block $'\n\t\tl1_ttl 1ns') KIND=edge USE_REDIS=1
 		;;
-	limiter) SITE=$(limiter_site) KIND=limiter USE_REDIS=1 ;;
+	limiter) SITE=$(limiter_site 1) KIND=limiter USE_REDIS=1 ;;
+	limiter3) SITE=$(limiter_site 3) KIND=limiter USE_REDIS=1 ;;
 	*) die "no config for $1" ;;
 	esac
 }
@@ -527,7 +531,7 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$SECONDS
 for CUR in $SCENARIOS; do
 	reset_row
-	if [[ $CUR == limiter ]] && ! grep -q '^http.handlers.edge_rate_limit$' <<<"$EDGE_MODULES"; then
+	if [[ $CUR == limiter* ]] && ! grep -q '^http.handlers.edge_rate_limit$' <<<"$EDGE_MODULES"; then
 		log "limiter: skipped (the binary has no http.handlers.edge_rate_limit yet)"
 		emit_row skipped "edge_rate_limit not in this build"
 		continue
@@ -568,7 +572,7 @@ awk -F'\t' -v OFS='\t' '
 				t = sprintf("L1 hit, gzip: %s x respond_gzip (aim >=1.0, floor 0.85): %s", xg, check(xg, 1.0, 0.85))
 			} else if (s == "edge_l2")
 				t = sprintf("L2 hit: %s x proxy (aim >=1.0): %s; Redis cmds/req %s (aim 1)", xp, check(xp, 1.0, ""), f[12])
-			else if (s == "limiter")
+			else if (s ~ /^limiter/)
 				t = sprintf("limiter+proxy: %s x proxy (aim >=0.9): %s", xp, check(xp, 0.9, ""))
 			print row[i], xr, xp, xv, t
 		}
