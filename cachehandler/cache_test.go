@@ -1,6 +1,8 @@
 package cachehandler
 
 import (
+	"github.com/ticketi/edge/internal/testclock"
+
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,24 +20,6 @@ import (
 
 func newReq(method, path string) *http.Request {
 	return httptest.NewRequest(method, "http://edge.test"+path, nil)
-}
-
-// fakeClock is an injectable clock.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (f *fakeClock) Now() time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.now
-}
-
-func (f *fakeClock) Advance(d time.Duration) {
-	f.mu.Lock()
-	f.now = f.now.Add(d)
-	f.mu.Unlock()
 }
 
 // seedRules are Caddyfile.example's rules: the seed's key patterns and TTLs.
@@ -57,7 +41,7 @@ type rig struct {
 	t     testing.TB
 	sim   *ticketisim.Sim
 	cache *Cache
-	clock *fakeClock
+	clock *testclock.Clock
 	next  NextFunc
 }
 
@@ -66,7 +50,7 @@ func newRig(t *testing.T, mutate func(*Config)) *rig { return newRigTB(t, mutate
 func newRigTB(t testing.TB, mutate func(*Config)) *rig {
 	t.Helper()
 	rules, inv := seedRules()
-	clock := &fakeClock{now: time.Unix(1_800_000_000, 0)}
+	clock := testclock.New(time.Unix(1_800_000_000, 0))
 	cfg := Config{Rules: rules, Invalidations: inv, Now: clock.Now, InvalidateHeader: ticketisim.HeaderInvalidate,
 		CredentialCookies: []string{"edge_session", "connect.sid"}}
 	if mutate != nil {

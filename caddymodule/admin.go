@@ -86,7 +86,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		out := map[string]any{}
-		for name, c := range app.cacheHandlers() {
+		for name, c := range app.handlers.caches.all() {
 			out[name] = map[string]any{"engine": c.engine.Stats(), "rules": c.obs.stats()}
 		}
 		return writeJSON(w, http.StatusOK, out)
@@ -159,7 +159,7 @@ func (a *adminAPI) cachePurge(w http.ResponseWriter, r *http.Request, app *App) 
 	if given != 1 {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New(`give exactly one of "key", "tag" or "pattern"`)}
 	}
-	caches := app.cacheHandlers()
+	caches := app.handlers.caches.all()
 	if req.Cache != "" {
 		c, ok := caches[req.Cache]
 		if !ok {
@@ -257,7 +257,7 @@ func (a *adminAPI) sessions(w http.ResponseWriter, r *http.Request, app *App, re
 //	GET  /edge/ratelimit/remaining?tier=api&key=203.0.113.9 → {"limit","remaining","reset_seconds"}
 //	GET  /edge/ratelimit/stats[?top=20] → per limiter: per-tier counts and the top offenders
 func (a *adminAPI) rateLimit(w http.ResponseWriter, r *http.Request, app *App, op string) error {
-	limiters := app.limiterHandlers()
+	limiters := app.handlers.limiters.all()
 	if len(limiters) == 0 {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("the running config has no edge_rate_limit handler")}
 	}

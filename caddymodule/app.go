@@ -129,7 +129,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	store.InstallGoRedisLogger(caddy.Log())
 	a.cache = new(stats.CacheCounters)
 	a.modules = new(moduleStats)
-	a.handlers = &handlerRegistry{caches: map[string]*Cache{}, limiters: map[string]*RateLimit{}, buses: map[string]*store.Bus{}}
+	a.handlers = newHandlerRegistry()
 	a.flushWG = new(sync.WaitGroup)
 	a.stopping = make(chan struct{})
 	var err error
@@ -347,10 +347,17 @@ var (
 // keeps one pub/sub subscription per channel for all of them.
 type handlerRegistry struct {
 	mu       sync.Mutex
-	caches   map[string]*Cache
-	limiters map[string]*RateLimit
+	caches   namedHandlers[*Cache]
+	limiters namedHandlers[*RateLimit]
 	sessions []*Session
 	buses    map[string]*store.Bus
+}
+
+func newHandlerRegistry() *handlerRegistry {
+	h := &handlerRegistry{buses: map[string]*store.Bus{}}
+	h.caches = namedHandlers[*Cache]{mu: &h.mu, base: "cache", m: map[string]*Cache{}}
+	h.limiters = namedHandlers[*RateLimit]{mu: &h.mu, base: "limiter", m: map[string]*RateLimit{}}
+	return h
 }
 
 func (a *App) registerSessions(s *Session) {
@@ -400,34 +407,39 @@ func (h *handlerRegistry) closeBuses() {
 	}
 }
 
-// registerCache records a cache handler under a stable name for the admin
-// API: "cache" for the first, "cache2", "cache3"... after it.
-func (a *App) registerCache(c *Cache) string {
-	h := a.handlers
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	name := "cache"
-	for i := 2; h.caches[name] != nil; i++ {
-		name = "cache" + strconv.Itoa(i)
+// namedHandlers keeps handlers of one kind under stable names for the
+// admin API: base for the first, base2, base3... after it.
+type namedHandlers[T any] struct {
+	mu   *sync.Mutex // the registry's lock
+	base string
+	m    map[string]T
+}
+
+func (n namedHandlers[T]) add(v T) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	name := n.base
+	for i := 2; ; i++ {
+		if _, taken := n.m[name]; !taken {
+			break
+		}
+		name = n.base + strconv.Itoa(i)
 	}
-	h.caches[name] = c
+	n.m[name] = v
 	return name
 }
 
-func (a *App) unregisterCache(name string) {
-	h := a.handlers
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	delete(h.caches, name)
+func (n namedHandlers[T]) remove(name string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.m, name)
 }
 
-// cacheHandlers returns the registered caches by name.
-func (a *App) cacheHandlers() map[string]*Cache {
-	h := a.handlers
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	out := make(map[string]*Cache, len(h.caches))
-	for k, v := range h.caches {
+func (n namedHandlers[T]) all() map[string]T {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make(map[string]T, len(n.m))
+	for k, v := range n.m {
 		out[k] = v
 	}
 	return out
@@ -475,36 +487,4 @@ func (a *App) busOn(rdb *store.Redis, channel string) (bus *store.Bus, owned boo
 		return a.bus(channel), false
 	}
 	return store.NewBus(rdb, channel, a.log.Named("bus")), true
-}
-
-// registerLimiter records a limiter for the admin API: "limiter",
-// "limiter2", ...
-func (a *App) registerLimiter(rl *RateLimit) string {
-	h := a.handlers
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	name := "limiter"
-	for i := 2; h.limiters[name] != nil; i++ {
-		name = "limiter" + strconv.Itoa(i)
-	}
-	h.limiters[name] = rl
-	return name
-}
-
-func (a *App) unregisterLimiter(name string) {
-	h := a.handlers
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	delete(h.limiters, name)
-}
-
-func (a *App) limiterHandlers() map[string]*RateLimit {
-	h := a.handlers
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	out := make(map[string]*RateLimit, len(h.limiters))
-	for k, v := range h.limiters {
-		out[k] = v
-	}
-	return out
 }

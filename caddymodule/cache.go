@@ -141,7 +141,7 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 	if c.engine, err = cachehandler.New(cfg); err != nil {
 		return err
 	}
-	c.name = c.app.registerCache(c)
+	c.name = c.app.handlers.caches.add(c)
 	return nil
 }
 
@@ -168,7 +168,7 @@ func (c *Cache) Cleanup() error {
 		c.engine.Close()
 	}
 	if c.app != nil {
-		c.app.unregisterCache(c.name)
+		c.app.handlers.caches.remove(c.name)
 	}
 	return nil
 }

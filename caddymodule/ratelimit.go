@@ -159,7 +159,7 @@ func (rl *RateLimit) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("edge_rate_limit: %w", err)
 		}
 	}
-	rl.name = rl.app.registerLimiter(rl)
+	rl.name = rl.app.handlers.limiters.add(rl)
 	return nil
 }
 
@@ -186,7 +186,7 @@ func (rl *RateLimit) Cleanup() error {
 	}
 	rl.conn.release()
 	if rl.app != nil {
-		rl.app.unregisterLimiter(rl.name)
+		rl.app.handlers.limiters.remove(rl.name)
 	}
 	return nil
 }

@@ -1,10 +1,11 @@
 package sessionauth
 
 import (
+	"github.com/ticketi/edge/internal/testclock"
+
 	"bytes"
 	"context"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,33 +27,8 @@ var (
 	key3 = bytes.Repeat([]byte{0x33}, 32)
 )
 
-// fakeClock is the injected clock: tests move it, nothing sleeps on it.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
-}
+// newClock is the injected clock: tests move it, nothing sleeps on it.
+func newClock() *testclock.Clock { return testclock.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)) }
 
 // startRedis starts a private redis-server and the shared connection the
 // engines use (key prefix "test_", fast heartbeat and reconnect).
@@ -84,7 +60,7 @@ func newManager(t *testing.T, opts Options) *Manager {
 }
 
 // backends runs fn against the in-memory store and a private Redis.
-func backends(t *testing.T, fn func(t *testing.T, clk *fakeClock, mk func(Options) *Manager, r *store.Redis)) {
+func backends(t *testing.T, fn func(t *testing.T, clk *testclock.Clock, mk func(Options) *Manager, r *store.Redis)) {
 	t.Run("memory", func(t *testing.T) {
 		clk := newClock()
 		fn(t, clk, func(o Options) *Manager {

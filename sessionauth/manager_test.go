@@ -1,6 +1,8 @@
 package sessionauth
 
 import (
+	"github.com/ticketi/edge/internal/testclock"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -33,7 +35,7 @@ func near(got, want time.Duration) bool {
 }
 
 func TestIdleExpiryAndThrottledTouch(t *testing.T) {
-	backends(t, func(t *testing.T, clk *fakeClock, mk func(Options) *Manager, r *store.Redis) {
+	backends(t, func(t *testing.T, clk *testclock.Clock, mk func(Options) *Manager, r *store.Redis) {
 		m := mk(Options{}) // idle 24h, touch 1 min, absolute 7 days
 		tok := mustCreate(t, m, alice)
 		t0 := clk.Now().UnixMilli()
@@ -95,7 +97,7 @@ func TestIdleExpiryAndThrottledTouch(t *testing.T) {
 }
 
 func TestAbsoluteLifetimeIsNeverExtended(t *testing.T) {
-	backends(t, func(t *testing.T, clk *fakeClock, mk func(Options) *Manager, r *store.Redis) {
+	backends(t, func(t *testing.T, clk *testclock.Clock, mk func(Options) *Manager, r *store.Redis) {
 		m := mk(Options{IdleTimeout: 24 * time.Hour, AbsoluteTimeout: 25 * time.Hour})
 		tok := mustCreate(t, m, alice)
 		clk.Advance(2 * time.Hour)
@@ -120,7 +122,7 @@ func TestAbsoluteLifetimeIsNeverExtended(t *testing.T) {
 }
 
 func TestDestroyListAndHandles(t *testing.T) {
-	backends(t, func(t *testing.T, clk *fakeClock, mk func(Options) *Manager, r *store.Redis) {
+	backends(t, func(t *testing.T, clk *testclock.Clock, mk func(Options) *Manager, r *store.Redis) {
 		m := mk(Options{})
 		ctx := context.Background()
 		var toks []string

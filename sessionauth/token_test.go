@@ -1,6 +1,8 @@
 package sessionauth
 
 import (
+	"github.com/ticketi/edge/internal/testclock"
+
 	"context"
 	"strings"
 	"testing"
@@ -9,7 +11,7 @@ import (
 )
 
 func TestCreateSignVerifyValidateRoundTrip(t *testing.T) {
-	backends(t, func(t *testing.T, clk *fakeClock, mk func(Options) *Manager, _ *store.Redis) {
+	backends(t, func(t *testing.T, clk *testclock.Clock, mk func(Options) *Manager, _ *store.Redis) {
 		m := mk(Options{})
 		tok, created, err := m.Create(context.Background(), alice, Meta{IP: "203.0.113.7", UserAgent: "ua/1"})
 		if err != nil {
