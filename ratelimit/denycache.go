@@ -2,7 +2,6 @@ package ratelimit
 
 import (
 	"hash/maphash"
-	"sync"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
@@ -17,12 +16,7 @@ const denyShards = 16
 // means those keys ask Redis again.
 type denyCache struct {
 	seed   maphash.Seed
-	shards [denyShards]denyShard
-}
-
-type denyShard struct {
-	mu  sync.Mutex
-	lru *simplelru.LRU[stateKey, int64]
+	shards [denyShards]lruShard[int64]
 }
 
 func newDenyCache(size int) *denyCache {
@@ -34,7 +28,7 @@ func newDenyCache(size int) *denyCache {
 	return d
 }
 
-func (d *denyCache) shard(k stateKey) *denyShard {
+func (d *denyCache) shard(k stateKey) *lruShard[int64] {
 	return &d.shards[maphash.String(d.seed, k.key)%denyShards]
 }
 
@@ -66,29 +60,8 @@ func (d *denyCache) deny(k stateKey, t int64) {
 	s.mu.Unlock()
 }
 
-func (d *denyCache) forget(k stateKey) {
-	s := d.shard(k)
-	s.mu.Lock()
-	s.lru.Remove(k)
-	s.mu.Unlock()
-}
+func (d *denyCache) forget(k stateKey) { d.shard(k).remove(k) }
 
-func (d *denyCache) len() int {
-	n := 0
-	for i := range d.shards {
-		s := &d.shards[i]
-		s.mu.Lock()
-		n += s.lru.Len()
-		s.mu.Unlock()
-	}
-	return n
-}
+func (d *denyCache) len() int { return shardsLen(d.shards[:]) }
 
-func (d *denyCache) purge() {
-	for i := range d.shards {
-		s := &d.shards[i]
-		s.mu.Lock()
-		s.lru.Purge()
-		s.mu.Unlock()
-	}
-}
+func (d *denyCache) purge() { purgeShards(d.shards[:]) }

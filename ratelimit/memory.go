@@ -3,7 +3,6 @@ package ratelimit
 import (
 	"hash/maphash"
 	"slices"
-	"sync"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
@@ -26,12 +25,7 @@ type stateKey struct {
 // quota back): that is the price of the bound, documented for operators.
 type memoryLimiter struct {
 	seed   maphash.Seed
-	shards [memShards]memShard
-}
-
-type memShard struct {
-	mu  sync.Mutex
-	lru *simplelru.LRU[stateKey, *gcraState]
+	shards [memShards]lruShard[*gcraState]
 }
 
 func newMemoryLimiter(maxKeys int) *memoryLimiter {
@@ -105,30 +99,9 @@ func (m *memoryLimiter) decide(now int64, pen penaltyParams, consume bool, check
 }
 
 // reset forgets one tier+key.
-func (m *memoryLimiter) reset(k stateKey) {
-	s := &m.shards[m.shardOf(k)]
-	s.mu.Lock()
-	s.lru.Remove(k)
-	s.mu.Unlock()
-}
+func (m *memoryLimiter) reset(k stateKey) { m.shards[m.shardOf(k)].remove(k) }
 
 // len is the number of states held.
-func (m *memoryLimiter) len() int {
-	n := 0
-	for i := range m.shards {
-		s := &m.shards[i]
-		s.mu.Lock()
-		n += s.lru.Len()
-		s.mu.Unlock()
-	}
-	return n
-}
+func (m *memoryLimiter) len() int { return shardsLen(m.shards[:]) }
 
-func (m *memoryLimiter) purge() {
-	for i := range m.shards {
-		s := &m.shards[i]
-		s.mu.Lock()
-		s.lru.Purge()
-		s.mu.Unlock()
-	}
-}
+func (m *memoryLimiter) purge() { purgeShards(m.shards[:]) }
