@@ -21,8 +21,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -109,10 +107,9 @@ type Cache struct {
 
 	origin string
 
-	pendingMu   sync.Mutex
-	pending     map[string]struct{} // tags invalidated while Redis was down
-	pendingAll  bool
-	pendingFlag atomic.Bool // lock-free "anything pending?" for the hot path
+	// Invalidations that could not reach Redis; kept on the connection so
+	// a config reload during an outage does not lose them. nil without Redis.
+	pending *pendingInvalidations
 
 	// testHookBeforeStore runs between the upstream response and the
 	// store, so tests can interleave an invalidation deterministically.
@@ -176,20 +173,20 @@ func New(cfg Config) (*Cache, error) {
 		}
 	}
 	c := &Cache{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		obs:     cfg.Observer,
-		now:     cfg.Now,
-		l1:      newL1(cfg.L1Bytes),
-		clock:   newLocalClock(100_000),
-		status:  newStatusValues(cfg.StatusName),
-		pending: map[string]struct{}{},
-		origin:  newOrigin(),
+		cfg:    cfg,
+		log:    cfg.Logger,
+		obs:    cfg.Observer,
+		now:    cfg.Now,
+		l1:     newL1(cfg.L1Bytes),
+		clock:  newLocalClock(100_000),
+		status: newStatusValues(cfg.StatusName),
+		origin: newOrigin(),
 	}
 	c.flights.m = map[string]*flight{}
 	if cfg.Redis != nil {
 		// Tag sets must outlive every entry they index.
 		c.l2 = newL2(cfg.Redis, maxLife+time.Hour)
+		c.pending = cfg.Redis.Shared("cachehandler.pending", func() any { return newPendingInvalidations() }).(*pendingInvalidations)
 	}
 	if cfg.Bus != nil {
 		c.unsub = cfg.Bus.Subscribe(c.onBusMessage)
@@ -244,10 +241,18 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 		return next.ServeHTTP(c.stripWriter(w), r)
 	}
 	var query url.Values
+	var queryErr error
 	if r.URL.RawQuery != "" {
-		query = r.URL.Query()
+		// ParseQuery, not URL.Query: Query drops pairs it cannot parse
+		// ("page=7;"), which the origin may still read, and the request
+		// would be stored under another request's key.
+		query, queryErr = url.ParseQuery(r.URL.RawQuery)
 	}
-	if reason := c.bypassReason(rule, r, query); reason != "" {
+	reason := c.bypassReason(rule, r, query)
+	if queryErr != nil {
+		reason = "query"
+	}
+	if reason != "" {
 		c.obs.Lookup(rule.Name, "bypass")
 		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=bypass; detail=" + reason)
 		return next.ServeHTTP(c.stripWriter(w), r)
@@ -261,9 +266,7 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 	}
 	key := string(keyBytes)
 	now := c.now()
-	if c.pendingFlag.Load() {
-		c.replayPending(r.Context())
-	}
+	c.kickReplay()
 	reqCC := r.Header.Get("Cache-Control")
 	noCache := hasDirective(reqCC, "no-cache") || (reqCC == "" && r.Header.Get("Pragma") == "no-cache")
 
@@ -271,8 +274,14 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 	if !noCache {
 		p, layer := c.lookup(r.Context(), key, now)
 		if p != nil && now.Before(p.freshUntil) {
-			c.obs.Lookup(rule.Name, layer)
-			return c.writeHit(w, r, p, c.status.hit, now)
+			err := c.writeHit(w, r, p, c.status.hit, now)
+			if !errors.Is(err, errUnservable) {
+				c.obs.Lookup(rule.Name, layer)
+				return err
+			}
+			// Nothing was written: drop the entry and fetch it again.
+			c.drop(r.Context(), key)
+			p = nil
 		}
 		stale = p // expired but within grace, or nil
 	}
@@ -282,12 +291,18 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 
 // bypassReason says why a request must not use the cache at all.
 func (c *Cache) bypassReason(rule *Rule, r *http.Request, query url.Values) string {
-	if !rule.PerUser {
+	if !rule.PerUser && !rule.Public {
 		if r.Header.Get("Authorization") != "" {
 			return "credentials"
 		}
 		for _, name := range c.cfg.CredentialCookies {
 			if _, err := r.Cookie(name); err == nil {
+				return "credentials"
+			}
+		}
+		// A session found by edge_session, whatever its cookie is called.
+		if c.cfg.Resolve != nil {
+			if uid, ok := c.cfg.Resolve(r, "http.auth.user.id"); ok && uid != "" {
 				return "credentials"
 			}
 		}
@@ -334,6 +349,15 @@ func (c *Cache) lookup(ctx context.Context, key string, now time.Time) (*prepare
 	return p, "hit-l2"
 }
 
+// drop removes an entry from L1 and Redis (an entry that cannot be served).
+func (c *Cache) drop(ctx context.Context, key string) {
+	c.l1.remove(key)
+	if c.l2 != nil && c.cfg.Redis.Available() {
+		_ = c.l2.del(context.WithoutCancel(ctx), key)
+	}
+	c.log.Warn("cache entry could not be served; deleted", zap.String("key_pattern", store.KeyPattern(key)))
+}
+
 // renderTags renders a rule's or invalidation's tag templates; a tag that
 // cannot be rendered is skipped.
 func renderTags(ts []template, ps params, r *http.Request, resolve Resolver) []string {
@@ -373,7 +397,7 @@ func (c *Cache) Stats() Stats {
 	c.flights.mu.Lock()
 	inFlight := len(c.flights.m)
 	c.flights.mu.Unlock()
-	return Stats{L1Entries: entries, L1Bytes: bytes, FillsInFlight: inFlight, PendingRetries: c.pendingFlag.Load()}
+	return Stats{L1Entries: entries, L1Bytes: bytes, FillsInFlight: inFlight, PendingRetries: c.pending != nil && c.pending.flag.Load()}
 }
 
 // l1TTL is how long an L1 copy is trusted. Without Redis, L1 is the only

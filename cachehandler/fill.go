@@ -3,6 +3,7 @@ package cachehandler
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -25,7 +26,11 @@ type flight struct {
 	tags    []string
 	done    chan struct{}
 	waiters atomic.Int32 // followers, for stats and deterministic tests
-	p       *prepared    // set before done closes; nil when the response was not shareable
+	// Set before done closes: the stored entry (nil when the answer was not
+	// shareable), or the stale entry the leader had to serve instead.
+	p           *prepared
+	stale       *prepared
+	staleStatus string
 }
 
 func (f *flights) join(key string, tags []string) (*flight, bool) {
@@ -40,13 +45,12 @@ func (f *flights) join(key string, tags []string) (*flight, bool) {
 	return fl, true
 }
 
-func (f *flights) finish(key string, fl *flight, p *prepared) {
+func (f *flights) finish(key string, fl *flight) {
 	f.mu.Lock()
 	if f.m[key] == fl {
 		delete(f.m, key)
 	}
 	f.mu.Unlock()
-	fl.p = p
 	close(fl.done)
 }
 
@@ -76,14 +80,17 @@ func containsString(list []string, s string) bool {
 	return false
 }
 
-// upstreamRequest prepares the request a fill sends: no validators (the
-// cache needs the full body, not a 304) and no Accept-Encoding (the cache
-// compresses what it stores itself and needs a body it can read).
+// upstreamRequest prepares the request a fill sends: always a GET (a HEAD
+// answer has no body to store; the client's HEAD still gets no body),
+// without validators (the cache needs the full body, not a 304) and
+// without Accept-Encoding (the cache compresses what it stores itself).
 func upstreamRequest(r *http.Request) *http.Request {
-	if r.Header.Get("If-None-Match") == "" && r.Header.Get("If-Modified-Since") == "" && r.Header.Get("Accept-Encoding") == "" {
+	if r.Method == http.MethodGet && r.Header.Get("If-None-Match") == "" &&
+		r.Header.Get("If-Modified-Since") == "" && r.Header.Get("Accept-Encoding") == "" {
 		return r
 	}
 	r2 := r.Clone(r.Context())
+	r2.Method = http.MethodGet
 	r2.Header.Del("If-None-Match")
 	r2.Header.Del("If-Modified-Since")
 	r2.Header.Del("Accept-Encoding")
@@ -104,14 +111,20 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 			return r.Context().Err()
 		}
 		if now := c.now(); fl.p != nil && now.Before(fl.p.freshUntil) {
-			return c.writeHit(w, r, fl.p, c.status.collapsed, now)
+			if err := c.writeHit(w, r, fl.p, c.status.collapsed, now); !errors.Is(err, errUnservable) {
+				return err
+			}
+		} else if fl.stale != nil {
+			// The upstream failed for the leader: it fails for us too.
+			if err := c.writeHit(w, r, fl.stale, fl.staleStatus, now); !errors.Is(err, errUnservable) {
+				return err
+			}
 		}
 		// The leader's answer could not be shared: ask upstream ourselves.
 		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=uri-miss; detail=not-shareable")
 		return next.ServeHTTP(c.stripWriter(w), r)
 	}
-	var stored *prepared
-	defer func() { c.flights.finish(key, fl, stored) }()
+	defer c.flights.finish(key, fl)
 
 	ctx := r.Context()
 	localSnap := c.clock.snapshot()
@@ -129,7 +142,7 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 	case stale != nil:
 		fwd = "stale"
 	}
-	rec := newRecorder(w, c, rule, fwd, stale != nil)
+	rec := newRecorder(w, r, c, rule, fwd, stale != nil)
 	err := next.ServeHTTP(rec, upstreamRequest(r))
 	if stale != nil && (rec.held || (err != nil && !rec.wroteHeader)) {
 		code := rec.status
@@ -139,7 +152,13 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 		c.obs.Lookup(rule.Name, "stale")
 		c.log.Info("serving stale entry: upstream failed",
 			zap.String("rule", rule.Name), zap.Int("upstream_status", code), zap.Error(err))
-		return c.writeHit(w, r, stale, one(c.cfg.StatusName+"; fwd=stale; fwd-status="+strconv.Itoa(code)+"; detail=stale-if-error"), c.now())
+		fl.stale = stale
+		fl.staleStatus = c.cfg.StatusName + "; fwd=stale; fwd-status=" + strconv.Itoa(code) + "; detail=stale-if-error"
+		rec.resetHeaders()
+		if werr := c.writeHit(w, r, stale, fl.staleStatus, c.now()); !errors.Is(werr, errUnservable) {
+			return werr
+		}
+		return caddyErrorLike(err, code)
 	}
 	if err != nil || !rec.storable() {
 		return err
@@ -148,8 +167,17 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 	if entry == nil {
 		return nil
 	}
-	stored = c.store(ctx, key, entry, tags, localSnap, redisSnap, redisOK, rule)
+	fl.p = c.store(ctx, key, entry, tags, localSnap, redisSnap, redisOK, rule)
 	return nil
+}
+
+// caddyErrorLike returns the upstream's failure when even the stale entry
+// could not be sent.
+func caddyErrorLike(err error, code int) error {
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("upstream answered %d and the stale entry could not be served", code)
 }
 
 // entryFrom turns a recorded response into an entry (nil if not storable).
@@ -215,21 +243,24 @@ func (c *Cache) store(ctx context.Context, key string, e *Entry, tags []string, 
 		}
 	}
 	c.l1.add(p)
+	if c.clock.changedSince(tags, localSnap) {
+		// An invalidation ran while this fill was talking to Redis: it may
+		// have dropped its tags from L1 just before this add.
+		c.l1.remove(key)
+		return nil
+	}
 	c.obs.Stored(rule.Name, len(e.Body))
 	return p
 }
 
 // statusValues are the Cache-Status values used on hot paths, built once.
 type statusValues struct {
-	hit       []string
-	collapsed []string
+	hit       string
+	collapsed string
 }
 
 func newStatusValues(name string) statusValues {
-	return statusValues{
-		hit:       one(name + "; hit"),
-		collapsed: one(name + "; fwd=uri-miss; collapsed"),
-	}
+	return statusValues{hit: name + "; hit", collapsed: name + "; fwd=uri-miss; collapsed"}
 }
 
 // elapsedSeconds formats a TTL for Cache-Status.

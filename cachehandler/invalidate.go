@@ -9,6 +9,9 @@ import (
 	"net/http"
 	"path"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -152,11 +155,11 @@ func (c *Cache) Invalidate(ctx context.Context, tags []string) int {
 		}
 	}
 	if c.l2 != nil {
-		c.replayPending(ctx)
+		c.kickReplay()
 		if !c.cfg.Redis.Available() {
-			c.queuePending(tags)
+			c.queuePending(tags, false)
 		} else if keys, err := c.l2.invalidate(ctx, tags); err != nil {
-			c.queuePending(tags)
+			c.queuePending(tags, false)
 			c.log.Warn("invalidation could not reach redis; will retry when it is back",
 				zap.Strings("tags", tagPatterns(tags)), zap.Error(err))
 		} else {
@@ -190,53 +193,100 @@ func dedupe(list []string) []string {
 	return out
 }
 
-func (c *Cache) queuePending(tags []string) {
-	c.pendingMu.Lock()
-	defer c.pendingMu.Unlock()
-	for _, t := range tags {
-		if len(c.pending) >= maxPendingTags {
-			// Too much changed during the outage to track tag by tag: the
-			// whole cache namespace is purged on recovery instead.
-			c.pendingAll = true
-			clear(c.pending)
-			return
-		}
-		c.pending[t] = struct{}{}
-	}
-	c.pendingFlag.Store(true)
+// pendingInvalidations are tags whose invalidation could not reach Redis.
+type pendingInvalidations struct {
+	mu        sync.Mutex
+	tags      map[string]struct{}
+	all       bool        // too many to track: purge the namespace instead
+	flag      atomic.Bool // lock-free "anything pending?" for the hot path
+	replaying atomic.Bool // one replay at a time
 }
 
-// replayPending sends invalidations queued during an outage. It runs on
-// the next mutation or lookup that finds Redis available again.
-func (c *Cache) replayPending(ctx context.Context) {
-	if c.l2 == nil || !c.cfg.Redis.Available() {
+func newPendingInvalidations() *pendingInvalidations {
+	return &pendingInvalidations{tags: map[string]struct{}{}}
+}
+
+func (c *Cache) queuePending(tags []string, all bool) {
+	p := c.pending
+	if p == nil {
 		return
 	}
-	c.pendingMu.Lock()
-	all := c.pendingAll
-	tags := make([]string, 0, len(c.pending))
-	for t := range c.pending {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, t := range tags {
+		if len(p.tags) >= maxPendingTags {
+			all = true
+			break
+		}
+		p.tags[t] = struct{}{}
+	}
+	if all {
+		// Too much changed during the outage to track tag by tag: the
+		// whole cache namespace is purged on recovery instead.
+		p.all = true
+		clear(p.tags)
+	}
+	p.flag.Store(true)
+}
+
+// kickReplay starts a background replay of queued invalidations once Redis
+// is back. It never runs on a request's time: the request path only checks
+// an atomic flag.
+func (c *Cache) kickReplay() {
+	p := c.pending
+	if p == nil || !p.flag.Load() || !c.cfg.Redis.Available() || !p.replaying.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer p.replaying.Store(false)
+		ctx, cancel := context.WithTimeout(store.WithoutBudget(context.Background()), replayTimeout)
+		defer cancel()
+		c.replayPending(ctx)
+	}()
+}
+
+const (
+	replayTimeout = 30 * time.Second
+	replayBatch   = 200
+)
+
+// replayPending sends the queued invalidations in batches; whatever fails
+// goes back on the queue for the next attempt.
+func (c *Cache) replayPending(ctx context.Context) {
+	p := c.pending
+	p.mu.Lock()
+	all := p.all
+	tags := make([]string, 0, len(p.tags))
+	for t := range p.tags {
 		tags = append(tags, t)
 	}
-	clear(c.pending)
-	c.pendingAll = false
-	c.pendingFlag.Store(false)
-	c.pendingMu.Unlock()
+	clear(p.tags)
+	p.all = false
+	p.flag.Store(false)
+	p.mu.Unlock()
 	if all {
 		n, err := c.PurgePattern(ctx, "*")
-		c.log.Warn("purged the whole cache after an outage with too many changes to track", zap.Int("entries", n), zap.Error(err))
+		if err != nil {
+			c.queuePending(nil, true)
+			c.log.Warn("purging the cache after an outage failed; will retry", zap.Error(err))
+			return
+		}
+		c.log.Warn("purged the whole cache after an outage with too many changes to track", zap.Int("entries", n))
 		return
 	}
-	if len(tags) == 0 {
-		return
+	for i := 0; i < len(tags); i += replayBatch {
+		batch := tags[i:min(i+replayBatch, len(tags))]
+		keys, err := c.l2.invalidate(ctx, batch)
+		if err != nil {
+			c.queuePending(tags[i:], false)
+			c.log.Warn("replaying invalidations failed; will retry", zap.Int("tags", len(tags)-i), zap.Error(err))
+			return
+		}
+		c.publish(ctx, busMessage{Tags: batch, Keys: keys})
 	}
-	keys, err := c.l2.invalidate(ctx, tags)
-	if err != nil {
-		c.queuePending(tags)
-		return
+	if len(tags) > 0 {
+		c.log.Info("replayed invalidations queued while redis was down", zap.Int("tags", len(tags)))
 	}
-	c.log.Info("replayed invalidations queued while redis was down", zap.Int("tags", len(tags)), zap.Int("entries", len(keys)))
-	c.publish(ctx, busMessage{Tags: tags, Keys: keys})
 }
 
 // busMessage tells other edges what to drop from their L1.
@@ -289,10 +339,14 @@ func (c *Cache) onBusMessage(msg string) {
 	}
 }
 
-// PurgeKey drops one entry by its cache key (e.g. "event:42").
+// PurgeKey drops one entry by its cache key (e.g. "event:42"). Only keys
+// a rule could have written: never a session or limiter key.
 func (c *Cache) PurgeKey(ctx context.Context, key string) error {
 	if key == "" || len(key) > maxKeyLen {
 		return errors.New("key must be 1 to 512 bytes")
+	}
+	if !c.isCacheKey(key) {
+		return errors.New("not a key any cache rule writes")
 	}
 	c.l1.remove(key)
 	if c.l2 != nil {

@@ -183,6 +183,6 @@ type prepared struct {
 
 	plainOnce sync.Once
 	plainBody []byte
-	plainLen  []string // Content-Length of plainBody, for gzip entries
+	plainLen  string // Content-Length of plainBody, for gzip entries
 	plainErr  error
 }

@@ -139,7 +139,6 @@ func (s *l2) invalidate(ctx context.Context, tags []string) ([]string, error) {
 		pipe.Incr(ctx, s.tagVer(t))
 		pipe.PExpire(ctx, s.tagVer(t), s.tagTTL)
 		members[i] = pipe.SMembers(ctx, s.tagSet(t))
-		pipe.Del(ctx, s.tagSet(t))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, err
@@ -154,7 +153,14 @@ func (s *l2) invalidate(ctx context.Context, tags []string) ([]string, error) {
 			}
 		}
 	}
-	if err := s.unlink(ctx, keys); err != nil {
+	// The sets go last: if unlinking fails half-way, a replay still finds
+	// the members. A fill that joins a set in between sees the bumped
+	// version and removes its own entry.
+	sets := make([]string, len(tags))
+	for i, t := range tags {
+		sets[i] = s.tagSet(t)
+	}
+	if err := s.unlink(ctx, append(keys, sets...)); err != nil {
 		return nil, err
 	}
 	out := make([]string, len(keys))

@@ -21,6 +21,7 @@ type recorder struct {
 	rule *Rule
 	fwd  string
 	hold bool
+	head bool // the client asked HEAD: the fill is a GET, the client gets no body
 
 	upstreamHeader http.Header
 	status         int
@@ -29,10 +30,41 @@ type recorder struct {
 	keep           bool   // still a candidate for storing
 	reason         string // why not, for Cache-Status
 	body           bytes.Buffer
+	// preset are the headers other handlers set before the fill (rate-limit
+	// answers, header directives): they belong to this response only.
+	preset map[string]bool
+	before http.Header // their values, to restore when a stale entry is sent instead
 }
 
-func newRecorder(w http.ResponseWriter, c *Cache, rule *Rule, fwd string, hold bool) *recorder {
-	return &recorder{w: w, c: c, rule: rule, fwd: fwd, hold: hold}
+func newRecorder(w http.ResponseWriter, r *http.Request, c *Cache, rule *Rule, fwd string, hold bool) *recorder {
+	rec := &recorder{w: w, c: c, rule: rule, fwd: fwd, hold: hold, head: r.Method == http.MethodHead}
+	if h := w.Header(); len(h) > 0 {
+		rec.preset = make(map[string]bool, len(h))
+		rec.before = h.Clone()
+		for k := range h {
+			rec.preset[k] = true
+		}
+	}
+	return rec
+}
+
+// resetHeaders undoes what the upstream wrote into the shared header map
+// while held, so a stale entry goes out with only its own headers.
+func (rec *recorder) resetHeaders() {
+	h := rec.w.Header()
+	clear(h)
+	for k, v := range rec.before {
+		h[k] = v
+	}
+}
+
+// FlushError flushes only once a final header has gone out: a flush while
+// a 5xx is held (or before the header) would send a premature 200.
+func (rec *recorder) FlushError() error {
+	if !rec.wroteHeader || rec.held {
+		return nil
+	}
+	return http.NewResponseController(rec.w).Flush()
 }
 
 func (rec *recorder) Header() http.Header { return rec.w.Header() }
@@ -86,6 +118,9 @@ func (rec *recorder) Write(b []byte) (int, error) {
 			rec.body.Write(b)
 		}
 	}
+	if rec.head {
+		return len(b), nil
+	}
 	return rec.w.Write(b)
 }
 
@@ -97,7 +132,7 @@ func (rec *recorder) keptHeader() http.Header {
 	out := make(http.Header, len(rec.upstreamHeader))
 	size := 0
 	for k, vs := range rec.upstreamHeader {
-		if droppedHeaders[k] || len(out) >= maxHeaderCount {
+		if droppedHeaders[k] || rec.preset[k] || len(out) >= maxHeaderCount {
 			continue
 		}
 		for _, v := range vs {

@@ -42,6 +42,12 @@ type Rule struct {
 	// PerUser marks a rule whose key includes the user (e.g.
 	// {http.auth.user.id}), so credentialed requests may use it.
 	PerUser bool
+	// Public declares that the response is the same for every user, so
+	// requests with credentials or a session may be served from, and fill,
+	// the shared entry. Only for routes whose upstream never personalises
+	// the answer; responses with Set-Cookie or Cache-Control: private are
+	// still never stored.
+	Public bool
 	// Disabled is the seed's per-endpoint feature flag.
 	Disabled bool
 	// IgnoreQuery lists query parameters that do not change the response
@@ -100,13 +106,24 @@ func (r *Rule) compile() error {
 	for _, name := range r.IgnoreQuery {
 		r.query[name] = true
 	}
+	keyHasUser := false
 	for _, part := range r.key.parts {
 		if part.kind == partQuery {
 			r.query[part.name] = true
 		}
-		if part.kind == partExternal && !r.PerUser && strings.Contains(part.name, "user") {
-			return fmt.Errorf("cache rule %q: key uses {%s}; mark the rule per_user", r.Name, part.name)
+		if part.kind == partExternal && strings.Contains(part.name, "user") {
+			keyHasUser = true
+			if !r.PerUser {
+				return fmt.Errorf("cache rule %q: key uses {%s}; mark the rule per_user", r.Name, part.name)
+			}
 		}
+	}
+	if r.PerUser && !keyHasUser {
+		// Without the user in the key, "per user" would share private answers.
+		return fmt.Errorf("cache rule %q: a per_user key must contain the user, e.g. {http.auth.user.id}", r.Name)
+	}
+	if r.PerUser && r.Public {
+		return fmt.Errorf("cache rule %q: per_user and public contradict each other", r.Name)
 	}
 	return nil
 }

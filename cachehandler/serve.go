@@ -1,6 +1,7 @@
 package cachehandler
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -17,33 +18,57 @@ type headerKV struct {
 	value []string
 }
 
-func (hl headerList) writeTo(h http.Header) {
+// writeTo copies the values into one fresh backing array: handlers after
+// the cache (Caddy's header replace operations) may edit values in place,
+// and must never edit the stored entry or another response.
+func (hl headerList) writeTo(h http.Header, extra int) []string {
+	n := extra
 	for _, kv := range hl {
-		h[kv.name] = kv.value
+		n += len(kv.value)
 	}
+	vals := make([]string, 0, n)
+	for _, kv := range hl {
+		start := len(vals)
+		vals = append(vals, kv.value...)
+		h[kv.name] = vals[start:len(vals):len(vals)]
+	}
+	return vals
 }
+
+// setOne sets name to a single value carved from vals (spare capacity
+// reserved by writeTo).
+func setOne(h http.Header, vals []string, name, v string) []string {
+	start := len(vals)
+	vals = append(vals, v)
+	h[name] = vals[start:len(vals):len(vals)]
+	return vals
+}
+
+// errUnservable: the entry cannot be sent (its body does not inflate);
+// nothing has been written, so the caller can refetch.
+var errUnservable = errors.New("cache entry cannot be served")
 
 func one(v string) []string { return []string{v}[:1:1] }
 
-// ageValues holds Age header values for the first hour, so a hit does not
-// allocate to say how old it is.
-var ageValues = func() [][]string {
-	t := make([][]string, 3601)
+// ageStrings holds Age values for the first hour, so a hit does not
+// format a number to say how old it is.
+var ageStrings = func() []string {
+	t := make([]string, 3601)
 	for i := range t {
-		t[i] = one(strconv.Itoa(i))
+		t[i] = strconv.Itoa(i)
 	}
 	return t
 }()
 
-func ageValue(age time.Duration) []string {
+func ageString(age time.Duration) string {
 	s := int(age / time.Second)
 	if s < 0 {
 		s = 0
 	}
-	if s < len(ageValues) {
-		return ageValues[s]
+	if s < len(ageStrings) {
+		return ageStrings[s]
 	}
-	return one(strconv.Itoa(s))
+	return strconv.Itoa(s)
 }
 
 // Headers the cache owns or that must never be replayed from a stored
@@ -53,6 +78,8 @@ var droppedHeaders = map[string]bool{
 	"Content-Length": true, "Content-Encoding": true, "Etag": true, "Vary": true,
 	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Transfer-Encoding": true,
 	"Te": true, "Trailer": true, "Upgrade": true, "Proxy-Authenticate": true, "Alt-Svc": true,
+	// Per-client answers of edge_rate_limit: never replayed to others.
+	"Ratelimit": true, "Ratelimit-Policy": true, "Retry-After": true,
 }
 
 // prepare builds the header sets of both representations.
@@ -101,7 +128,7 @@ func prepare(key string, e *Entry, grace, l1TTL time.Duration, now time.Time) *p
 func (p *prepared) plain(limit int) ([]byte, error) {
 	p.plainOnce.Do(func() {
 		p.plainBody, p.plainErr = decompressBody(p.entry.Body, limit)
-		p.plainLen = one(strconv.Itoa(len(p.plainBody)))
+		p.plainLen = strconv.Itoa(len(p.plainBody))
 	})
 	return p.plainBody, p.plainErr
 }
@@ -149,36 +176,40 @@ func etagMatches(ifNoneMatch []string, etag string) bool {
 
 // writeHit sends a stored response: 304 when the client's validator
 // matches, gzip when the client takes it, the plain body otherwise.
-func (c *Cache) writeHit(w http.ResponseWriter, r *http.Request, p *prepared, status []string, now time.Time) error {
+func (c *Cache) writeHit(w http.ResponseWriter, r *http.Request, p *prepared, status string, now time.Time) error {
 	h := w.Header()
 	e := p.entry
 	if inm := r.Header["If-None-Match"]; len(inm) > 0 && etagMatches(inm, e.ETag) && e.Status == http.StatusOK {
 		// RFC 9110 §15.4.5: a 304 carries the validators and caching fields.
-		h["Etag"] = one(e.ETag)
+		vals := make([]string, 0, 4+len(e.Header["Cache-Control"]))
+		vals = setOne(h, vals, "Etag", e.ETag)
 		if cc, ok := e.Header["Cache-Control"]; ok {
-			h["Cache-Control"] = cc[:len(cc):len(cc)]
+			start := len(vals)
+			vals = append(vals, cc...)
+			h["Cache-Control"] = vals[start:len(vals):len(vals)]
 		}
-		h["Vary"] = one("Accept-Encoding")
-		h["Age"] = ageValue(now.Sub(e.StoredAt))
-		h["Cache-Status"] = status
+		vals = setOne(h, vals, "Vary", "Accept-Encoding")
+		vals = setOne(h, vals, "Age", ageString(now.Sub(e.StoredAt)))
+		setOne(h, vals, "Cache-Status", status)
 		w.WriteHeader(http.StatusNotModified)
 		return nil
 	}
 	body := e.Body
+	var vals []string
 	if e.Gzipped && acceptsGzip(r) {
-		p.gzipHeader.writeTo(h)
+		vals = p.gzipHeader.writeTo(h, 2)
 	} else {
 		var err error
 		if body, err = p.plain(c.cfg.MaxEntryBytes); err != nil {
-			return err
+			return errUnservable
 		}
-		p.plainHeader.writeTo(h)
+		vals = p.plainHeader.writeTo(h, 3)
 		if e.Gzipped {
-			h["Content-Length"] = p.plainLen
+			vals = setOne(h, vals, "Content-Length", p.plainLen)
 		}
 	}
-	h["Age"] = ageValue(now.Sub(e.StoredAt))
-	h["Cache-Status"] = status
+	vals = setOne(h, vals, "Age", ageString(now.Sub(e.StoredAt)))
+	setOne(h, vals, "Cache-Status", status)
 	w.WriteHeader(e.Status)
 	if r.Method == http.MethodHead {
 		return nil

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -60,6 +61,9 @@ type Redis struct {
 
 	info infoCache
 
+	sharedMu sync.Mutex
+	shared   map[string]any
+
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -101,6 +105,24 @@ func New(opts Options, log *zap.Logger) (*Redis, error) {
 	}
 	go r.run(ctx)
 	return r, nil
+}
+
+// Shared returns the value kept on this connection under name, made by
+// create the first time. Modules keep here what must outlive a config
+// reload together with the connection, such as invalidations queued while
+// Redis is unreachable.
+func (r *Redis) Shared(name string, create func() any) any {
+	r.sharedMu.Lock()
+	defer r.sharedMu.Unlock()
+	if v, ok := r.shared[name]; ok {
+		return v
+	}
+	if r.shared == nil {
+		r.shared = map[string]any{}
+	}
+	v := create()
+	r.shared[name] = v
+	return v
 }
 
 // Client is the go-redis client, with the budget and breaker applied to
