@@ -248,6 +248,9 @@ func (a *adminAPI) sessions(w http.ResponseWriter, r *http.Request, app *App, re
 		}
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("no such session")}
 	}
+	if hasHandle {
+		return allowMethods(r, http.MethodDelete)
+	}
 	return allowMethods(r, http.MethodGet, http.MethodDelete)
 }
 

@@ -71,6 +71,10 @@ type CacheRule struct {
 	Tags []string `json:"tags,omitempty"`
 	// The key names the user, so credentialed requests may use this rule.
 	PerUser bool `json:"per_user,omitempty"`
+	// The answer is the same for every user: requests with credentials or
+	// a session may use the shared entry (e.g. public event pages on an
+	// on-sale day, when most visitors are logged in).
+	Public bool `json:"public,omitempty"`
 	// Query parameters that do not change the response; any other
 	// parameter not used in the key bypasses the cache.
 	IgnoreQuery []string `json:"ignore_query,omitempty"`
@@ -125,7 +129,7 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 	for _, r := range c.Rules {
 		cfg.Rules = append(cfg.Rules, &cachehandler.Rule{
 			Name: r.Name, Path: r.Path, Key: r.Key, TTL: time.Duration(r.TTL), Tags: r.Tags,
-			PerUser: r.PerUser, IgnoreQuery: r.IgnoreQuery, Disabled: r.Disabled,
+			PerUser: r.PerUser, Public: r.Public, IgnoreQuery: r.IgnoreQuery, Disabled: r.Disabled,
 		})
 	}
 	for _, inv := range c.Invalidations {

@@ -26,6 +26,7 @@ func init() {
 //			ttl          <duration>
 //			tags         <template...>
 //			per_user
+//			public
 //			ignore_query <name...>
 //			enabled      on|off
 //		}
@@ -128,6 +129,11 @@ func (c *Cache) parseRule(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			r.PerUser = true
+		case "public":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			r.Public = true
 		case "ignore_query":
 			if r.IgnoreQuery = d.RemainingArgs(); len(r.IgnoreQuery) == 0 {
 				return d.ArgErr()

@@ -163,6 +163,15 @@ type sessionWriter struct {
 
 func (sw *sessionWriter) Unwrap() http.ResponseWriter { return sw.ResponseWriter }
 
+// FlushError passes flushes on only after the final header: while the
+// login answer is being replaced, nothing of the upstream's may go out.
+func (sw *sessionWriter) FlushError() error {
+	if !sw.done || sw.swallow {
+		return nil
+	}
+	return http.NewResponseController(sw.ResponseWriter).Flush()
+}
+
 func (sw *sessionWriter) WriteHeader(code int) {
 	if sw.done || code < 200 {
 		if !sw.swallow {

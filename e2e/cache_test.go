@@ -172,10 +172,13 @@ func TestCacheAcrossTwoEdges(t *testing.T) {
 	if !strings.Contains(h1.Get("Cache-Status"), "detail=set-cookie") || strings.Contains(h2.Get("Cache-Status"), "hit") {
 		t.Fatalf("Set-Cookie response cached: %q then %q", h1.Get("Cache-Status"), h2.Get("Cache-Status"))
 	}
-	authed, _ := http.NewRequest(http.MethodGet, a.URL("/api/events/55"), nil)
+	// (Profiles are not marked public: an upstream may personalise them.)
+	authed, _ := http.NewRequest(http.MethodGet, a.URL("/api/users/5/profile"), nil)
 	authed.Header.Set("Authorization", "Bearer someone")
-	a.Do(t, authed)
-	if _, h, _ := b.Get(t, "/api/events/55"); !strings.Contains(h.Get("Cache-Status"), "fwd=uri-miss") {
+	if _, h, _ := a.Do(t, authed); !strings.Contains(h.Get("Cache-Status"), "detail=credentials") {
+		t.Fatalf("credentialed request on a shared rule: %q", h.Get("Cache-Status"))
+	}
+	if _, h, _ := b.Get(t, "/api/users/5/profile"); !strings.Contains(h.Get("Cache-Status"), "fwd=uri-miss") {
 		t.Fatalf("request after an Authorization one: %q", h.Get("Cache-Status"))
 	}
 

@@ -55,6 +55,13 @@ func TestSessionsAcrossTwoEdges(t *testing.T) {
 	a := StartEdge(t, cfg, vars)
 	b := StartEdge(t, cfg, vars)
 
+	// Secrets are read from the environment at load time: the running JSON
+	// config (admin /config/, autosave) holds only the placeholders.
+	if _, _, cfgJSON := a.Admin(t, http.MethodGet, "/config/", "", ""); strings.Contains(string(cfgJSON), testSigningKeys) ||
+		strings.Contains(string(cfgJSON), srv.URL()) || !strings.Contains(string(cfgJSON), "{env.EDGE_SESSION_KEYS}") {
+		t.Fatalf("admin /config/ shows secrets or lacks the placeholders:\n%s", cfgJSON)
+	}
+
 	// Spoofed identity never reaches the origin, in any spelling, with or
 	// without a session.
 	spoof := map[string]string{"x-ticketi-user-id": "999", "X_Ticketi_User_Id": "998", "X-TICKETI-USERNAME": "mallory", "x_ticketi_verified": "true"}
@@ -159,8 +166,12 @@ func TestExpressSessionCompatibility(t *testing.T) {
 		t.Fatal(err)
 	}
 	sim := StartSim(t)
-	cfg := strings.Replace(exampleCaddyfile(t, ""), "\t\tsigning_keys {$EDGE_SESSION_KEYS}\n",
-		"\t\tsigning_keys {$EDGE_SESSION_KEYS}\n\t\texpress {\n\t\t\tsecrets \""+vec.EdgeSecrets[0]+"\"\n\t\t}\n", 1)
+	const keysLine = "\t\tsigning_keys {env.EDGE_SESSION_KEYS}\n"
+	example := exampleCaddyfile(t, "")
+	if !strings.Contains(example, keysLine) {
+		t.Fatal("Caddyfile.example no longer has the signing_keys line this test extends")
+	}
+	cfg := strings.Replace(example, keysLine, keysLine+"\t\texpress {\n\t\t\tsecrets \""+vec.EdgeSecrets[0]+"\"\n\t\t}\n", 1)
 	e := StartEdge(t, cfg, map[string]string{"TICKETI_UPSTREAM": sim.Addr, "REDIS_URL": srv.URL(), "EDGE_SESSION_KEYS": testSigningKeys})
 
 	got := identityHeaders(echoHeaders(t, e, map[string]string{"Cookie": v.CookieHeader}))
