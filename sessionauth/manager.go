@@ -123,6 +123,8 @@ type Manager struct {
 	pos    *shardedLRU[*entry]
 	neg    *shardedLRU[int64] // until (unix ms)
 	flight flight
+	// pending: logouts waiting for Redis (nil with the memory store).
+	pending *pendingDestroys
 	// epoch moves on every local invalidation; a lookup that started
 	// before one does not put its (possibly stale) answer in the cache.
 	epoch atomic.Uint64
@@ -194,6 +196,7 @@ func New(opts Options) (*Manager, error) {
 	m.storageFP = hex.EncodeToString(fp[:6])
 	if opts.Redis != nil {
 		m.backend = &redisBackend{r: opts.Redis, log: opts.Logger}
+		m.pending = sharedPendingDestroys(opts.Redis)
 	} else {
 		m.backend = newMemoryBackend(opts.Now, opts.MemoryLimit)
 	}
@@ -367,6 +370,13 @@ func (m *Manager) Validate(ctx context.Context, token string, meta Meta) (Sessio
 		return m.result(Session{}, Invalid)
 	}
 	k := m.keys.storageKey(token)
+	if m.pending != nil && m.pending.flag.Load() {
+		m.kickPending()
+		if m.pending.has(k.id()) {
+			// Logged out while Redis was down; not yet removed there.
+			return m.result(Session{}, Unknown)
+		}
+	}
 	e, r, outage := m.resolve(ctx, k, func(ctx context.Context, now int64) lookup {
 		return m.loadNative(ctx, k.id(), now)
 	})
@@ -534,6 +544,9 @@ func (m *Manager) Destroy(ctx context.Context, token string) error {
 		_, found, err = m.backend.remove(ctx, id)
 	} else {
 		err = store.ErrUnavailable
+	}
+	if err != nil && store.IsConnectivityError(err) {
+		m.queueDestroy(id) // replayed when Redis is back
 	}
 	m.publish(ctx, busDestroy+id)
 	if found {
