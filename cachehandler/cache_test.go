@@ -181,19 +181,8 @@ func TestConcurrentMissesMakeOneOriginRequest(t *testing.T) {
 		}()
 	}
 	// Release the upstream only when the 99 followers are all waiting.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		g.cache.flights.mu.Lock()
-		fl := g.cache.flights.m["event:9"]
-		g.cache.flights.mu.Unlock()
-		if fl != nil && fl.waiters.Load() == n-1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("followers did not all join the flight")
-		}
-		time.Sleep(time.Millisecond) // polling interval
-	}
+	waitFollowers(t, g.cache, "event:9", n-1)
+
 	close(release)
 	wg.Wait()
 	close(codes)
@@ -464,5 +453,24 @@ func TestPerUserRuleKeepsPrivateResponsesApart(t *testing.T) {
 	}
 	if got := as(""); got != "secret of " || calls != 3 {
 		t.Fatalf("anonymous request on a per-user rule: %q calls=%d", got, calls)
+	}
+}
+
+// waitFollowers polls until want requests wait on key's fill, so a test
+// can release its gated upstream knowing every request has joined.
+func waitFollowers(t *testing.T, c *Cache, key string, want int32) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.flights.mu.Lock()
+		fl := c.flights.m[key]
+		c.flights.mu.Unlock()
+		if fl != nil && fl.waiters.Load() == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d followers did not all join the fill of %s", want, key)
+		}
+		time.Sleep(time.Millisecond) // polling interval
 	}
 }

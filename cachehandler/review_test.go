@@ -81,19 +81,8 @@ func TestFollowersGetTheStaleEntryToo(t *testing.T) {
 			codes <- fmt.Sprintf("%d %s", w.Code, w.Header().Get("Cache-Status"))
 		}()
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		g.cache.flights.mu.Lock()
-		fl := g.cache.flights.m["event:6"]
-		g.cache.flights.mu.Unlock()
-		if fl != nil && fl.waiters.Load() == n-1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("followers did not join")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitFollowers(t, g.cache, "event:6", n-1)
+
 	close(release)
 	wg.Wait()
 	close(codes)
