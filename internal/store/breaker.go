@@ -89,6 +89,15 @@ func (b *Breaker) OpenSince() time.Time {
 	return b.openedAt
 }
 
+// Failing reports whether the last call failed for connectivity reasons
+// (and none has succeeded since): Redis is suspect, though not yet
+// declared down.
+func (b *Breaker) Failing() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.consecutive > 0
+}
+
 // Allow reports whether a call may go to Redis.
 func (b *Breaker) Allow() bool {
 	b.mu.Lock()

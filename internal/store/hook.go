@@ -12,6 +12,10 @@ import (
 
 type budgetKey struct{}
 
+// suspectDivisor shrinks the budget while Redis is suspect (one failure,
+// breaker still closed): 50 ms becomes 10 ms.
+const suspectDivisor = 5
+
 // WithoutBudget marks ctx for work that may legitimately take longer than
 // the request-path budget (admin purges that SCAN in batches). Its own
 // deadline, if any, still applies.
@@ -77,6 +81,12 @@ func (r *Redis) admit(ctx context.Context) (context.Context, context.CancelFunc,
 		return ctx, func() {}, nil
 	}
 	budget := r.opts.CallTimeout
+	if r.breaker.Failing() {
+		// The last call timed out or was refused and the breaker is not
+		// open yet: a request that makes several calls (session, limiter,
+		// cache) must not wait the full budget on each of them.
+		budget = max(budget/suspectDivisor, time.Millisecond)
+	}
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= budget {
 		return ctx, func() {}, nil
 	}

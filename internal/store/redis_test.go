@@ -301,3 +301,37 @@ func TestObserverSeesBoundedCommandLabels(t *testing.T) {
 		t.Fatalf("calls = %v", obs.calls)
 	}
 }
+
+// One request may make several Redis calls (session, limiter, cache). On a
+// hung Redis only the first waits the full budget: until a call succeeds,
+// the others get a fifth of it, so the request's total stays small.
+func TestSequentialCallsOnHungRedisShareTheBudget(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	const budget = 50 * time.Millisecond
+	r, _ := newLogged(t, Options{URL: srv.URL(), CallTimeout: budget, Heartbeat: time.Hour, BreakerFailures: 10})
+	ctx := context.Background()
+	if err := r.Client().Get(ctx, r.Key("warm")).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		t.Fatal(err)
+	}
+	if err := srv.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Resume() })
+	start := time.Now()
+	for i := range 3 {
+		if err := r.Client().Get(ctx, r.Key("k")).Err(); err == nil {
+			t.Fatalf("call %d: a paused redis answered", i)
+		}
+	}
+	took := time.Since(start)
+	// 50 + 10 + 10 ms, plus slack for -race; three full budgets would be 150 ms.
+	if took > 120*time.Millisecond {
+		t.Fatalf("three calls on a hung redis took %v", took)
+	}
+	if err := srv.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Second, "full budget after a success", func() bool {
+		return r.Client().Get(ctx, r.Key("k")).Err() != nil && !r.Breaker().Failing()
+	})
+}
