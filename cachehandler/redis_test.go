@@ -2,6 +2,7 @@ package cachehandler
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"strings"
@@ -243,5 +244,40 @@ func TestPatternPurgeSparesEverythingElse(t *testing.T) {
 	}
 	if raw.Exists(ctx, "test_event:1", "test_event:2", "test_events:featured").Val() != 0 {
 		t.Fatal("cache entries survived the purge")
+	}
+}
+
+// On Redis Cluster the entry, its tag sets and versions live in different
+// slots: the store writes the entry first, then the sets (see l2).
+func TestCacheOnRedisCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	rdb, err := store.New(store.Options{Addrs: cl.Addrs, KeyPrefix: "test_"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rdb.Close() })
+	g := newRig(t, func(c *Config) { c.Redis = rdb })
+	if !g.cache.l2.cluster {
+		t.Fatal("cluster client not detected")
+	}
+	for id := range 10 {
+		g.get(fmt.Sprintf("/api/events/%d", id+1))
+	}
+	g.cache.l1 = newL1(DefaultL1Bytes) // forget L1: hits must come from the cluster
+	for id := range 10 {
+		if cs := g.get(fmt.Sprintf("/api/events/%d", id+1)).Header().Get("Cache-Status"); cs != "ticketi-edge; hit" {
+			t.Fatalf("event %d from the cluster: %q", id+1, cs)
+		}
+	}
+	if w := putEvent(g, 3, "Cluster update"); w.Code != 200 {
+		t.Fatalf("PUT: %d", w.Code)
+	}
+	g.cache.l1 = newL1(DefaultL1Bytes)
+	if got := titleOf(t, g.get("/api/events/3")); got != "Cluster update" {
+		t.Fatalf("after invalidation on the cluster: %q", got)
+	}
+	n, err := g.cache.PurgePattern(context.Background(), "event:*")
+	if err != nil || n < 9 {
+		t.Fatalf("pattern purge over every master: %d %v", n, err)
 	}
 }
