@@ -54,6 +54,10 @@ type App struct {
 
 	redis    *store.Redis
 	poolKey  string
+	// restoreObserver hands the connection's metrics back to the previous
+	// config if this one is cleaned up while its observer is installed
+	// (a reload that failed after Provision).
+	restoreObserver func()
 	cache    *stats.CacheCounters
 	modules  *moduleStats
 	handlers *handlerRegistry
@@ -148,7 +152,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	a.redis.SetObserver(a.metrics)
+	a.restoreObserver = a.redis.SetObserver(a.metrics)
 	return nil
 }
 
@@ -257,6 +261,9 @@ func (a *App) Stop() error {
 func (a *App) Cleanup() error {
 	if a.handlers != nil {
 		a.handlers.closeBuses()
+	}
+	if a.restoreObserver != nil {
+		a.restoreObserver()
 	}
 	if a.poolKey != "" {
 		_, err := connections.Delete(a.poolKey)
@@ -449,8 +456,9 @@ func (n namedHandlers[T]) all() map[string]T {
 // the handler's own when it names one (so sessions and limits can live on
 // a Redis whose eviction policy does not drop them under memory pressure).
 type moduleConnection struct {
-	redis   *store.Redis
-	poolKey string // set when the handler holds its own pooled connection
+	redis           *store.Redis
+	poolKey         string // set when the handler holds its own pooled connection
+	restoreObserver func()
 }
 
 // connectionFor resolves a handler's `redis` override, or the app's.
@@ -469,12 +477,15 @@ func (a *App) connectionFor(override *RedisConfig) (moduleConnection, error) {
 	if err != nil {
 		return moduleConnection{}, err
 	}
-	rdb.SetObserver(a.metrics)
-	return moduleConnection{redis: rdb, poolKey: key}, nil
+	restore := rdb.SetObserver(a.metrics)
+	return moduleConnection{redis: rdb, poolKey: key, restoreObserver: restore}, nil
 }
 
 // release drops the handler's hold on its own connection.
 func (c moduleConnection) release() {
+	if c.restoreObserver != nil {
+		c.restoreObserver()
+	}
 	if c.poolKey != "" {
 		_, _ = connections.Delete(c.poolKey)
 	}

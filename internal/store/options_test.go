@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -152,5 +153,38 @@ func TestNextBackoffGrowsAndCaps(t *testing.T) {
 	}
 	if d > DefaultMaxBackoff+DefaultMaxBackoff/10 || d < DefaultMaxBackoff-DefaultMaxBackoff/10 {
 		t.Fatalf("backoff %v not capped at about %v", d, DefaultMaxBackoff)
+	}
+}
+
+type namedObserver struct{ name string }
+
+func (namedObserver) RedisCall(string, time.Duration, error) {}
+func (namedObserver) BreakerChanged(BreakerState)            {}
+func (namedObserver) PoolObserved(PoolStats)                 {}
+
+// A config reload installs a new observer on the shared connection. If the
+// new config fails and is cleaned up, the running config's observer comes
+// back; if the new config succeeds, the old config's cleanup changes nothing.
+func TestObserverRestoreAcrossReloads(t *testing.T) {
+	r, err := New(Options{URL: "127.0.0.1:1", DialTimeout: 10 * time.Millisecond, MaxBackoff: time.Hour}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	running, next := namedObserver{"running"}, namedObserver{"next"}
+	restoreRunning := r.SetObserver(running)
+	restoreNext := r.SetObserver(next)
+	restoreNext() // the new config failed to load
+	if got := r.obs(); got != Observer(running) {
+		t.Fatalf("after a failed reload: %v", got)
+	}
+	restoreNext = r.SetObserver(next) // a reload that succeeds
+	restoreRunning()                  // the old config is cleaned up
+	if got := r.obs(); got != Observer(next) {
+		t.Fatalf("after a successful reload: %v", got)
+	}
+	restoreNext()
+	if got := r.obs(); got != Observer(running) {
+		t.Fatalf("restore returns to what was installed before: %v", got)
 	}
 }

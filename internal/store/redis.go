@@ -150,13 +150,18 @@ func (r *Redis) FallbackMode() bool { return !r.breaker.Allow() }
 // Breaker exposes the breaker (state for stats; tests trip it).
 func (r *Redis) Breaker() *Breaker { return r.breaker }
 
-// SetObserver installs the metrics observer; nil removes it.
-func (r *Redis) SetObserver(o Observer) {
-	if o == nil {
-		r.observer.Store(nil)
-		return
+// SetObserver installs the metrics observer (nil removes it) and returns
+// a function that puts the previous one back, if o is still the one
+// installed. A config whose load fails after this call restores the
+// running config's metrics; a config that is merely replaced by a newer
+// one restores nothing.
+func (r *Redis) SetObserver(o Observer) (restore func()) {
+	var p *Observer
+	if o != nil {
+		p = &o
 	}
-	r.observer.Store(&o)
+	prev := r.observer.Swap(p)
+	return func() { r.observer.CompareAndSwap(p, prev) }
 }
 
 func (r *Redis) obs() Observer {
