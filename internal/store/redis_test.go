@@ -335,3 +335,28 @@ func TestSequentialCallsOnHungRedisShareTheBudget(t *testing.T) {
 		return r.Client().Get(ctx, r.Key("k")).Err() != nil && !r.Breaker().Failing()
 	})
 }
+
+func TestPoolUseWarnsAt80PercentAndRecovers(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	r, logs := newLogged(t, Options{URL: srv.URL(), PoolSize: 2, MinIdle: 1, Heartbeat: 10 * time.Millisecond})
+	ctx := WithoutBudget(context.Background())
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Holds a pooled connection for a second, server side.
+			_ = r.Client().BLPop(ctx, time.Second, r.Key("nothing")).Err()
+		}()
+	}
+	eventually(t, 2*time.Second, "pool warning", func() bool {
+		return logs.FilterMessage("redis connection pool above 80% use").Len() == 1
+	})
+	wg.Wait()
+	eventually(t, 2*time.Second, "pool recovery line", func() bool {
+		return logs.FilterMessage("redis connection pool use back below 60%").Len() == 1
+	})
+	if n := logs.FilterMessage("redis connection pool above 80% use").Len(); n != 1 {
+		t.Fatalf("the warning is edge-triggered: got %d lines", n)
+	}
+}
