@@ -52,19 +52,19 @@ type App struct {
 	// fleet-wide counters in Redis. Default: 5s.
 	FleetFlushInterval caddy.Duration `json:"fleet_flush_interval,omitempty"`
 
-	redis    *store.Redis
-	poolKey  string
+	redis   *store.Redis
+	poolKey string
 	// restoreObserver hands the connection's metrics back to the previous
 	// config if this one is cleaned up while its observer is installed
 	// (a reload that failed after Provision).
 	restoreObserver func()
-	cache    *stats.CacheCounters
-	modules  *moduleStats
-	handlers *handlerRegistry
-	metrics  *metrics
-	log      *zap.Logger
-	stopping chan struct{}
-	flushWG  *sync.WaitGroup
+	cache           *stats.CacheCounters
+	modules         *moduleStats
+	handlers        *handlerRegistry
+	metrics         *metrics
+	log             *zap.Logger
+	stopping        chan struct{}
+	flushWG         *sync.WaitGroup
 }
 
 // RedisConfig configures a Redis connection. String fields accept Caddy
