@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -85,11 +83,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if err := allowMethods(r, http.MethodGet); err != nil {
 			return err
 		}
-		out := map[string]any{}
-		for name, c := range app.handlers.caches.all() {
-			out[name] = map[string]any{"engine": c.engine.Stats(), "rules": c.obs.stats()}
-		}
-		return writeJSON(w, http.StatusOK, out)
+		return writeJSON(w, http.StatusOK, app.cacheStats())
 	case "ratelimit/reset", "ratelimit/remaining", "ratelimit/stats":
 		return a.rateLimit(w, r, app, strings.TrimPrefix(path, "ratelimit/"))
 	case "reconnect":
@@ -370,30 +364,6 @@ func writeJSON(w http.ResponseWriter, code int, v any) error {
 	return json.NewEncoder(w).Encode(v)
 }
 
-// moduleStats lets handlers publish their counters under /edge/stats.
-type moduleStats struct {
-	mu        sync.Mutex
-	providers map[string]func() any
-}
-
-func (m *moduleStats) snapshot() map[string]any {
-	m.mu.Lock()
-	names := make([]string, 0, len(m.providers))
-	for n := range m.providers {
-		names = append(names, n)
-	}
-	m.mu.Unlock()
-	sort.Strings(names)
-	out := make(map[string]any, len(names))
-	for _, n := range names {
-		m.mu.Lock()
-		fn := m.providers[n]
-		m.mu.Unlock()
-		out[n] = fn()
-	}
-	return out
-}
-
 type statsSnapshot struct {
 	Store   string         `json:"store"`
 	Redis   *store.Stats   `json:"redis,omitempty"`
@@ -406,11 +376,36 @@ type cacheStats struct {
 	Fleet    *healthRates `json:"fleet,omitempty"`
 }
 
+// cacheStats is each cache handler's L1 figures and per-rule counts.
+func (a *App) cacheStats() map[string]any {
+	out := map[string]any{}
+	for name, c := range a.handlers.caches.all() {
+		out[name] = map[string]any{"engine": c.engine.Stats(), "rules": c.obs.stats()}
+	}
+	return out
+}
+
+// handlerStats gathers every edge handler's own figures for /edge/stats.
+func (a *App) handlerStats() map[string]any {
+	out := a.cacheStats()
+	for name, rl := range a.handlers.limiters.all() {
+		out[name] = rl.engine.Stats()
+	}
+	for i, s := range a.sessionHandlers() {
+		name := "session"
+		if i > 0 {
+			name += strconv.Itoa(i + 1)
+		}
+		out[name] = s.engine.Stats()
+	}
+	return out
+}
+
 func (a *App) statsSnapshot() statsSnapshot {
 	s := statsSnapshot{
 		Store:   "embedded",
 		Cache:   cacheStats{Instance: rates(a.cache.Instance())},
-		Modules: a.modules.snapshot(),
+		Modules: a.handlerStats(),
 	}
 	if a.redis != nil {
 		st := a.redis.Stats()

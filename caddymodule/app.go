@@ -59,7 +59,6 @@ type App struct {
 	// (a reload that failed after Provision).
 	restoreObserver func()
 	cache           *stats.CacheCounters
-	modules         *moduleStats
 	handlers        *handlerRegistry
 	metrics         *metrics
 	log             *zap.Logger
@@ -132,7 +131,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.log = ctx.Logger()
 	store.InstallGoRedisLogger(caddy.Log())
 	a.cache = new(stats.CacheCounters)
-	a.modules = new(moduleStats)
 	a.handlers = newHandlerRegistry()
 	a.flushWG = new(sync.WaitGroup)
 	a.stopping = make(chan struct{})

@@ -140,6 +140,12 @@ func TestExampleConfigCaches(t *testing.T) {
 			t.Errorf("purge %s: %d %s", bad, code, body)
 		}
 	}
+	code, body = e.admin(t, http.MethodGet, "/edge/stats", "")
+	for _, handler := range []string{`"cache":`, `"limiter":`, `"session":`} {
+		if code != 200 || !strings.Contains(string(body), handler) {
+			t.Fatalf("/edge/stats lacks %s: %s", handler, body)
+		}
+	}
 	code, body = e.admin(t, http.MethodGet, "/edge/cache/stats", "")
 	if code != 200 || !strings.Contains(string(body), `"event":{"hits":1,"misses":1`) {
 		t.Fatalf("cache stats: %d %s", code, body)
