@@ -362,7 +362,7 @@ $tiers
 	reverse_proxy 127.0.0.1:$SIM_PORT
 EOF
 }
-# ---- end of HOOK ---------------------------------------------------------
+# ---- end of the limiter rows ----------------------------------------------
 
 # scenario_config NAME: sets SITE, USE_REDIS, GZIP, KIND for a Caddy row.
 scenario_config() {
@@ -532,7 +532,7 @@ T_START=$SECONDS
 for CUR in $SCENARIOS; do
 	reset_row
 	if [[ $CUR == limiter* ]] && ! grep -q '^http.handlers.edge_rate_limit$' <<<"$EDGE_MODULES"; then
-		log "limiter: skipped (the binary has no http.handlers.edge_rate_limit yet)"
+		log "$CUR: skipped (the binary has no http.handlers.edge_rate_limit)"
 		emit_row skipped "edge_rate_limit not in this build"
 		continue
 	fi
