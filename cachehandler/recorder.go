@@ -40,9 +40,11 @@ func newRecorder(w http.ResponseWriter, r *http.Request, c *Cache, rule *Rule, f
 	rec := &recorder{w: w, c: c, rule: rule, fwd: fwd, hold: hold, head: r.Method == http.MethodHead}
 	if h := w.Header(); len(h) > 0 {
 		rec.preset = make(map[string]bool, len(h))
-		rec.before = h.Clone()
 		for k := range h {
 			rec.preset[k] = true
+		}
+		if hold {
+			rec.before = h.Clone() // only a held 5xx needs them back
 		}
 	}
 	return rec

@@ -87,7 +87,7 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 			if app.redis == nil {
 				return 0
 			}
-			return pick(app.redis.Stats().Pool)
+			return pick(app.redis.PoolStats())
 		}
 	}
 	collectors := []prometheus.Collector{

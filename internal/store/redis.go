@@ -46,6 +46,7 @@ type PoolStats struct {
 // concurrent use and lives across config reloads.
 type Redis struct {
 	opts    Options
+	name    string // opts.Redacted(), computed once: it rebuilds options and reads TLS files
 	client  redis.UniversalClient
 	breaker *Breaker
 	log     *zap.Logger
@@ -86,6 +87,7 @@ func New(opts Options, log *zap.Logger) (*Redis, error) {
 	}
 	r := &Redis{
 		opts:    opts,
+		name:    opts.Redacted(),
 		client:  redis.NewUniversalClient(uopts),
 		breaker: NewBreaker(opts.BreakerFailures, nil),
 		log:     log,
@@ -101,7 +103,7 @@ func New(opts Options, log *zap.Logger) (*Redis, error) {
 	if err := r.probe(ctx, opts.DialTimeout); err != nil {
 		r.breaker.Trip(err)
 	} else {
-		log.Info("connected to redis", zap.String("redis", opts.Redacted()))
+		log.Info("connected to redis", zap.String("redis", r.name))
 	}
 	go r.run(ctx)
 	return r, nil
@@ -198,7 +200,7 @@ type Stats struct {
 // Stats reports the connection's state.
 func (r *Redis) Stats() Stats {
 	return Stats{
-		Redis:             r.opts.Redacted(),
+		Redis:             r.name,
 		KeyPrefix:         r.opts.KeyPrefix,
 		Breaker:           r.breaker.State().String(),
 		FallbackMode:      r.FallbackMode(),
@@ -206,11 +208,12 @@ func (r *Redis) Stats() Stats {
 		FallbackEntries:   r.fallbackEntries.Load(),
 		ReconnectAttempts: r.reconnectAttempts.Load(),
 		CallTimeoutMS:     float64(r.opts.CallTimeout) / float64(time.Millisecond),
-		Pool:              r.poolStats(),
+		Pool:              r.PoolStats(),
 	}
 }
 
-func (r *Redis) poolStats() PoolStats {
+// PoolStats reports the connection pool's figures (cheap: no I/O).
+func (r *Redis) PoolStats() PoolStats {
 	ps := r.client.PoolStats()
 	if ps == nil {
 		return PoolStats{Size: r.opts.PoolSize}
@@ -308,16 +311,16 @@ func (r *Redis) breakerChanged(from, to BreakerState, cause error) {
 		r.fallbackEntries.Add(1)
 		r.reconnectAttempts.Store(0)
 		r.log.Warn("redis unavailable: entering fallback mode",
-			zap.String("redis", r.opts.Redacted()), zap.Error(cause))
+			zap.String("redis", r.name), zap.Error(cause))
 		return
 	}
 	// OpenSince is already cleared here; the attempts counter tells the story.
 	r.log.Info("redis connection recovered: leaving fallback mode",
-		zap.String("redis", r.opts.Redacted()), zap.Int64("reconnect_attempts", r.reconnectAttempts.Load()))
+		zap.String("redis", r.name), zap.Int64("reconnect_attempts", r.reconnectAttempts.Load()))
 }
 
 func (r *Redis) checkPool() {
-	ps := r.poolStats()
+	ps := r.PoolStats()
 	if o := r.obs(); o != nil {
 		o.PoolObserved(ps)
 	}
