@@ -109,7 +109,7 @@ type Cache struct {
 
 	// Invalidations that could not reach Redis; kept on the connection so
 	// a config reload during an outage does not lose them. nil without Redis.
-	pending *pendingInvalidations
+	pending *store.ReplayQueue
 
 	// testHookBeforeStore runs between the upstream response and the
 	// store, so tests can interleave an invalidation deterministically.
@@ -186,7 +186,7 @@ func New(cfg Config) (*Cache, error) {
 	if cfg.Redis != nil {
 		// Tag sets must outlive every entry they index.
 		c.l2 = newL2(cfg.Redis, maxLife+time.Hour)
-		c.pending = cfg.Redis.Shared("cachehandler.pending", func() any { return newPendingInvalidations() }).(*pendingInvalidations)
+		c.pending = store.ReplayQueueOn(cfg.Redis, "cachehandler.invalidations", maxPendingTags)
 	}
 	if cfg.Bus != nil {
 		c.unsub = cfg.Bus.Subscribe(c.onBusMessage)
@@ -397,7 +397,7 @@ func (c *Cache) Stats() Stats {
 	c.flights.mu.Lock()
 	inFlight := len(c.flights.m)
 	c.flights.mu.Unlock()
-	return Stats{L1Entries: entries, L1Bytes: bytes, FillsInFlight: inFlight, PendingRetries: c.pending != nil && c.pending.flag.Load()}
+	return Stats{L1Entries: entries, L1Bytes: bytes, FillsInFlight: inFlight, PendingRetries: c.pending != nil && c.pending.Pending()}
 }
 
 // l1TTL is how long an L1 copy is trusted. Without Redis, L1 is the only

@@ -9,9 +9,6 @@ import (
 	"net/http"
 	"path"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -157,9 +154,9 @@ func (c *Cache) Invalidate(ctx context.Context, tags []string) int {
 	if c.l2 != nil {
 		c.kickReplay()
 		if !c.cfg.Redis.Available() {
-			c.queuePending(tags, false)
+			c.pending.Add(tags...)
 		} else if keys, err := c.l2.invalidate(ctx, tags); err != nil {
-			c.queuePending(tags, false)
+			c.pending.Add(tags...)
 			c.log.Warn("invalidation could not reach redis; will retry when it is back",
 				zap.Strings("tags", tagPatterns(tags)), zap.Error(err))
 		} else {
@@ -193,100 +190,44 @@ func dedupe(list []string) []string {
 	return out
 }
 
-// pendingInvalidations are tags whose invalidation could not reach Redis.
-type pendingInvalidations struct {
-	mu        sync.Mutex
-	tags      map[string]struct{}
-	all       bool        // too many to track: purge the namespace instead
-	flag      atomic.Bool // lock-free "anything pending?" for the hot path
-	replaying atomic.Bool // one replay at a time
-}
-
-func newPendingInvalidations() *pendingInvalidations {
-	return &pendingInvalidations{tags: map[string]struct{}{}}
-}
-
-func (c *Cache) queuePending(tags []string, all bool) {
-	p := c.pending
-	if p == nil {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, t := range tags {
-		if len(p.tags) >= maxPendingTags {
-			all = true
-			break
-		}
-		p.tags[t] = struct{}{}
-	}
-	if all {
-		// Too much changed during the outage to track tag by tag: the
-		// whole cache namespace is purged on recovery instead.
-		p.all = true
-		clear(p.tags)
-	}
-	p.flag.Store(true)
-}
-
-// kickReplay starts a background replay of queued invalidations once Redis
-// is back. It never runs on a request's time: the request path only checks
-// an atomic flag.
+// kickReplay starts the background replay of invalidations queued while
+// Redis was unreachable, once it is back; on the request path it costs an
+// atomic load.
 func (c *Cache) kickReplay() {
-	p := c.pending
-	if p == nil || !p.flag.Load() || !c.cfg.Redis.Available() || !p.replaying.CompareAndSwap(false, true) {
-		return
+	if c.pending != nil {
+		c.pending.Kick(c.replayPending)
 	}
-	go func() {
-		defer p.replaying.Store(false)
-		ctx, cancel := context.WithTimeout(store.WithoutBudget(context.Background()), replayTimeout)
-		defer cancel()
-		c.replayPending(ctx)
-	}()
 }
 
-const (
-	replayTimeout = 30 * time.Second
-	replayBatch   = 200
-)
+const replayBatch = 200
 
-// replayPending sends the queued invalidations in batches; whatever fails
-// goes back on the queue for the next attempt.
-func (c *Cache) replayPending(ctx context.Context) {
-	p := c.pending
-	p.mu.Lock()
-	all := p.all
-	tags := make([]string, 0, len(p.tags))
-	for t := range p.tags {
-		tags = append(tags, t)
-	}
-	clear(p.tags)
-	p.all = false
-	p.flag.Store(false)
-	p.mu.Unlock()
-	if all {
+// replayPending is the queue's Replayer: queued tags are invalidated in
+// batches; an overflowed queue (too much changed to track tag by tag)
+// purges the whole cache namespace instead.
+func (c *Cache) replayPending(ctx context.Context, tags []string, overflowed bool) (done []string, overflowHandled bool) {
+	if overflowed {
 		n, err := c.PurgePattern(ctx, "*")
 		if err != nil {
-			c.queuePending(nil, true)
 			c.log.Warn("purging the cache after an outage failed; will retry", zap.Error(err))
-			return
+			return nil, false
 		}
 		c.log.Warn("purged the whole cache after an outage with too many changes to track", zap.Int("entries", n))
-		return
+		return tags, true // the purge covered every queued tag too
 	}
 	for i := 0; i < len(tags); i += replayBatch {
 		batch := tags[i:min(i+replayBatch, len(tags))]
 		keys, err := c.l2.invalidate(ctx, batch)
 		if err != nil {
-			c.queuePending(tags[i:], false)
 			c.log.Warn("replaying invalidations failed; will retry", zap.Int("tags", len(tags)-i), zap.Error(err))
-			return
+			return done, true
 		}
 		c.publish(ctx, busMessage{Tags: batch, Keys: keys})
+		done = append(done, batch...)
 	}
-	if len(tags) > 0 {
-		c.log.Info("replayed invalidations queued while redis was down", zap.Int("tags", len(tags)))
+	if len(done) > 0 {
+		c.log.Info("replayed invalidations queued while redis was down", zap.Int("tags", len(done)))
 	}
+	return done, true
 }
 
 // busMessage tells other edges what to drop from their L1.

@@ -124,7 +124,7 @@ type Manager struct {
 	neg    *shardedLRU[int64] // until (unix ms)
 	flight flight
 	// pending: logouts waiting for Redis (nil with the memory store).
-	pending *pendingDestroys
+	pending *store.ReplayQueue
 	// epoch moves on every local invalidation; a lookup that started
 	// before one does not put its (possibly stale) answer in the cache.
 	epoch atomic.Uint64
@@ -196,7 +196,7 @@ func New(opts Options) (*Manager, error) {
 	m.storageFP = hex.EncodeToString(fp[:6])
 	if opts.Redis != nil {
 		m.backend = &redisBackend{r: opts.Redis, log: opts.Logger}
-		m.pending = sharedPendingDestroys(opts.Redis)
+		m.pending = store.ReplayQueueOn(opts.Redis, "sessionauth.destroys", maxPendingDestroys)
 	} else {
 		m.backend = newMemoryBackend(opts.Now, opts.MemoryLimit)
 	}
@@ -370,9 +370,9 @@ func (m *Manager) Validate(ctx context.Context, token string, meta Meta) (Sessio
 		return m.result(Session{}, Invalid)
 	}
 	k := m.keys.storageKey(token)
-	if m.pending != nil && m.pending.flag.Load() {
+	if m.pending != nil && m.pending.Pending() {
 		m.kickPending()
-		if m.pending.has(k.id()) {
+		if m.pending.Has(k.id()) {
 			// Logged out while Redis was down; not yet removed there.
 			return m.result(Session{}, Unknown)
 		}
