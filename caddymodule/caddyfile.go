@@ -296,3 +296,27 @@ func parseCaddyDuration(s string) (caddy.Duration, error) {
 	d, err := caddy.ParseDuration(s)
 	return caddy.Duration(d), err
 }
+
+// requiredOnOff reads an on/off argument (also true/false, yes/no, 1/0).
+func requiredOnOff(d *caddyfile.Dispenser) (bool, error) {
+	name := d.Val()
+	v, err := requiredArg(d)
+	if err != nil {
+		return false, err
+	}
+	on, err := parseBoolWord(v)
+	if err != nil {
+		return false, d.Errf("%s: expected on or off, got %q", name, v)
+	}
+	return on, nil
+}
+
+// redisOverride reads a handler's own `redis <url>`; an empty value (an
+// unset variable) means the app's connection.
+func redisOverride(d *caddyfile.Dispenser) (*RedisConfig, error) {
+	url, err := optionalArg(d)
+	if err != nil || url == "" {
+		return nil, err
+	}
+	return &RedisConfig{URL: url}, nil
+}

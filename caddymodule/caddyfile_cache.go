@@ -139,14 +139,9 @@ func (c *Cache) parseRule(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "enabled":
-			var v string
-			if v, err = requiredArg(d); err == nil {
-				on, perr := parseBoolWord(v)
-				if perr != nil {
-					return d.Errf("enabled: expected on or off, got %q", v)
-				}
-				r.Disabled = !on
-			}
+			var on bool
+			on, err = requiredOnOff(d)
+			r.Disabled = !on
 		default:
 			return d.Errf("unrecognized rule option '%s'", sub)
 		}

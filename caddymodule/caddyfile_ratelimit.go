@@ -59,14 +59,9 @@ func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "penalty":
 			err = rl.parsePenalty(d)
 		case "local_deny":
-			var v string
-			if v, err = requiredArg(d); err == nil {
-				on, perr := parseBoolWord(v)
-				if perr != nil {
-					return d.Errf("local_deny: expected on or off, got %q", v)
-				}
-				rl.DisableLocalDeny = !on
-			}
+			var on bool
+			on, err = requiredOnOff(d)
+			rl.DisableLocalDeny = !on
 		case "key_display":
 			if rl.KeyDisplay, err = requiredArg(d); err == nil && rl.KeyDisplay != "hash" && rl.KeyDisplay != "truncate" {
 				return d.Errf("key_display: expected hash or truncate, got %q", rl.KeyDisplay)
@@ -76,10 +71,7 @@ func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "top_k":
 			rl.TopK, err = requiredInt(d)
 		case "redis":
-			var url string
-			if url, err = optionalArg(d); err == nil && url != "" {
-				rl.Redis = &RedisConfig{URL: url}
-			}
+			rl.Redis, err = redisOverride(d)
 		default:
 			return d.Errf("unrecognized edge_rate_limit option '%s'", opt)
 		}

@@ -111,10 +111,7 @@ func (s *Session) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "express":
 			err = s.parseExpress(d)
 		case "redis":
-			var url string
-			if url, err = optionalArg(d); err == nil && url != "" {
-				s.Redis = &RedisConfig{URL: url}
-			}
+			s.Redis, err = redisOverride(d)
 		default:
 			return d.Errf("unrecognized edge_session option '%s'", opt)
 		}
