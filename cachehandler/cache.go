@@ -44,6 +44,10 @@ const (
 type Config struct {
 	Rules         []*Rule
 	Invalidations []*InvalidationRule
+	// Paths says how request paths match rule and invalidation patterns;
+	// the zero value is Express's default routing (any case, optional
+	// trailing slash).
+	Paths PathMatching
 	// L1Bytes bounds the in-process cache; L1TTL bounds how long an L1 copy
 	// is trusted without asking Redis (the staleness bound when pub/sub
 	// messages are lost).
@@ -158,7 +162,7 @@ func New(cfg Config) (*Cache, error) {
 	names := map[string]bool{}
 	maxLife := time.Duration(0)
 	for _, r := range cfg.Rules {
-		if err := r.compile(); err != nil {
+		if err := r.compile(cfg.Paths); err != nil {
 			return nil, err
 		}
 		if names[r.Name] {
@@ -168,7 +172,7 @@ func New(cfg Config) (*Cache, error) {
 		maxLife = max(maxLife, r.TTL+cfg.Grace)
 	}
 	for _, ir := range cfg.Invalidations {
-		if err := ir.compile(); err != nil {
+		if err := ir.compile(cfg.Paths); err != nil {
 			return nil, err
 		}
 	}

@@ -142,7 +142,7 @@ func TestCredentialsAndPublicRules(t *testing.T) {
 		t.Fatalf("shared rule with a session (any cookie name): %q", cs)
 	}
 	bad := &Rule{Name: "me", Path: "/api/me", Key: "me", TTL: time.Minute, PerUser: true}
-	if err := bad.compile(); err == nil || !strings.Contains(err.Error(), "must contain the user") {
+	if err := bad.compile(PathMatching{}); err == nil || !strings.Contains(err.Error(), "must contain the user") {
 		t.Fatalf("per_user without the user in the key: %v", err)
 	}
 }

@@ -75,7 +75,29 @@ type InvalidationRule struct {
 	tags []template
 }
 
-func (r *Rule) compile() error {
+// PathMatching says how request paths are compared with rule and
+// invalidation patterns. The zero value is Express's default routing, the
+// Ticketi server's: literal segments in any case, and one optional trailing
+// slash (/api/events/42/ is /api/events/42). Set the fields the way the
+// upstream app sets Express's "case sensitive routing" and "strict routing",
+// so that every path variant the upstream routes to a handler reaches the
+// same rule with the same parameters: a variant then can neither make a
+// second entry nor escape an invalidation.
+//
+// Everything else follows Express too (see testdata/express-routing):
+// literal segments are compared as sent, still percent-encoded (Express 404s
+// /api/%65vents/42, so the edge does not match it either), parameters are
+// percent-decoded (/api/events/%34%32 is event 42) and keep their case,
+// empty segments (//, /api/events//42, a second trailing slash) match
+// nothing.
+type PathMatching struct {
+	// CaseSensitive compares literal segments byte for byte.
+	CaseSensitive bool
+	// Strict makes a trailing slash significant: /a/ does not match /a.
+	Strict bool
+}
+
+func (r *Rule) compile(m PathMatching) error {
 	if r.Name == "" {
 		return errors.New("cache rule needs a name")
 	}
@@ -83,7 +105,7 @@ func (r *Rule) compile() error {
 		return fmt.Errorf("cache rule %q: ttl must be positive", r.Name)
 	}
 	var err error
-	if r.path, err = compilePattern(r.Path); err != nil {
+	if r.path, err = compilePattern(r.Path, m); err != nil {
 		return fmt.Errorf("cache rule %q: %w", r.Name, err)
 	}
 	if r.key, err = compileTemplate(r.Key, r.path); err != nil {
@@ -128,7 +150,7 @@ func (r *Rule) compile() error {
 	return nil
 }
 
-func (ir *InvalidationRule) compile() error {
+func (ir *InvalidationRule) compile(m PathMatching) error {
 	if len(ir.Methods) == 0 {
 		return errors.New("invalidation rule needs a method")
 	}
@@ -142,7 +164,7 @@ func (ir *InvalidationRule) compile() error {
 		ir.Methods[i] = m
 	}
 	var err error
-	if ir.path, err = compilePattern(ir.Path); err != nil {
+	if ir.path, err = compilePattern(ir.Path, m); err != nil {
 		return err
 	}
 	if len(ir.Tags) == 0 {
@@ -163,6 +185,7 @@ func (ir *InvalidationRule) compile() error {
 type pattern struct {
 	segs []patSeg
 	rest bool // last segment is {name...}
+	opts PathMatching
 }
 
 type patSeg struct {
@@ -170,12 +193,17 @@ type patSeg struct {
 	param   string // non-empty for {param}
 }
 
-func compilePattern(p string) (pattern, error) {
+func compilePattern(p string, m PathMatching) (pattern, error) {
 	if !strings.HasPrefix(p, "/") {
 		return pattern{}, fmt.Errorf("path pattern %q must start with /", p)
 	}
-	var pat pattern
+	pat := pattern{opts: m}
 	seen := map[string]bool{}
+	if !m.Strict && len(p) > 1 {
+		// Express without strict routing: a pattern's own trailing slash is
+		// optional as well.
+		p = strings.TrimSuffix(p, "/")
+	}
 	parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
 	for i, s := range parts {
 		if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") {
@@ -222,6 +250,9 @@ func (pat *pattern) match(path string, out params) (params, bool) {
 	if path == "" || path[0] != '/' {
 		return out, false
 	}
+	if !pat.opts.Strict && len(path) > 1 && path[len(path)-1] == '/' {
+		path = path[:len(path)-1] // only one: /api/events/42// stays unmatched
+	}
 	rest := path[1:]
 	for i, seg := range pat.segs {
 		last := i == len(pat.segs)-1
@@ -240,7 +271,7 @@ func (pat *pattern) match(path string, out params) (params, bool) {
 			}
 		}
 		if seg.param == "" {
-			if s != seg.literal {
+			if s != seg.literal && (pat.opts.CaseSensitive || !strings.EqualFold(s, seg.literal)) {
 				return out, false
 			}
 			continue

@@ -11,7 +11,7 @@ import (
 
 func compiled(t *testing.T, r *Rule) *Rule {
 	t.Helper()
-	if err := r.compile(); err != nil {
+	if err := r.compile(PathMatching{}); err != nil {
 		t.Fatal(err)
 	}
 	return r
@@ -94,7 +94,7 @@ func TestRuleValidation(t *testing.T) {
 		{Name: "x", Path: "/a/{id}", Key: "a:{id", TTL: time.Second},
 	}
 	for _, r := range bad {
-		if err := r.compile(); err == nil {
+		if err := r.compile(PathMatching{}); err == nil {
 			t.Errorf("rule %+v compiled", r)
 		}
 	}
@@ -103,7 +103,7 @@ func TestRuleValidation(t *testing.T) {
 		{Methods: []string{"PUT"}, Path: "/a"},
 		{Path: "/a", Tags: []string{"a"}},
 	} {
-		if err := ir.compile(); err == nil {
+		if err := ir.compile(PathMatching{}); err == nil {
 			t.Errorf("invalidation %+v compiled", ir)
 		}
 	}

@@ -48,6 +48,14 @@ type Cache struct {
 	// Cookies that mark a request as credentialed (only per-user rules
 	// apply to it). Default: connect.sid and the edge session cookie.
 	CredentialCookies []string `json:"credential_cookies,omitempty"`
+	// Compare literal path segments byte for byte. Default: any case, as
+	// Express routes without its "case sensitive routing" setting. Set it
+	// when the upstream app sets that.
+	CaseSensitiveRouting bool `json:"case_sensitive_routing,omitempty"`
+	// Make a trailing slash significant (/a/ is not /a). Default: one
+	// trailing slash is optional, as Express routes without its "strict
+	// routing" setting. Set it when the upstream app sets that.
+	StrictRouting bool `json:"strict_routing,omitempty"`
 
 	engine *cachehandler.Cache
 	obs    *cacheObserver
@@ -115,6 +123,7 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 		StatusName:        c.StatusName,
 		InvalidateHeader:  c.InvalidateHeader,
 		CredentialCookies: c.CredentialCookies,
+		Paths:             cachehandler.PathMatching{CaseSensitive: c.CaseSensitiveRouting, Strict: c.StrictRouting},
 		Redis:             c.app.redis,
 		Now:               time.Now,
 		Logger:            c.log,

@@ -37,6 +37,8 @@ func TestCacheDirectiveParses(t *testing.T) {
 		status_name edge-a
 		invalidate_header X-Purge
 		credential_cookies sid other
+		case_sensitive_routing
+		strict_routing
 	}`))
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +51,8 @@ func TestCacheDirectiveParses(t *testing.T) {
 		t.Fatalf("invalidation %+v", inv)
 	}
 	if c.L1Size != 16<<20 || c.MaxEntrySize != 512<<10 || !c.DisableStale || c.CompressMin != 2000 ||
-		c.StatusName != "edge-a" || c.InvalidateHeader != "X-Purge" || len(c.CredentialCookies) != 2 {
+		c.StatusName != "edge-a" || c.InvalidateHeader != "X-Purge" || len(c.CredentialCookies) != 2 ||
+		!c.CaseSensitiveRouting || !c.StrictRouting {
 		t.Fatalf("options %+v", c)
 	}
 	for src, want := range map[string]string{
@@ -60,6 +63,7 @@ func TestCacheDirectiveParses(t *testing.T) {
 		"edge_cache {\n invalidate PUT /x\n}":               "needs methods, a path and at least one tag",
 		"edge_cache {\n rule a /x {\n enabled maybe\n }\n}": "expected on or off",
 		"edge_cache {\n bogus\n}":                           "unrecognized edge_cache option",
+		"edge_cache {\n strict_routing on\n}":               "wrong argument count",
 	} {
 		err := new(Cache).UnmarshalCaddyfile(caddyfile.NewTestDispenser(src))
 		if err == nil || !strings.Contains(err.Error(), want) {

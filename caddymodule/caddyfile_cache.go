@@ -40,6 +40,8 @@ func init() {
 //		status_name        <name>
 //		invalidate_header  <header>
 //		credential_cookies <name...>
+//		case_sensitive_routing           # as Express's "case sensitive routing"
+//		strict_routing                   # as Express's "strict routing"
 //	}
 func parseCacheCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	c := new(Cache)
@@ -97,6 +99,10 @@ func (c *Cache) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(c.CredentialCookies) == 0 {
 				return d.ArgErr()
 			}
+		case "case_sensitive_routing":
+			c.CaseSensitiveRouting, err = flagOption(d)
+		case "strict_routing":
+			c.StrictRouting, err = flagOption(d)
 		default:
 			return d.Errf("unrecognized edge_cache option '%s'", opt)
 		}
@@ -154,6 +160,14 @@ func (c *Cache) parseRule(d *caddyfile.Dispenser) error {
 	}
 	c.Rules = append(c.Rules, r)
 	return nil
+}
+
+// flagOption reads an option that takes no arguments.
+func flagOption(d *caddyfile.Dispenser) (bool, error) {
+	if d.NextArg() {
+		return false, d.ArgErr()
+	}
+	return true, nil
 }
 
 // requiredSize parses sizes like 1024, 64KiB, 64MiB, 1MB.
