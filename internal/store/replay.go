@@ -19,9 +19,12 @@ type ReplayQueue struct {
 	r   *Redis
 	max int
 
-	mu       sync.Mutex
-	items    map[string]struct{}
-	overflow bool // an Add found the queue full
+	mu    sync.Mutex
+	seq   uint64            // counts Adds, so a replay knows what came after its snapshot
+	items map[string]uint64 // item → seq of its latest Add
+	// overflowSeq is the seq of the latest Add that found the queue full;
+	// zero when there is no overflow to deal with.
+	overflowSeq uint64
 
 	pending atomic.Bool // items queued or overflowed
 	running atomic.Bool // one replay at a time
@@ -31,7 +34,7 @@ type ReplayQueue struct {
 // items the first time.
 func ReplayQueueOn(r *Redis, name string, max int) *ReplayQueue {
 	return r.Shared("replay:"+name, func() any {
-		return &ReplayQueue{r: r, max: max, items: map[string]struct{}{}}
+		return &ReplayQueue{r: r, max: max, items: map[string]uint64{}}
 	}).(*ReplayQueue)
 }
 
@@ -40,15 +43,18 @@ func ReplayQueueOn(r *Redis, name string, max int) *ReplayQueue {
 func (q *ReplayQueue) Add(items ...string) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.seq++
 	ok := true
 	for _, it := range items {
 		if _, dup := q.items[it]; !dup && len(q.items) >= q.max {
-			q.overflow, ok = true, false
+			q.overflowSeq, ok = q.seq, false
 			break
 		}
-		q.items[it] = struct{}{}
+		// A re-added item gets the new seq: a replay running now may
+		// already have sent it, but not this later change.
+		q.items[it] = q.seq
 	}
-	q.pending.Store(len(q.items) > 0 || q.overflow)
+	q.pending.Store(len(q.items) > 0 || q.overflowSeq != 0)
 	return ok
 }
 
@@ -84,17 +90,20 @@ func (q *ReplayQueue) Kick(replay Replayer) {
 		for it := range q.items {
 			items = append(items, it)
 		}
-		overflowed := q.overflow
+		snap := q.seq
+		overflowed := q.overflowSeq != 0
 		q.mu.Unlock()
 		done, handled := replay(ctx, items, overflowed)
 		q.mu.Lock()
 		for _, it := range done {
-			delete(q.items, it)
+			if seq, ok := q.items[it]; ok && seq <= snap {
+				delete(q.items, it)
+			}
 		}
-		if handled {
-			q.overflow = false
+		if handled && q.overflowSeq <= snap {
+			q.overflowSeq = 0
 		}
-		q.pending.Store(len(q.items) > 0 || q.overflow)
+		q.pending.Store(len(q.items) > 0 || q.overflowSeq != 0)
 		q.mu.Unlock()
 	}()
 }

@@ -69,3 +69,45 @@ func TestReplayQueueKeepsWhatFailsAndIsBounded(t *testing.T) {
 		t.Fatal("item lost while redis was unavailable")
 	}
 }
+
+// An item queued again while its own replay runs came from a later change
+// that the running replay may have missed: it must stay queued, and so must
+// an overflow that happened during the replay.
+func TestReplayQueueKeepsItemsQueuedAgainDuringTheirReplay(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	r, _ := newLogged(t, Options{URL: srv.URL(), Heartbeat: time.Hour})
+	q := ReplayQueueOn(r, "requeue", 2)
+	q.Add("a", "b")
+	finished := make(chan struct{})
+	q.Kick(func(_ context.Context, items []string, overflowed bool) ([]string, bool) {
+		defer close(finished)
+		// "a" has been sent; now it changes again, Redis hiccups, and it is
+		// queued again. "c" does not fit: the queue overflows.
+		q.Add("a")
+		if q.Add("c") {
+			t.Error("c must not fit")
+		}
+		return items, true // a and b done, and "the" overflow handled
+	})
+	<-finished
+	eventually(t, time.Second, "replay done", func() bool { return !q.running.Load() })
+	if !q.Has("a") {
+		t.Fatal("the item queued again during its replay was lost")
+	}
+	if q.Has("b") {
+		t.Fatal("a completed item stayed queued")
+	}
+	if !q.Pending() {
+		t.Fatal("queue not pending")
+	}
+	var seen []string
+	var sawOverflow bool
+	q.Kick(func(_ context.Context, items []string, overflowed bool) ([]string, bool) {
+		seen, sawOverflow = items, overflowed
+		return items, true
+	})
+	eventually(t, time.Second, "second replay done", func() bool { return !q.Pending() && !q.running.Load() })
+	if len(seen) != 1 || seen[0] != "a" || !sawOverflow {
+		t.Fatalf("second replay saw %v overflowed=%v, want [a] and the overflow from during the first", seen, sawOverflow)
+	}
+}
