@@ -62,8 +62,24 @@ type Options struct {
 	// temporary directory; see Server.TLSFiles. Client certificates are
 	// optional ("tls-auth-clients optional") but verified when presented.
 	TLS bool
+	// ReplicaOf makes the server a replica of the server at this address
+	// ("127.0.0.1:<port>") from its first start on.
+	ReplicaOf string
+	// Persistent turns on the persistence a production Redis should have
+	// (the README's production settings: RDB snapshots and an AOF fsynced
+	// every second), so Stop/Kill then Restart keeps the data.
+	Persistent bool
 	// Args are extra redis-server arguments, e.g. "--maxmemory", "10mb".
+	// They come last, so they override the harness's own.
 	Args []string
+}
+
+// PersistenceArgs are the RDB + AOF settings the README recommends for the
+// edge's Redis (and Options.Persistent applies).
+var PersistenceArgs = []string{
+	"--save", "900 1 300 10 60 10000",
+	"--appendonly", "yes",
+	"--appendfsync", "everysec",
 }
 
 // Server is a private redis-server process. Its exported fields are fixed
@@ -81,6 +97,8 @@ type Server struct {
 
 	mu   sync.Mutex
 	proc *proc // nil while stopped
+
+	sentinelConf string // sentinel.conf path; "" for a data server
 }
 
 // proc is one run of redis-server.
@@ -97,6 +115,15 @@ type proc struct {
 // and fails the test, quoting the end of the server's log, when the server
 // does not come up.
 func Start(t testing.TB, opts Options) *Server {
+	t.Helper()
+	s := newServer(t, opts)
+	s.startOnFreePort(t)
+	return s
+}
+
+// newServer prepares a Server (directory, cleanup, TLS files) without
+// starting it.
+func newServer(t testing.TB, opts Options) *Server {
 	t.Helper()
 	s := &Server{
 		bin:      Require(t),
@@ -117,7 +144,14 @@ func Start(t testing.TB, opts Options) *Server {
 		}
 		s.TLSFiles, s.tlsConf = files, conf
 	}
-	bus := slices.Contains(opts.Args, "--cluster-enabled")
+	return s
+}
+
+// startOnFreePort launches s on a free port, retrying with another port
+// when the one picked was taken meanwhile.
+func (s *Server) startOnFreePort(t testing.TB) {
+	t.Helper()
+	bus := slices.Contains(s.opts.Args, "--cluster-enabled")
 	var err error
 	for range 5 {
 		var port int
@@ -132,7 +166,6 @@ func Start(t testing.TB, opts Options) *Server {
 	if err != nil {
 		t.Fatalf("redistest: starting redis-server: %v", err)
 	}
-	return s
 }
 
 // Require returns the path of redis-server. When it is not on PATH (or is
@@ -248,10 +281,19 @@ func (s *Server) Stop() error {
 	}
 }
 
+// Kill sends SIGKILL, as `kill -9` does (a paused server dies too), and
+// waits for the process to exit: no shutdown save, no goodbye to clients or
+// replicas. The port is kept for Restart. Killing a stopped server is a
+// no-op.
+func (s *Server) Kill() {
+	s.kill()
+}
+
 // Restart starts the server again on the same port with the same options
 // and waits until it answers PING. It stops the server first if it is
-// running. Data is lost: there is no persistence (cluster nodes keep their
-// nodes.conf and rejoin their cluster).
+// running. Data is lost unless Options.Persistent (or Args) turned on
+// persistence; cluster nodes keep their nodes.conf and rejoin their
+// cluster, sentinels keep their rewritten sentinel.conf.
 func (s *Server) Restart() error {
 	if err := s.Stop(); err != nil {
 		return err
@@ -309,6 +351,11 @@ func (p *proc) kill() {
 // args returns the redis-server command line.
 func (s *Server) args() []string {
 	port := strconv.Itoa(s.Port)
+	if s.sentinelConf != "" {
+		return []string{s.sentinelConf, "--sentinel",
+			"--bind", "127.0.0.1", "--port", port, "--daemonize", "no", "--dir", s.dir,
+			"--loglevel", "notice", "--logfile", filepath.Join(s.dir, "redis.log")}
+	}
 	a := []string{
 		"--bind", "127.0.0.1",
 		"--daemonize", "no",
@@ -332,6 +379,15 @@ func (s *Server) args() []string {
 	for _, line := range s.opts.ACL {
 		a = append(a, "--user")
 		a = append(a, strings.Fields(line)...)
+	}
+	if host, port, err := net.SplitHostPort(s.opts.ReplicaOf); err == nil {
+		a = append(a, "--replicaof", host, port)
+		if s.Password != "" {
+			a = append(a, "--masterauth", s.Password)
+		}
+	}
+	if s.opts.Persistent {
+		a = append(a, PersistenceArgs...)
 	}
 	return append(a, s.opts.Args...)
 }

@@ -59,6 +59,7 @@ type Redis struct {
 	poolWarned        atomic.Bool
 	lastSlowLog       atomic.Int64 // unix seconds of the last slow-call line
 	slowSuppressed    atomic.Int64
+	openedAt          atomic.Int64 // unix nanoseconds the breaker last opened
 
 	info infoCache
 
@@ -310,13 +311,16 @@ func (r *Redis) breakerChanged(from, to BreakerState, cause error) {
 	if to == BreakerOpen {
 		r.fallbackEntries.Add(1)
 		r.reconnectAttempts.Store(0)
+		r.openedAt.Store(r.now().UnixNano())
 		r.log.Warn("redis unavailable: entering fallback mode",
 			zap.String("redis", r.name), zap.Error(cause))
 		return
 	}
-	// OpenSince is already cleared here; the attempts counter tells the story.
+	// OpenSince is already cleared here, hence openedAt: the outage is the
+	// recovery time an operator wants to see (a Sentinel failover, a restart).
 	r.log.Info("redis connection recovered: leaving fallback mode",
-		zap.String("redis", r.name), zap.Int64("reconnect_attempts", r.reconnectAttempts.Load()))
+		zap.String("redis", r.name), zap.Int64("reconnect_attempts", r.reconnectAttempts.Load()),
+		zap.Duration("outage", r.now().Sub(time.Unix(0, r.openedAt.Load()))))
 }
 
 func (r *Redis) checkPool() {

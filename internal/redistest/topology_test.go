@@ -1,0 +1,113 @@
+package redistest
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+func TestSentinelKillAndPlannedFailover(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	set := StartSentinel(t, SentinelOptions{})
+	if len(set.Data) != 2 || len(set.Sentinels) != 3 || len(set.Addrs()) != 3 {
+		t.Fatalf("set has %d data servers, %d sentinels", len(set.Data), len(set.Sentinels))
+	}
+	master, err := set.Master(ctx)
+	if err != nil || master != set.Data[0] {
+		t.Fatalf("Master = %v, %v; want the first server", master, err)
+	}
+	c := master.Client(t)
+	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := set.WaitReplicated(ctx, master, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	master.Kill()
+	if master.Process() != nil {
+		t.Fatal("killed server still has a process")
+	}
+	promoted, err := set.WaitNewMaster(ctx, master, 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kill -9: %s promoted after %v", promoted.Addr, time.Since(start).Round(time.Millisecond))
+	if v := promoted.Client(t).Get(ctx, "k").Val(); v != "v" {
+		t.Fatalf("promoted replica lost the replicated key: %q", v)
+	}
+
+}
+
+func TestSentinelPlannedFailover(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	start := time.Now()
+	set := StartSentinel(t, SentinelOptions{})
+	t.Logf("set up in %v", time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	if err := set.Failover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	promoted, err := set.WaitNewMaster(ctx, set.Data[0], 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if promoted != set.Data[1] {
+		t.Fatalf("planned failover promoted %s, want %s", promoted.Addr, set.Data[1].Addr)
+	}
+	t.Logf("SENTINEL FAILOVER: done after %v", time.Since(start).Round(time.Millisecond))
+	// The old master is turned into a replica of the new one.
+	eventually(t, 20*time.Second, func() error { return hasRole(ctx, set.Data[0], "slave") })
+}
+
+func TestProxyDelaysReplies(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := Start(t, Options{Password: "pw"})
+	p := StartProxy(t, srv)
+	opt := srv.ClientOptions()
+	opt.Addr = p.Addr
+	opt.ContextTimeoutEnabled = true
+	c := rawClient(t, opt)
+	if err := c.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p.SetDelay(150 * time.Millisecond)
+	start := time.Now()
+	if err := c.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Fatalf("delayed PING answered in %v", d)
+	}
+	short, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
+	defer cancel()
+	if err := c.Ping(short).Err(); err == nil {
+		t.Fatal("a 30ms deadline met a 150ms delay")
+	}
+	p.SetDelay(0)
+	p.Close()
+	if err := c.Ping(ctx).Err(); err == nil {
+		t.Fatal("closed proxy still forwards")
+	}
+}
+
+func TestPersistentRestartKeepsData(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := Start(t, Options{Persistent: true})
+	c := rawClient(t, srv.ClientOptions())
+	if err := c.Set(ctx, "k", "v", time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() error { return c.Get(ctx, "k").Err() })
+	if ttl := c.TTL(ctx, "k").Val(); ttl <= 0 {
+		t.Fatalf("TTL lost across restart: %v", ttl)
+	}
+}
