@@ -22,6 +22,7 @@ func TestRateLimitDirectiveParses(t *testing.T) {
 			match_method POST
 			key {http.auth.user.id}
 			missing_key deny
+			algorithm gcra
 		}
 		dry_run
 		penalty 2 max 10m memory 1h
@@ -36,7 +37,7 @@ func TestRateLimitDirectiveParses(t *testing.T) {
 	}
 	if len(rl.Tiers) != 2 || rl.Tiers[0].Limit != 100 || time.Duration(rl.Tiers[0].Window) != time.Minute ||
 		rl.Tiers[0].Message != "Too many requests" || rl.Tiers[1].Key != "{http.auth.user.id}" ||
-		rl.Tiers[1].MissingKey != "deny" || rl.Tiers[1].Methods[0] != "POST" {
+		rl.Tiers[1].MissingKey != "deny" || rl.Tiers[1].Methods[0] != "POST" || rl.Tiers[1].Algorithm != "gcra" || rl.Tiers[0].Algorithm != "" {
 		t.Fatalf("tiers %+v", rl.Tiers)
 	}
 	if !rl.DryRun || rl.Penalty.Factor != 2 || time.Duration(rl.Penalty.Max) != 10*time.Minute ||
@@ -52,6 +53,7 @@ func TestRateLimitDirectiveParses(t *testing.T) {
 		"edge_rate_limit {\n tier api 10 1m {\n missing_key ask\n }\n}": "expected client_ip or deny",
 		"edge_rate_limit {\n tier api 10 1m {\n match_path api\n }\n}":  "is not a path",
 		"edge_rate_limit {\n penalty 1\n}":                              "greater than 1",
+		"edge_rate_limit {\n tier api 10 1m {\n algorithm leaky\n }\n}": "expected window or gcra",
 		"edge_rate_limit {\n penalty 2 max\n}":                          "expected: penalty",
 		"edge_rate_limit {\n penalty 2 forever 1m\n}":                   "unknown option",
 		"edge_rate_limit {\n key_display plain\n}":                      "expected hash or truncate",

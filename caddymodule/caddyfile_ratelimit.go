@@ -25,6 +25,7 @@ func init() {
 //			key          <placeholder template>    # default {http.vars.client_ip}
 //			message      <text>
 //			missing_key  client_ip|deny
+//			algorithm    window|gcra                # default window
 //		}
 //		dry_run
 //		penalty     <factor> [max <duration>] [memory <duration>]
@@ -113,6 +114,13 @@ func (rl *RateLimit) parseTier(d *caddyfile.Dispenser) error {
 		case "message":
 			if t.Message, err = requiredArg(d); err != nil {
 				return err
+			}
+		case "algorithm":
+			if t.Algorithm, err = requiredArg(d); err != nil {
+				return err
+			}
+			if t.Algorithm != "window" && t.Algorithm != "gcra" {
+				return d.Errf("algorithm: expected window or gcra, got %q", t.Algorithm)
 			}
 		case "missing_key":
 			if t.MissingKey, err = requiredArg(d); err != nil {

@@ -60,6 +60,10 @@ type RateLimitTier struct {
 	Window caddy.Duration `json:"window"`
 	// Detail of the 429 problem body.
 	Message string `json:"message,omitempty"`
+	// "window" (default): at most limit requests in any interval of length
+	// window. "gcra": limit at once, one back every window/limit (up to
+	// 2*limit-1 in one window; RateLimit-Policy says so).
+	Algorithm string `json:"algorithm,omitempty"`
 	// What is limited: a placeholder template. Default {http.vars.client_ip}
 	// (Caddy's client IP, honouring trusted_proxies; never a raw
 	// X-Forwarded-For). Per user: {http.auth.user.id}.
@@ -113,7 +117,7 @@ func (rl *RateLimit) Provision(ctx caddy.Context) error {
 		}
 		seen[t.Name] = true
 		rt := tierRuntime{
-			tier:        &ratelimit.Tier{Name: t.Name, Limit: t.Limit, Window: time.Duration(t.Window), Message: t.Message},
+			tier:        &ratelimit.Tier{Name: t.Name, Limit: t.Limit, Window: time.Duration(t.Window), Message: t.Message, Algorithm: t.Algorithm},
 			key:         orDefault(t.Key, "{http.vars.client_ip}"),
 			paths:       caddyhttp.MatchPath(t.Paths),
 			denyMissing: t.MissingKey == "deny",

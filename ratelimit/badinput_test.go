@@ -46,7 +46,9 @@ func TestTierValidate(t *testing.T) {
 		"zero window":     {Name: "a", Limit: 1},
 		"negative window": {Name: "a", Limit: 1, Window: -time.Second},
 		"huge window":     {Name: "a", Limit: 1, Window: 400 * 24 * time.Hour},
-		"sub-microsecond": {Name: "a", Limit: 1000, Window: time.Microsecond},
+		"sub-microsecond": {Name: "a", Limit: 1000, Window: time.Microsecond, Algorithm: AlgorithmGCRA},
+		"tiny window":     {Name: "a", Limit: 1, Window: time.Microsecond},
+		"bad algorithm":   {Name: "a", Limit: 1, Window: time.Second, Algorithm: "leaky"},
 	} {
 		if err := tier.Validate(); err == nil {
 			t.Errorf("%s: valid", name)

@@ -29,6 +29,7 @@ const (
 // job is one request on its way to Redis.
 type job struct {
 	checks   []preparedCheck
+	wants    []int64 // per check: lease asked for; nil: none
 	deadline time.Time
 	state    atomic.Int32
 	done     chan struct{} // closed after out/err are set (queued jobs only)

@@ -8,32 +8,42 @@
 //
 // # Algorithm
 //
-// Each tier is a GCRA (generic cell rate algorithm): Limit requests per
-// Window, all of them usable at once (burst = Limit), coming back one every
-// Window/Limit. The state is one number per tier and key, the theoretical
-// arrival time (TAT), kept in Redis as a plain string under
-// "<prefix>ratelimit:<tier>:{<key>}". One Lua script decides every check of
-// a request in a single round trip, against the Redis server's clock: it
-// checks all tiers first and updates them only if all allow, so a request
-// denied by one tier consumes no quota in any tier. Concurrent requests are
-// coalesced into one script call (see batcher.go), which decides them one
-// after another inside Redis, each still all-or-nothing.
+// A tier "Limit per Window" admits at most Limit requests in any interval
+// of length Window (the seed's express-rate-limit max per windowMs). The
+// window is cut into 20 buckets of Window/20 (rounded up to a microsecond);
+// the state per tier and key is the count of each of the last 21 buckets,
+// kept in Redis as one short string under "<prefix>ratelimit:<tier>:{<key>}".
+// A request in bucket j is admitted only if buckets j-20..j hold fewer than
+// Limit: those buckets cover every interval of length Window ending now, so
+// the guarantee is never exceeded. The oldest bucket reaches up to one
+// bucket further back than the window, so a request can be refused at most
+// one bucket (Window/20: 3 s for a minute) earlier than an exact sliding log
+// would refuse it. Retry-After and the RateLimit header's t are exact: the
+// moment the oldest counted buckets leave the window and the request would
+// pass.
 //
-// GCRA is sliding-window accurate in the sense that matters for an edge:
-// there is no fixed window boundary to burst across; in any interval of
-// length d at most Limit + d/(Window/Limit) requests pass, and a client that
-// has used its quota gets one request back every Window/Limit.
+// One Lua script decides every check of a request in a single round trip,
+// against the Redis server's clock: it checks all tiers first and updates
+// them only if all allow, so a request denied by one tier consumes no quota
+// in any tier. Concurrent requests are coalesced into one script call (see
+// batcher.go), which decides them one after another inside Redis, each
+// still all-or-nothing.
 //
-// Keys expire when their state would be fresh again (TAT minus now, plus
-// the penalty memory while a penalty is remembered), so Redis holds only
-// clients that are actually being limited. The script needs Redis 5 or
-// later (it writes after reading TIME).
+// A tier may choose GCRA instead (Algorithm "gcra"): Limit requests at once,
+// one back every Window/Limit, one number (the theoretical arrival time) of
+// state. An interval of length Window can then hold up to 2*Limit-1
+// requests, and its RateLimit-Policy says so (Tier.PolicyQuota).
+//
+// Keys expire when their state would be fresh again (the newest bucket has
+// left the window, or the TAT has passed, plus the penalty memory while a
+// penalty is remembered), so Redis holds only clients seen within a window.
+// The script needs Redis 5 or later (it writes after reading TIME).
 //
 // # Redis away
 //
 // Every call is bounded by the store's budget and breaker. While Redis is
 // unavailable, or when a call fails, this instance's memory limiter decides
-// with the same tiers and the same GCRA (gcra.go is the script's Go twin;
+// with the same tiers and the same algorithms (twin.go is the script's Go twin;
 // a test holds them to identical numbers). Each instance then limits on its
 // own, starting from a full quota, so N instances admit up to N times the
 // limit until Redis is back; the decisions return to Redis as soon as the

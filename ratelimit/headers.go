@@ -26,7 +26,8 @@ const (
 //	RateLimit: "api";r=42;t=18, "auth";r=9;t=6
 //
 // One item per tier, in the order of the checks, as Structured Field Lists
-// (RFC 9651): the policy name is a String, q the Limit, w the Window in whole
+// (RFC 9651): the policy name is a String, q the most requests an interval
+// of length w admits (the Limit; for a GCRA tier see Tier.PolicyQuota), w the Window in whole
 // seconds (rounded up, at least 1: the draft has no sub-second windows), r
 // the quota left, t the effective window in whole seconds rounded up (so a
 // client waiting t seconds never comes back early, and t is never 0 while
@@ -49,7 +50,7 @@ func SetHeaders(h http.Header, d Decision) {
 		}
 		policy = appendSFString(policy, r.Tier.Name)
 		policy = append(policy, ";q="...)
-		policy = strconv.AppendInt(policy, r.Tier.Limit, 10)
+		policy = strconv.AppendInt(policy, r.Tier.PolicyQuota(), 10)
 		policy = append(policy, ";w="...)
 		policy = strconv.AppendInt(policy, max(ceilSeconds(r.Tier.Window), 1), 10)
 		if r.Skipped {

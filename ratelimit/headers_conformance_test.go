@@ -189,7 +189,7 @@ func TestProblemJSONBody(t *testing.T) {
 func TestEleventhAuthRequest(t *testing.T) {
 	clock := newClock()
 	l := newLimiter(t, Options{Now: clock.Now})
-	checks := []Check{{apiTier(), "203.0.113.9"}, {authTier(), "203.0.113.9"}}
+	checks := []Check{{gcra(apiTier()), "203.0.113.9"}, {gcra(authTier()), "203.0.113.9"}}
 	for range 10 {
 		clock.Advance(100 * time.Millisecond)
 		if d := allow(l, checks...); !d.Allowed {
@@ -208,7 +208,8 @@ func TestEleventhAuthRequest(t *testing.T) {
 	// and full in 5 s; the denied request consumed nothing. auth's first
 	// request comes back 6 s after it was made: wait 5 s.
 	for k, want := range map[string]string{
-		"RateLimit-Policy": `"api";q=100;w=60, "auth";q=10;w=60`,
+		// GCRA's real policy: 2*limit-1 fit into any window.
+		"RateLimit-Policy": `"api";q=199;w=60, "auth";q=19;w=60`,
 		"RateLimit":        `"api";r=91;t=5, "auth";r=0;t=5`,
 		"Retry-After":      "5",
 	} {

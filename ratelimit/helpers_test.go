@@ -36,6 +36,9 @@ func paymentTier() *Tier {
 	return &Tier{Name: "payment", Limit: 5, Window: time.Minute, Message: "Too many payment requests"}
 }
 
+// gcra returns t switched to the GCRA algorithm.
+func gcra(t *Tier) *Tier { t.Algorithm = AlgorithmGCRA; return t }
+
 // startRedis starts a private Redis and connects a store to it.
 func startRedis(t testing.TB) (*redistest.Server, *store.Redis) {
 	t.Helper()

@@ -65,7 +65,7 @@ func New(opts Options) (*Limiter, error) {
 type preparedCheck struct {
 	tier     *Tier
 	key      string // normalized
-	lim      gcraLimit
+	lim      limitSpec
 	redisKey string // "" in embedded mode
 }
 
@@ -78,7 +78,7 @@ func (l *Limiter) prepare(t *Tier, key string) (preparedCheck, error) {
 	if key == "" {
 		return preparedCheck{}, ErrEmptyKey
 	}
-	c := preparedCheck{tier: t, key: normalizeKey(key), lim: gcraLimit{interval: t.interval(), limit: t.Limit}}
+	c := preparedCheck{tier: t, key: normalizeKey(key), lim: t.spec()}
 	if l.rds != nil {
 		c.redisKey = l.rds.key(t.Name, c.key)
 	}

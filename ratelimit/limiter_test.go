@@ -16,7 +16,7 @@ func TestCountingAccuracy(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			clock := newClock()
 			l := b.new(t, Options{Now: clock.Now})
-			tier := paymentTier() // 5 per minute: one back every 12 s
+			tier := gcra(paymentTier()) // 5 per minute: one back every 12 s
 			for i := range 5 {
 				d := allow(l, Check{tier, "user-1"})
 				r := d.Results[0]
@@ -48,7 +48,7 @@ func TestWindowSlidesWithInjectedClock(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			clock := newClock()
 			l := b.new(t, Options{Now: clock.Now})
-			tier := paymentTier()
+			tier := gcra(paymentTier())
 			for range 5 {
 				allow(l, Check{tier, "u"})
 			}
@@ -112,8 +112,10 @@ func TestDeniedRequestConsumesNoQuota(t *testing.T) {
 			for range 10 {
 				allow(l, Check{authTier(), "203.0.113.9"})
 			}
+			clock.Advance(time.Second)
 			d := allow(l, Check{authTier(), "203.0.113.9"}, Check{pay, "user-7"})
-			if d.Denied == nil || d.Denied.Tier != pay || d.Results[0].Allowed || d.Results[1].Allowed {
+			if d.Denied == nil || d.Results[0].Allowed || d.Results[1].Allowed ||
+				d.Denied.RetryAfter != max(d.Results[0].RetryAfter, d.Results[1].RetryAfter) {
 				t.Fatalf("two denials: %+v", d)
 			}
 		})
@@ -126,7 +128,7 @@ func TestResetAndPeek(t *testing.T) {
 			clock := newClock()
 			l := b.new(t, Options{Now: clock.Now})
 			ctx := context.Background()
-			tier := paymentTier()
+			tier := gcra(paymentTier())
 			p, err := l.Peek(ctx, tier, "u")
 			if err != nil || !p.Allowed || p.Remaining != 5 || p.Reset != 0 {
 				t.Fatalf("fresh peek: %+v %v", p, err)
@@ -163,7 +165,7 @@ func TestPenaltiesEscalateAndAreForgotten(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			clock := newClock()
 			l := b.new(t, Options{Now: clock.Now, Penalty: Penalty{Factor: 2, Max: time.Minute, Memory: 10 * time.Minute}})
-			tier := paymentTier()
+			tier := gcra(paymentTier())
 			for range 5 {
 				allow(l, Check{tier, "u"})
 			}
@@ -200,7 +202,7 @@ func TestPenaltyIsSharedAcrossInstancesThroughRedis(t *testing.T) {
 	_, r := startRedis(t)
 	o := Options{Redis: r, SendNow: true, Now: clock.Now, Penalty: Penalty{Factor: 3, Max: time.Hour}}
 	a, b := newLimiter(t, o), newLimiter(t, o)
-	tier := paymentTier()
+	tier := gcra(paymentTier())
 	for range 5 {
 		allow(a, Check{tier, "u"})
 	}
@@ -273,8 +275,8 @@ func TestAbuseSignalLoggedOncePerWindowWithHashedKey(t *testing.T) {
 					}
 				}
 			}
-			// Still hammering a window later: one more line.
-			clock.Advance(time.Minute)
+			// Still hammering a window (and a bucket) later: one more line.
+			clock.Advance(time.Minute + 3*time.Second)
 			for range 50 {
 				allow(l, Check{tier, ip})
 			}
@@ -289,13 +291,13 @@ func TestLocalDenyCacheSparesRedis(t *testing.T) {
 	clock := newClock()
 	_, r := startRedis(t)
 	l := newLimiter(t, Options{Redis: r, SendNow: true, Now: clock.Now})
-	tier := authTier()
+	tier := gcra(authTier())
 	for range 11 {
 		allow(l, Check{tier, "ip"})
 	}
 	calls := l.Stats().ScriptCalls
 	for range 100 {
-		d := allow(l, Check{tier, "ip"}, Check{apiTier(), "ip"})
+		d := allow(l, Check{tier, "ip"}, Check{gcra(apiTier()), "ip"})
 		if d.Allowed || d.Source != SourceLocalDeny || d.Denied.Tier.Name != "auth" || !d.Results[1].Skipped {
 			t.Fatalf("want a local deny: %+v", d)
 		}

@@ -17,7 +17,7 @@ type stateKey struct {
 }
 
 // memoryLimiter is the per-instance limiter: the embedded default and the
-// fallback while Redis is away. It runs the same GCRA (gcra.go) over
+// fallback while Redis is away. It runs the same algorithms (twin.go) over
 // sharded LRU maps, so its memory is bounded by MaxKeys. Evicting the least
 // recently used state is safe in the common case: a state untouched for a
 // whole window equals a fresh one. Only when more than MaxKeys keys are
@@ -25,7 +25,7 @@ type stateKey struct {
 // quota back): that is the price of the bound, documented for operators.
 type memoryLimiter struct {
 	seed   maphash.Seed
-	shards [memShards]lruShard[*gcraState]
+	shards [memShards]lruShard[*limitState]
 }
 
 func newMemoryLimiter(maxKeys int) *memoryLimiter {
@@ -33,7 +33,7 @@ func newMemoryLimiter(maxKeys int) *memoryLimiter {
 	per := max(maxKeys/memShards, 1)
 	for i := range m.shards {
 		// NewLRU fails only for a size below 1.
-		m.shards[i].lru, _ = simplelru.NewLRU[stateKey, *gcraState](per, nil)
+		m.shards[i].lru, _ = simplelru.NewLRU[stateKey, *limitState](per, nil)
 	}
 	return m
 }
@@ -65,21 +65,21 @@ func (m *memoryLimiter) decide(now int64, pen penaltyParams, consume bool, check
 	}()
 
 	// Requests have a few checks; keep their scratch space off the heap.
-	var limBuf [4]gcraLimit
-	var stateBuf [4]*gcraState
-	var nextBuf [4]int64
-	lims, states, next := limBuf[:], stateBuf[:], nextBuf[:]
+	var limBuf [4]limitSpec
+	var stateBuf [4]*limitState
+	var scratchBuf [8]int64
+	lims, states, scratch := limBuf[:], stateBuf[:], scratchBuf[:]
 	if n > len(limBuf) {
-		lims, states, next = make([]gcraLimit, n), make([]*gcraState, n), make([]int64, n)
+		lims, states, scratch = make([]limitSpec, n), make([]*limitState, n), make([]int64, 2*n)
 	}
-	lims, states, next = lims[:n], states[:n], next[:n]
+	lims, states, scratch = lims[:n], states[:n], scratch[:2*n]
 	for i := range checks {
 		k := checks[i].stateKey()
 		lru := m.shards[m.shardOf(k)].lru
 		lims[i] = checks[i].lim
 		st, ok := lru.Get(k)
 		if !ok {
-			st = &gcraState{}
+			st = &limitState{}
 			// A peek must not fill the table with states nobody used.
 			if consume {
 				lru.Add(k, st)
@@ -95,7 +95,7 @@ func (m *memoryLimiter) decide(now int64, pen penaltyParams, consume bool, check
 		}
 		states[i] = st
 	}
-	return decideRequest(now, pen, consume, lims, states, next, out)
+	return decideRequest(now, pen, consume, lims, states, nil, scratch, out)
 }
 
 // reset forgets one tier+key.

@@ -111,7 +111,7 @@ func TestKeysAndTTLs(t *testing.T) {
 	l := newLimiter(t, Options{Redis: r, SendNow: true, Now: clock.Now, Penalty: Penalty{Factor: 2, Max: 5 * time.Minute, Memory: 2 * time.Minute}})
 	ctx := context.Background()
 	raw := srv.Client(t)
-	allow(l, Check{apiTier(), "203.0.113.9"}, Check{paymentTier(), "user-1"})
+	allow(l, Check{gcra(apiTier()), "203.0.113.9"}, Check{gcra(paymentTier()), "user-1"})
 	for k, maxTTL := range map[string]time.Duration{
 		"test_ratelimit:api:{203.0.113.9}": 600 * time.Millisecond, // one request: its interval
 		"test_ratelimit:payment:{user-1}":  12 * time.Second,
@@ -123,7 +123,7 @@ func TestKeysAndTTLs(t *testing.T) {
 	}
 	// A penalised key lives for its block plus the memory, no longer.
 	for range 5 {
-		allow(l, Check{paymentTier(), "user-1"})
+		allow(l, Check{gcra(paymentTier()), "user-1"})
 	}
 	v := raw.Get(ctx, "test_ratelimit:payment:{user-1}").Val()
 	if strings.Count(v, ",") != 2 {
@@ -133,7 +133,7 @@ func TestKeysAndTTLs(t *testing.T) {
 		t.Fatalf("penalised TTL %v", ttl)
 	}
 	// Reset deletes.
-	if err := l.Reset(ctx, paymentTier(), "user-1"); err != nil {
+	if err := l.Reset(ctx, gcra(paymentTier()), "user-1"); err != nil {
 		t.Fatal(err)
 	}
 	if raw.Exists(ctx, "test_ratelimit:payment:{user-1}").Val() != 0 {
@@ -295,8 +295,8 @@ func TestClusterChecksInDifferentSlots(t *testing.T) {
 }
 
 // TestScriptMatchesGoTwin drives the Lua script and the memory limiter
-// through the same random sequence (clock steps, multi-tier requests,
-// penalties) and requires identical numbers.
+// through the same random sequence (clock steps, multi-tier requests mixing
+// window and GCRA tiers, penalties) and requires identical numbers.
 func TestScriptMatchesGoTwin(t *testing.T) {
 	_, r := startRedis(t)
 	clock := newClock()
@@ -307,6 +307,8 @@ func TestScriptMatchesGoTwin(t *testing.T) {
 		{Name: "a", Limit: 3, Window: 10 * time.Second},
 		{Name: "b", Limit: 7, Window: time.Second},
 		{Name: "c", Limit: 100, Window: time.Minute},
+		{Name: "d", Limit: 4, Window: 3 * time.Second, Algorithm: AlgorithmGCRA},
+		{Name: "e", Limit: 9, Window: 700 * time.Millisecond, Algorithm: AlgorithmGCRA},
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	for step := range 1500 {

@@ -193,14 +193,14 @@ func (s *redisStore) pipeline(ctx context.Context, calls []*scriptCall, add func
 
 // scatter copies one call's reply into its jobs' outcomes.
 func (s *redisStore) scatter(c *scriptCall, reply []int64) error {
-	if len(reply) != 2*len(c.keys) {
+	if len(reply) != replyValues(len(c.keys)) {
 		return fmt.Errorf("ratelimit: script returned %d values for %d checks", len(reply), len(c.keys))
 	}
 	n := 0
 	for _, u := range c.owners {
 		for _, ci := range u.checks {
-			u.job.out[ci] = outcomeFromReply(u.job.checks[ci].lim, reply[n], reply[n+1])
-			n += 2
+			u.job.out[ci] = outcomeFromReply(reply, n)
+			n++
 		}
 	}
 	return nil
@@ -233,24 +233,40 @@ func (s *redisStore) refundPartial(ctx context.Context, jobs []*job, now string)
 				byTag[c.key] = call
 				calls = append(calls, call)
 			}
-			// Refund keys may repeat: each entry gives back one request.
-			call.keys = append(call.keys, c.redisKey)
-			call.lims = append(call.lims, c.lim)
-			// The request consumed nothing in the end: show the quota as it is.
+			// Refund keys may repeat: each entry gives back one request
+			// (and the lease it was granted with, which nobody will spend).
 			o := &j.out[i]
+			call.addGiveBack(c.redisKey, c.lim, o.now/c.lim.interval, 1+o.grant)
+			// The request consumed nothing in the end: show the quota as it is.
 			o.remaining = min(o.remaining+1, c.lim.limit)
-			o.reset = max(o.reset-c.lim.interval, 0)
+			if c.lim.kind == kindGCRA {
+				o.reset = max(o.reset-c.lim.interval, 0)
+			}
+			o.grant = 0
 		}
 	}
 	if len(calls) == 0 {
 		return
 	}
 	s.stats.refunds.Add(int64(len(calls)))
-	_, errs := s.run(ctx, refundScript, calls, func(c *scriptCall) []any {
-		args := make([]any, 0, 2+len(c.lims))
+	s.giveBack(ctx, calls, now)
+}
+
+// addGiveBack appends one give-back entry: n requests of bucket (window
+// tiers; ignored for GCRA) for key.
+func (c *scriptCall) addGiveBack(key string, lim limitSpec, bucket, n int64) {
+	c.keys = append(c.keys, key)
+	c.lims = append(c.lims, lim)
+	c.wants = append(c.wants, bucket, n)
+}
+
+// giveBack runs giveBackLua for each call (built with addGiveBack).
+func (s *redisStore) giveBack(ctx context.Context, calls []*scriptCall, now string) {
+	_, errs := s.run(ctx, giveBackScript, calls, func(c *scriptCall) []any {
+		args := make([]any, 0, 2+4*len(c.lims))
 		args = append(args, now, s.pen.memory)
-		for _, l := range c.lims {
-			args = append(args, l.interval)
+		for i, l := range c.lims {
+			args = append(args, l.kind, l.interval, c.wants[2*i], c.wants[2*i+1])
 		}
 		return args
 	})
@@ -280,10 +296,10 @@ func (s *redisStore) peek(ctx context.Context, c preparedCheck) (outcome, error)
 	if err != nil {
 		return outcome{}, err
 	}
-	if len(reply) != 2 {
+	if len(reply) != replyValues(1) {
 		return outcome{}, fmt.Errorf("ratelimit: script returned %d values for 1 check", len(reply))
 	}
-	return outcomeFromReply(c.lim, reply[0], reply[1]), nil
+	return outcomeFromReply(reply, 0), nil
 }
 
 // reset deletes one tier+key.

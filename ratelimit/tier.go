@@ -19,6 +19,16 @@ const (
 	maxRawKey = 64
 )
 
+// Algorithms for Tier.Algorithm.
+const (
+	// AlgorithmWindow (the default, also ""): at most Limit requests in
+	// any interval of length Window, counted in Window/20 buckets.
+	AlgorithmWindow = "window"
+	// AlgorithmGCRA: Limit requests at once, one back every Window/Limit;
+	// any interval of length Window may hold up to GCRAMaxPerWindow.
+	AlgorithmGCRA = "gcra"
+)
+
 // Tier is one rate limit: Limit requests per Window for each key.
 type Tier struct {
 	// Name identifies the tier in Redis keys, headers and metric labels:
@@ -33,6 +43,8 @@ type Tier struct {
 	Window time.Duration
 	// Message goes into the 429 problem body ("detail").
 	Message string
+	// Algorithm is AlgorithmWindow (default, "") or AlgorithmGCRA.
+	Algorithm string
 }
 
 // Validate reports whether t can be used. Allow denies checks of an invalid
@@ -50,7 +62,13 @@ func (t *Tier) Validate() error {
 	if t.Window <= 0 || t.Window > maxWindow {
 		return fmt.Errorf("ratelimit: tier %q: window must be positive and at most %v, got %v", t.Name, maxWindow, t.Window)
 	}
-	if t.Window.Microseconds()/t.Limit < 1 {
+	if t.Algorithm != "" && t.Algorithm != AlgorithmWindow && t.Algorithm != AlgorithmGCRA {
+		return fmt.Errorf("ratelimit: tier %q: algorithm must be %q or %q, got %q", t.Name, AlgorithmWindow, AlgorithmGCRA, t.Algorithm)
+	}
+	if !t.gcra() && t.Window.Microseconds() < windowBuckets {
+		return fmt.Errorf("ratelimit: tier %q: window %v is shorter than %d microseconds", t.Name, t.Window, windowBuckets)
+	}
+	if t.gcra() && t.Window.Microseconds()/t.Limit < 1 {
 		return fmt.Errorf("ratelimit: tier %q: %d per %v is finer than one request per microsecond", t.Name, t.Limit, t.Window)
 	}
 	return nil
@@ -74,6 +92,40 @@ func validName(name string) error {
 // Window, so the RateLimit header's t never exceeds w; the sustained rate is
 // then at most one part in a million above Limit/Window.
 func (t *Tier) interval() int64 { return t.Window.Microseconds() / t.Limit }
+
+func (t *Tier) gcra() bool { return t.Algorithm == AlgorithmGCRA }
+
+// bucketWidth is a window tier's bucket in microseconds, rounded up so that
+// windowBuckets buckets cover the whole window.
+func (t *Tier) bucketWidth() int64 {
+	return (t.Window.Microseconds() + windowBuckets - 1) / windowBuckets
+}
+
+// spec is the tier in script units.
+func (t *Tier) spec() limitSpec {
+	if t.gcra() {
+		return limitSpec{kind: kindGCRA, interval: t.interval(), limit: t.Limit}
+	}
+	return limitSpec{kind: kindWindow, interval: t.bucketWidth(), limit: t.Limit}
+}
+
+// PolicyQuota is the q of the tier's RateLimit-Policy item: the most
+// requests any interval of length Window can hold. For a window tier that
+// is Limit. A GCRA tier admits Limit at once and one more every interval,
+// so an interval of length Window can hold Limit + ceil(Window/interval) - 1
+// (2*Limit - 1 when Window divides evenly): the policy says so rather than
+// promise what the algorithm does not keep.
+func (t *Tier) PolicyQuota() int64 {
+	if !t.gcra() {
+		return t.Limit
+	}
+	iv := t.interval()
+	if iv <= 0 {
+		return t.Limit
+	}
+	w := t.Window.Microseconds()
+	return t.Limit + (w+iv-1)/iv - 1
+}
 
 // Check asks one tier about one key. Key is already resolved by the caller
 // (client IP, user id, ...).
