@@ -140,9 +140,14 @@ func (a *adminAPI) cachePurge(w http.ResponseWriter, r *http.Request, app *App) 
 		Tag     string `json:"tag"`
 		Pattern string `json:"pattern"`
 		Cache   string `json:"cache"`
+		// Soft asks for entries to be marked stale rather than dropped.
+		Soft bool `json:"soft"`
 	}
 	if err := decodeJSON(r, &req); err != nil {
 		return err
+	}
+	if req.Soft {
+		return caddy.APIError{HTTPStatus: http.StatusNotImplemented, Err: errors.New("soft purge is not supported yet; purge without \"soft\" to drop the entries")}
 	}
 	given := 0
 	for _, v := range []string{req.Key, req.Tag, req.Pattern} {
