@@ -72,6 +72,11 @@ type Config struct {
 	// CredentialCookies: requests carrying one of these cookies (or an
 	// Authorization header) use only per-user rules.
 	CredentialCookies []string
+	// IdentityHeaders are the trusted headers a session handler sets on
+	// identified requests (matched in any case, '_' for '-'): a request
+	// carrying one is credentialed, and a public rule's fill goes without
+	// them. nil means DefaultIdentityHeaders; empty means none.
+	IdentityHeaders []string
 	// Resolve supplies placeholders such as {http.auth.user.id}.
 	Resolve Resolver
 
@@ -158,6 +163,9 @@ func New(cfg Config) (*Cache, error) {
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
+	}
+	if cfg.IdentityHeaders == nil {
+		cfg.IdentityHeaders = DefaultIdentityHeaders
 	}
 	names := map[string]bool{}
 	maxLife := time.Duration(0)
@@ -295,21 +303,9 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 
 // bypassReason says why a request must not use the cache at all.
 func (c *Cache) bypassReason(rule *Rule, r *http.Request, query url.Values) string {
-	if !rule.PerUser && !rule.Public {
-		if r.Header.Get("Authorization") != "" {
-			return "credentials"
-		}
-		for _, name := range c.cfg.CredentialCookies {
-			if _, err := r.Cookie(name); err == nil {
-				return "credentials"
-			}
-		}
-		// A session found by edge_session, whatever its cookie is called.
-		if c.cfg.Resolve != nil {
-			if uid, ok := c.cfg.Resolve(r, "http.auth.user.id"); ok && uid != "" {
-				return "credentials"
-			}
-		}
+	// A session found by edge_session counts too, whatever its cookie is called.
+	if !rule.PerUser && !rule.Public && c.credentialed(r, true) {
+		return "credentials"
 	}
 	for name := range query {
 		if !rule.query[name] {

@@ -97,6 +97,16 @@ func upstreamRequest(r *http.Request) *http.Request {
 	return r2
 }
 
+// upstreamIdentity is r as a rule sends it upstream: a public rule's
+// answer must be the anonymous one (what it stores is served to everyone),
+// so its requests go without credentials.
+func (c *Cache) upstreamIdentity(r *http.Request, rule *Rule) *http.Request {
+	if rule.Public {
+		return c.anonymous(r)
+	}
+	return r
+}
+
 // fill fetches from upstream, streaming to the client while keeping a copy
 // to store. With a stale entry in hand, a 5xx or a failed upstream is
 // answered with the stale entry instead.
@@ -120,9 +130,10 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 				return err
 			}
 		}
-		// The leader's answer could not be shared: ask upstream ourselves.
+		// The leader's answer could not be shared: ask upstream ourselves
+		// (on a public rule, anonymously like every request of that rule).
 		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=uri-miss; detail=not-shareable")
-		return next.ServeHTTP(c.stripWriter(w), r)
+		return next.ServeHTTP(c.stripWriter(w), c.upstreamIdentity(r, rule))
 	}
 	defer c.flights.finish(key, fl)
 
@@ -142,8 +153,10 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 	case stale != nil:
 		fwd = "stale"
 	}
+	up := c.upstreamIdentity(upstreamRequest(r), rule)
 	rec := newRecorder(w, r, c, rule, fwd, stale != nil)
-	err := next.ServeHTTP(rec, upstreamRequest(r))
+	rec.credentialed = !rule.PerUser && c.credentialed(up, false)
+	err := next.ServeHTTP(rec, up)
 	if stale != nil && (rec.held || (err != nil && !rec.wroteHeader)) {
 		code := rec.status
 		if code == 0 {

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"path"
 	"strings"
+	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -21,9 +23,18 @@ const (
 	maxInvalidTags = 64
 )
 
-// handleMutation passes a POST/PUT/PATCH/DELETE on and, when the upstream
-// answers 2xx, drops the matching tags before the response reaches the
-// client: the client's next read sees its own write.
+// handleMutation passes a POST/PUT/PATCH/DELETE on and drops the matching
+// tags whenever the origin may have committed the change: on every outcome
+// except a definite 4xx rejection (2xx, 3xx, 5xx, an upstream timeout or
+// reset, the client gone). For an answer, the tags are dropped before the
+// response reaches the client, so the client reads its own write.
+//
+// A client that hangs up does not cancel the upstream request: the origin
+// keeps working on it anyway (Express does not abort a handler when its
+// client leaves), so the edge waits for the origin's answer (at most
+// mutationDetachBound after the client left) and invalidates when it comes.
+// Invalidating at the hang-up instead would let a read that runs before
+// the origin commits store the old version again.
 func (c *Cache) handleMutation(w http.ResponseWriter, r *http.Request, next Next) error {
 	var tags []string
 	var pbuf [4]param
@@ -35,32 +46,73 @@ func (c *Cache) handleMutation(w http.ResponseWriter, r *http.Request, next Next
 			tags = append(tags, renderTags(ir.tags, ps, r, c.cfg.Resolve)...)
 		}
 	}
-	mw := &mutationWriter{ResponseWriter: w, c: c, r: r, tags: tags}
-	err := next.ServeHTTP(mw, r)
-	if err == nil && !mw.done {
-		mw.commit(http.StatusOK) // the handler wrote nothing: net/http sends 200
+	if len(tags) == 0 && c.cfg.InvalidateHeader == "" {
+		return next.ServeHTTP(w, r)
+	}
+	ctx, stop := detachContext(r.Context(), mutationDetachBound)
+	defer stop()
+	mw := &mutationWriter{ResponseWriter: w, c: c, ctx: ctx, tags: tags}
+	err := next.ServeHTTP(mw, r.WithContext(ctx))
+	if !mw.done {
+		// No answer went through us: nothing was written (net/http sends
+		// 200), or the upstream failed, timed out or was reset, or the
+		// client left. Any of them may follow a commit.
+		mw.commit(http.StatusOK)
 	}
 	return err
+}
+
+// mutationDetachBound is how long a mutation's upstream request may run on
+// after its client has gone, waiting for the outcome that decides the
+// invalidation (the origin's own timeouts usually end it sooner).
+const mutationDetachBound = 30 * time.Second
+
+// detachContext returns a context with parent's values that is not
+// cancelled when parent is (the client leaving), only bound after that.
+// stop releases it.
+func detachContext(parent context.Context, bound time.Duration) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+	var timer *time.Timer
+	var mu sync.Mutex
+	unhook := context.AfterFunc(parent, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if ctx.Err() == nil {
+			timer = time.AfterFunc(bound, cancel)
+		}
+	})
+	return ctx, func() {
+		unhook()
+		mu.Lock()
+		if timer != nil {
+			timer.Stop()
+		}
+		mu.Unlock()
+		cancel()
+	}
 }
 
 type mutationWriter struct {
 	http.ResponseWriter
 	c    *Cache
-	r    *http.Request
+	ctx  context.Context // survives the client
 	tags []string
 	done bool
 }
 
 func (mw *mutationWriter) Unwrap() http.ResponseWriter { return mw.ResponseWriter }
 
+// commit invalidates unless code is a definite rejection (4xx other than
+// 499, Caddy's "client closed request", after which the origin may have
+// committed).
 func (mw *mutationWriter) commit(code int) {
 	if mw.done || code < 200 {
 		return
 	}
 	mw.done = true
 	tags := append(mw.tags, mw.c.stripInvalidateHeader(mw.Header())...)
-	if code >= 200 && code < 300 && len(tags) > 0 {
-		mw.c.Invalidate(mw.r.Context(), tags)
+	if rejected := code >= 400 && code < 500 && code != 499; !rejected && len(tags) > 0 {
+		mw.c.Invalidate(mw.ctx, tags)
 	}
 }
 

@@ -22,6 +22,9 @@ type recorder struct {
 	fwd  string
 	hold bool
 	head bool // the client asked HEAD: the fill is a GET, the client gets no body
+	// credentialed: the request went upstream with credentials (RFC 9111
+	// §3.5: such an answer is shared only if it says public or s-maxage).
+	credentialed bool
 
 	upstreamHeader http.Header
 	status         int
@@ -92,6 +95,9 @@ func (rec *recorder) WriteHeader(code int) {
 		return
 	}
 	rec.keep, rec.reason = rec.c.shareable(code, h, rec.rule.PerUser)
+	if rec.keep && rec.credentialed && !sharedDespiteCredentials(h) {
+		rec.keep, rec.reason = false, "credentials"
+	}
 	status := rec.c.cfg.StatusName + "; fwd=" + rec.fwd + "; fwd-status=" + strconv.Itoa(code)
 	if rec.keep {
 		if cl, err := strconv.Atoi(h.Get("Content-Length")); err == nil && cl <= rec.c.cfg.MaxEntryBytes {
@@ -146,6 +152,15 @@ func (rec *recorder) keptHeader() http.Header {
 		out[k] = append([]string(nil), vs...)
 	}
 	return out
+}
+
+// sharedDespiteCredentials reports whether a response to a credentialed
+// request says it may be stored by a shared cache (RFC 9111 §3.5: public
+// or s-maxage; must-revalidate alone is not enough for an edge that serves
+// stale on error).
+func sharedDespiteCredentials(h http.Header) bool {
+	cc := strings.Join(h["Cache-Control"], ",")
+	return hasDirective(cc, "public") || hasDirective(cc, "s-maxage")
 }
 
 // shareable decides from status and headers whether a response may be
