@@ -307,13 +307,13 @@ func (a *adminAPI) rateLimit(w http.ResponseWriter, r *http.Request, app *App, o
 				continue
 			}
 			if op == "reset" {
-				if err := rl.engine.Reset(r.Context(), rt.tier, req.Key); err != nil {
+				if err := rl.engine.Reset(r.Context(), rt.tier, rl.adminKey(req.Key)); err != nil {
 					return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
 				}
 				a.log.Info("rate limit reset through the admin API", zap.String("tier", req.Tier))
 				return writeJSON(w, http.StatusOK, map[string]any{"reset": true})
 			}
-			res, err := rl.engine.Peek(r.Context(), rt.tier, req.Key)
+			res, err := rl.engine.Peek(r.Context(), rt.tier, rl.adminKey(req.Key))
 			if err != nil {
 				return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
 			}

@@ -31,6 +31,8 @@ func TestRateLimitDirectiveParses(t *testing.T) {
 		hash_salt fleet-salt
 		top_k 50
 		redis redis://limits:6379
+		ipv4_prefix 24
+		ipv6_prefix 56
 	}`))
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +44,8 @@ func TestRateLimitDirectiveParses(t *testing.T) {
 	}
 	if !rl.DryRun || rl.Penalty.Factor != 2 || time.Duration(rl.Penalty.Max) != 10*time.Minute ||
 		time.Duration(rl.Penalty.Memory) != time.Hour || !rl.DisableLocalDeny || rl.KeyDisplay != "truncate" ||
-		rl.HashSalt != "fleet-salt" || rl.TopK != 50 || rl.Redis == nil || rl.Redis.URL != "redis://limits:6379" {
+		rl.HashSalt != "fleet-salt" || rl.TopK != 50 || rl.Redis == nil || rl.Redis.URL != "redis://limits:6379" ||
+		rl.IPv4Prefix != 24 || rl.IPv6Prefix != 56 {
 		t.Fatalf("options %+v", rl)
 	}
 	for src, want := range map[string]string{
@@ -53,6 +56,8 @@ func TestRateLimitDirectiveParses(t *testing.T) {
 		"edge_rate_limit {\n tier api 10 1m {\n missing_key ask\n }\n}": "expected client_ip or deny",
 		"edge_rate_limit {\n tier api 10 1m {\n match_path api\n }\n}":  "is not a path",
 		"edge_rate_limit {\n penalty 1\n}":                              "greater than 1",
+		"edge_rate_limit {\n ipv6_prefix 129\n}":                        "expected 1 to 128 bits",
+		"edge_rate_limit {\n ipv4_prefix 0\n}":                          "expected 1 to 32 bits",
 		"edge_rate_limit {\n tier api 10 1m {\n algorithm leaky\n }\n}": "expected window or gcra",
 		"edge_rate_limit {\n penalty 2 max\n}":                          "expected: penalty",
 		"edge_rate_limit {\n penalty 2 forever 1m\n}":                   "unknown option",

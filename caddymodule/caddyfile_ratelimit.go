@@ -34,6 +34,8 @@ func init() {
 //		hash_salt   <salt>
 //		top_k       <n>
 //		redis       <url>                          # a separate Redis for limiter state
+//		ipv4_prefix <bits>                         # default 32
+//		ipv6_prefix <bits>                         # default 64
 //	}
 func parseRateLimitCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	rl := new(RateLimit)
@@ -73,6 +75,19 @@ func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			rl.TopK, err = requiredInt(d)
 		case "redis":
 			rl.Redis, err = redisOverride(d)
+		case "ipv4_prefix", "ipv6_prefix":
+			var bits int
+			if bits, err = requiredInt(d); err == nil {
+				full := map[string]int{"ipv4_prefix": 32, "ipv6_prefix": 128}[opt]
+				if bits < 1 || bits > full {
+					return d.Errf("%s: expected 1 to %d bits, got %d", opt, full, bits)
+				}
+				if opt == "ipv4_prefix" {
+					rl.IPv4Prefix = bits
+				} else {
+					rl.IPv6Prefix = bits
+				}
+			}
 		default:
 			return d.Errf("unrecognized edge_rate_limit option '%s'", opt)
 		}

@@ -40,6 +40,12 @@ type RateLimit struct {
 	TopK int `json:"top_k,omitempty"`
 	// A separate Redis for limiter state (recommended under allkeys-lru).
 	Redis *RedisConfig `json:"redis,omitempty"`
+	// Leading bits of an IPv4 client address that identify one client
+	// wherever the client IP is the key. Default 32.
+	IPv4Prefix int `json:"ipv4_prefix,omitempty"`
+	// Leading bits of an IPv6 client address that identify one client.
+	// Default 64: a subscriber owns a /64.
+	IPv6Prefix int `json:"ipv6_prefix,omitempty"`
 
 	engine   *ratelimit.Limiter
 	conn     moduleConnection
@@ -48,6 +54,7 @@ type RateLimit struct {
 	log      *zap.Logger
 	name     string
 	counters map[string]*tierMetric
+	prefixes ratelimit.IPPrefixes
 }
 
 // RateLimitTier is one limit.
@@ -66,14 +73,17 @@ type RateLimitTier struct {
 	Algorithm string `json:"algorithm,omitempty"`
 	// What is limited: a placeholder template. Default {http.vars.client_ip}
 	// (Caddy's client IP, honouring trusted_proxies; never a raw
-	// X-Forwarded-For). Per user: {http.auth.user.id}.
+	// X-Forwarded-For), cut to ipv4_prefix / ipv6_prefix bits. Per user:
+	// {http.auth.user.id}. A template with a placeholder that does not
+	// resolve (or resolves empty) is a missing key: see missing_key.
 	Key string `json:"key,omitempty"`
 	// Request paths this tier applies to (Caddy path matcher syntax); empty: all.
 	Paths []string `json:"paths,omitempty"`
 	// Methods this tier applies to; empty: all.
 	Methods []string `json:"methods,omitempty"`
-	// When the key is empty (no user on a per-user tier): "client_ip"
-	// (default: limit the client's IP instead) or "deny".
+	// When the key is missing (no user on a per-user tier, any placeholder
+	// unresolved or empty): "client_ip" (default: limit the client's IP,
+	// by prefix, instead) or "deny".
 	MissingKey string `json:"missing_key,omitempty"`
 }
 
@@ -90,6 +100,8 @@ type RateLimitPenalty struct {
 type tierRuntime struct {
 	tier        *ratelimit.Tier
 	key         string
+	clientOnly  bool // key is exactly the client IP placeholder
+	usesClient  bool // key contains the client IP placeholder
 	paths       caddyhttp.MatchPath
 	methods     map[string]bool
 	denyMissing bool
@@ -118,10 +130,12 @@ func (rl *RateLimit) Provision(ctx caddy.Context) error {
 		seen[t.Name] = true
 		rt := tierRuntime{
 			tier:        &ratelimit.Tier{Name: t.Name, Limit: t.Limit, Window: time.Duration(t.Window), Message: t.Message, Algorithm: t.Algorithm},
-			key:         orDefault(t.Key, "{http.vars.client_ip}"),
+			key:         orDefault(t.Key, clientIPPlaceholder),
 			paths:       caddyhttp.MatchPath(t.Paths),
 			denyMissing: t.MissingKey == "deny",
 		}
+		rt.clientOnly = rt.key == clientIPPlaceholder
+		rt.usesClient = strings.Contains(rt.key, clientIPPlaceholder)
 		if rt.tier.Message == "" {
 			rt.tier.Message = "Too many requests"
 		}
@@ -135,6 +149,10 @@ func (rl *RateLimit) Provision(ctx caddy.Context) error {
 			}
 		}
 		rl.tiers = append(rl.tiers, rt)
+	}
+	rl.prefixes = ratelimit.IPPrefixes{V4: rl.IPv4Prefix, V6: rl.IPv6Prefix}
+	if err := rl.prefixes.Validate(); err != nil {
+		return fmt.Errorf("edge_rate_limit: %w", err)
 	}
 	if rl.conn, err = rl.app.connectionFor(rl.Redis); err != nil {
 		return err
@@ -226,22 +244,45 @@ func (rl *RateLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next cadd
 	return err
 }
 
-// keyFor resolves a tier's key. A per-user tier without a user falls back
-// to the client IP (prefixed, so it can never collide with a user id) or,
-// if configured, to an empty key, which the limiter denies.
+// clientIPPlaceholder is Caddy's client IP (trusted_proxies honoured).
+const clientIPPlaceholder = "{http.vars.client_ip}"
+
+// keyFor resolves a tier's key. The client IP is cut to its prefix (an
+// IPv6 client is its /64 by default) before it goes into any key. A key
+// whose template does not fully resolve (a placeholder unknown or empty:
+// no user on a per-user tier) is missing: it falls back to the client IP
+// (prefixed, so it can never collide with a user id) or, with missing_key
+// deny, to an empty key, which the limiter denies. It is never the
+// template's literal text, which would be one bucket shared by everyone.
 func (rl *RateLimit) keyFor(rt *tierRuntime, r *http.Request, repl *caddy.Replacer) string {
-	var key string
-	if repl != nil {
-		key = repl.ReplaceKnown(rt.key, "")
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	client, _ := rl.prefixes.ClientKey(ip)
+	if rt.clientOnly && client != "" {
+		return client
 	}
-	if key != "" {
-		return key
+	tmpl := rt.key
+	if rt.usesClient && client != "" {
+		// The client key holds no braces, so it cannot become a placeholder.
+		tmpl = strings.ReplaceAll(tmpl, clientIPPlaceholder, client)
+	}
+	if repl != nil {
+		if key, err := repl.ReplaceOrErr(tmpl, true, true); err == nil && key != "" {
+			return key
+		}
 	}
 	if rt.denyMissing {
 		return ""
 	}
-	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
-	return "ip:" + ip
+	return "ip:" + client
+}
+
+// adminKey is how an operator's key reaches the engine: an IP address is
+// cut to the limiter's prefix, as requests' keys are.
+func (rl *RateLimit) adminKey(key string) string {
+	if k, ok := rl.prefixes.ClientKey(key); ok {
+		return k
+	}
+	return key
 }
 
 // tierMetric holds a tier's counters resolved once: [allowed][source].

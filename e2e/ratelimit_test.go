@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -181,5 +182,161 @@ func TestLimitingContinuesWhileRedisIsPaused(t *testing.T) {
 	if !strings.Contains(string(metrics), `ticketi_edge_ratelimit_decisions_total{result="denied",source="memory",tier="api"}`) &&
 		!strings.Contains(string(metrics), `source="local_deny",tier="api"`) {
 		t.Fatalf("no in-memory decisions in the metrics")
+	}
+}
+
+// behindProxy is Caddyfile.example behind a load balancer on 127.0.0.1:
+// the client address comes from X-Forwarded-For.
+func behindProxy(t *testing.T) string {
+	return strings.Replace(exampleCaddyfile(t, ""), "{\n\tdefault_bind 127.0.0.1\n",
+		"{\n\tdefault_bind 127.0.0.1\n\tservers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}\n", 1)
+}
+
+func from(t *testing.T, e *Edge, method, path, ip string) int {
+	t.Helper()
+	var body *strings.Reader
+	if method == http.MethodPost {
+		body = strings.NewReader(`{"username":"alice","password":"wrong"}`)
+	} else {
+		body = strings.NewReader("")
+	}
+	req, _ := http.NewRequest(method, e.URL(path), body)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Forwarded-For", ip)
+	code, _, _ := e.Do(t, req)
+	return code
+}
+
+// TestHundredThenNoneAcrossAPause is the issue's measurement on two edges:
+// one client spends its 100 api requests, another its 10 logins; after a
+// pause longer than GCRA's give-back for both tiers (600 ms and 6 s) and
+// longer than one bucket (3 s), neither gets a single request more: the
+// window is a minute, whatever the edge.
+func TestHundredThenNoneAcrossAPause(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	sim := StartSim(t)
+	cfg := behindProxy(t)
+	edges := []*Edge{StartEdge(t, cfg, limitVars(srv, sim)), StartEdge(t, cfg, limitVars(srv, sim))}
+	const reader, guesser = "198.51.100.7", "198.51.100.8"
+	start := time.Now()
+	for i := range 100 {
+		if code := from(t, edges[i%2], http.MethodGet, "/api/events/1", reader); code != 200 {
+			t.Fatalf("api request %d: %d", i+1, code)
+		}
+	}
+	for i := range 10 {
+		if code := from(t, edges[i%2], http.MethodPost, "/api/auth/login", guesser); code != 401 {
+			t.Fatalf("login %d: %d", i+1, code)
+		}
+	}
+	for _, e := range edges {
+		if from(t, e, http.MethodGet, "/api/events/1", reader) != 429 || from(t, e, http.MethodPost, "/api/auth/login", guesser) != 429 {
+			t.Fatal("over the limit right away: not refused")
+		}
+	}
+	// Poll, not sleep: the pause is what is measured. 6.5 s > auth's GCRA
+	// interval (6 s) > two buckets.
+	Eventually(t, 10*time.Second, func() error {
+		if time.Since(start) < 6500*time.Millisecond {
+			return fmt.Errorf("pausing")
+		}
+		return nil
+	})
+	var more int
+	for i := range 20 {
+		if from(t, edges[i%2], http.MethodGet, "/api/events/1", reader) != 429 {
+			more++
+		}
+		if from(t, edges[i%2], http.MethodPost, "/api/auth/login", guesser) != 429 {
+			more++
+		}
+	}
+	if elapsed := time.Since(start); more != 0 && elapsed < time.Minute {
+		t.Fatalf("%d more requests admitted %v after the quota was spent, inside the minute", more, elapsed)
+	}
+	if n := sim.Stats(t).Routes["POST /api/auth/login"]; n != 10 {
+		t.Fatalf("origin saw %d logins, want 10", n)
+	}
+}
+
+// TestIPv6ClientsKeyedByTheirSlash64: 30 login attempts from 30 addresses
+// of one IPv6 /64 share the auth tier's 10; another /64 has its own.
+func TestIPv6ClientsKeyedByTheirSlash64(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	sim := StartSim(t)
+	e := StartEdge(t, behindProxy(t), limitVars(srv, sim))
+	var passed int
+	for i := range 30 {
+		if code := from(t, e, http.MethodPost, "/api/auth/login", fmt.Sprintf("2001:db8:1:2:%x::%x", i, i+1)); code != 429 {
+			passed++
+		}
+	}
+	if passed != 10 {
+		t.Fatalf("30 addresses in one /64 got %d login attempts through, want 10", passed)
+	}
+	if code := from(t, e, http.MethodPost, "/api/auth/login", "2001:db8:1:3::1"); code != 401 {
+		t.Fatalf("a client of another /64: %d", code)
+	}
+	// The admin API takes any address of the /64.
+	code, _, body := e.Admin(t, http.MethodGet, "/edge/ratelimit/remaining?tier=auth&key=2001:db8:1:2::abcd", "", "")
+	if code != 200 || !strings.Contains(string(body), `"remaining":0`) {
+		t.Fatalf("remaining for the /64: %d %s", code, body)
+	}
+}
+
+// TestAnonymousRequestsOnAPerUserTier: a tier keyed by user id on a route
+// anonymous clients reach limits each anonymous client by its IP
+// (missing_key client_ip), never all of them in one literal bucket; with
+// missing_key deny, anonymous requests are refused.
+func TestAnonymousRequestsOnAPerUserTier(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	sim := StartSim(t)
+	for _, mode := range []string{"client_ip", "deny"} {
+		t.Run(mode, func(t *testing.T) {
+			cfg := `{
+	admin {$EDGE_ADMIN}
+	default_bind 127.0.0.1
+	servers {
+		trusted_proxies static 127.0.0.1/32
+	}
+	edge {
+		redis {env.REDIS_URL}
+		key_prefix ` + mode + `_
+	}
+}
+:{$EDGE_PORT} {
+	edge_rate_limit {
+		tier peruser 3 1m {
+			key {http.auth.user.id}
+			missing_key ` + mode + `
+		}
+	}
+	reverse_proxy {env.TICKETI_UPSTREAM}
+}
+`
+			e := StartEdge(t, cfg, limitVars(srv, sim))
+			if mode == "deny" {
+				if code := from(t, e, http.MethodGet, "/api/events/1", "203.0.113.1"); code != 429 {
+					t.Fatalf("anonymous with missing_key deny: %d", code)
+				}
+				return
+			}
+			for i := range 3 {
+				if code := from(t, e, http.MethodGet, "/api/events/1", "203.0.113.1"); code != 200 {
+					t.Fatalf("anonymous request %d: %d", i+1, code)
+				}
+			}
+			if code := from(t, e, http.MethodGet, "/api/events/1", "203.0.113.1"); code != 429 {
+				t.Fatalf("4th anonymous request from one IP: %d", code)
+			}
+			// Another anonymous client is not in the first one's bucket.
+			if code := from(t, e, http.MethodGet, "/api/events/1", "203.0.113.2"); code != 200 {
+				t.Fatalf("another anonymous client: %d (one shared bucket?)", code)
+			}
+			raw := srv.Client(t)
+			if raw.Exists(context.Background(), "client_ip_ratelimit:peruser:{ip:203.0.113.1}").Val() != 1 {
+				t.Fatal("no key for the anonymous client's IP")
+			}
+		})
 	}
 }
