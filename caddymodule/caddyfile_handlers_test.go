@@ -100,6 +100,7 @@ func TestSessionDirectiveParses(t *testing.T) {
 			secrets one two
 			cookie_name legacy.sid
 			prefix app:sess:
+			redis redis://node-sessions:6379
 		}
 		redis redis://sessions:6379
 	}`))
@@ -110,7 +111,8 @@ func TestSessionDirectiveParses(t *testing.T) {
 		time.Duration(s.IdleTimeout) != 12*time.Hour || time.Duration(s.TouchInterval) != 30*time.Second ||
 		len(s.LoginPaths) != 2 || s.UserIDHeader != "X-Uid" || len(s.Protect) != 2 || !s.ProtectMutations ||
 		s.MutationsExcept[0] != "/api/auth/login" || s.LoginRedirect != "/login" || s.Express == nil ||
-		len(s.Express.Secrets) != 2 || s.Express.Prefix != "app:sess:" || s.Redis.URL != "redis://sessions:6379" {
+		len(s.Express.Secrets) != 2 || s.Express.Prefix != "app:sess:" ||
+		s.Express.Redis == nil || s.Express.Redis.URL != "redis://node-sessions:6379" || s.Redis.URL != "redis://sessions:6379" {
 		t.Fatalf("parsed %+v", s)
 	}
 	key, err := decodeKey(s.StorageKey)

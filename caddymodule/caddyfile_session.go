@@ -38,6 +38,7 @@ func init() {
 //			secrets     <secret...>
 //			cookie_name <name>                # default connect.sid
 //			prefix      <prefix>              # default sess:
+//			redis       <url>                 # connect-redis's Redis, if not the sessions'
 //		}
 //		redis             <url>               # a separate Redis for sessions
 //	}
@@ -136,6 +137,8 @@ func (s *Session) parseExpress(d *caddyfile.Dispenser) error {
 			ex.CookieName, err = requiredArg(d)
 		case "prefix":
 			ex.Prefix, err = requiredArg(d)
+		case "redis":
+			ex.Redis, err = redisOverride(d)
 		default:
 			return d.Errf("unrecognized express option '%s'", sub)
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -74,6 +75,9 @@ type healthReport struct {
 	FallbackMode bool         `json:"fallbackMode"`
 	Store        string       `json:"store"`
 	Fleet        *healthRates `json:"fleet,omitempty"`
+	// Detail names operator errors the edge cannot fix by itself (an ACL
+	// that refuses the session keys); status is then at least degraded.
+	Detail string `json:"detail,omitempty"`
 }
 
 type healthRedis struct {
@@ -125,6 +129,26 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 }
 
 func (h *Health) report(r *http.Request) healthReport {
+	rep := h.redisReport(r)
+	if problems := h.app.problems(); len(problems) > 0 {
+		rep.Detail = strings.Join(problems, "; ")
+		if rep.Status == "healthy" {
+			rep.Status = "degraded"
+		}
+	}
+	return rep
+}
+
+// problems are the operator errors the handlers report now.
+func (a *App) problems() []string {
+	var out []string
+	for _, s := range a.sessionHandlers() {
+		out = append(out, s.engine.Problems()...)
+	}
+	return out
+}
+
+func (h *Health) redisReport(r *http.Request) healthReport {
 	rep := healthReport{
 		Status: "healthy",
 		Store:  "embedded",

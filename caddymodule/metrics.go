@@ -119,6 +119,16 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 			Namespace: metricsNamespace, Subsystem: "redis", Name: "pool_timeouts_total",
 			Help: "Times a request waited for a pooled connection in vain.",
 		}, pool(func(p store.PoolStats) float64 { return float64(p.Timeouts) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "session", Name: "permission_errors_total",
+			Help: "Session reads Redis refused with NOPERM: the edge's ACL user may not read the session keys (an operator error).",
+		}, func() float64 {
+			var n uint64
+			for _, s := range app.sessionHandlers() {
+				n += s.engine.PermissionErrors()
+			}
+			return float64(n)
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: metricsNamespace, Subsystem: "cache", Name: "hit_ratio",
 			Help: "This instance's cache hit ratio (0-1) since start.",

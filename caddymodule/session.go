@@ -76,6 +76,7 @@ type Session struct {
 
 	engine   *sessionauth.Manager
 	conn     moduleConnection
+	express  moduleConnection // express.redis, when it names its own
 	ownedBus *store.Bus
 	app      *App
 	log      *zap.Logger
@@ -96,6 +97,10 @@ type SessionExpress struct {
 	CookieName string `json:"cookie_name,omitempty"`
 	// connect-redis key prefix. Default sess:.
 	Prefix string `json:"prefix,omitempty"`
+	// The Redis connect-redis writes to, when it is not the session
+	// handler's (the Node server's own Redis, or a user whose ACL may read
+	// the prefix). The edge only reads these keys.
+	Redis *RedisConfig `json:"redis,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -154,6 +159,18 @@ func (s *Session) Provision(ctx caddy.Context) error {
 	}
 	if s.conn, err = s.app.connectionFor(s.Redis); err != nil {
 		return err
+	}
+	// connect-redis's sessions are read where the edge's own are, unless
+	// express names a Redis of its own.
+	s.express = moduleConnection{redis: s.conn.redis}
+	if s.Express != nil && s.Express.Redis != nil {
+		c, err := s.app.connectionFor(s.Express.Redis)
+		if err != nil {
+			return err
+		}
+		if c.poolKey != "" {
+			s.express = c
+		}
 	}
 	opts, err := s.engineOptions()
 	if err != nil {
@@ -214,10 +231,10 @@ func (s *Session) engineOptions() (sessionauth.Options, error) {
 		}
 	}
 	if s.Express != nil {
-		if s.conn.redis == nil {
+		if s.express.redis == nil {
 			return opts, errors.New("edge_session: express compatibility reads connect-redis sessions and needs redis")
 		}
-		ex := &sessionauth.ExpressOptions{Prefix: s.Express.Prefix}
+		ex := &sessionauth.ExpressOptions{Prefix: s.Express.Prefix, Redis: s.express.redis}
 		for _, sec := range s.Express.Secrets {
 			if v := repl.ReplaceKnown(sec, ""); v != "" {
 				ex.Secrets = append(ex.Secrets, v)
@@ -266,6 +283,7 @@ func (s *Session) Cleanup() error {
 		s.ownedBus.Close()
 	}
 	s.conn.release()
+	s.express.release()
 	if s.app != nil {
 		s.app.unregisterSessions(s)
 	}

@@ -64,6 +64,12 @@
 // answers 503 + Retry-After instead of a false 401. Create, List, Destroy*
 // return errors wrapping ErrUnavailable.
 //
+// A NOPERM reply (an ACL that does not cover the session keys, typically
+// connect-redis's prefix) is not an outage: the breaker stays closed and the
+// request still gets Unavailable, but it is an operator error, so it is
+// logged at error level once when it starts, counted (PermissionErrors) and
+// reported by Problems until a read works again (permission.go).
+//
 // Destroy, DestroyUser and DestroyHandle drop the local copies and publish
 // on the Bus, so other instances drop theirs at once; LocalTTL bounds the
 // damage of a lost message.

@@ -36,6 +36,9 @@ const (
 )
 
 func newExpressCompat(o ExpressOptions, r *store.Redis) (*expressCompat, error) {
+	if o.Redis != nil {
+		r = o.Redis
+	}
 	if r == nil {
 		return nil, errors.New("sessionauth: express compatibility needs Redis (connect-redis keeps the sessions there)")
 	}
@@ -145,8 +148,10 @@ func (m *Manager) ValidateExpress(ctx context.Context, cookieValue string) (Sess
 func (m *Manager) loadExpress(ctx context.Context, key, sid string, now int64) lookup {
 	raw, err := m.express.redis.Client().Get(ctx, key).Bytes()
 	if errors.Is(err, redis.Nil) {
+		m.notePermission(expressKeys, nil)
 		return lookup{}
 	}
+	m.notePermission(expressKeys, err)
 	if err != nil {
 		return lookup{err: err}
 	}

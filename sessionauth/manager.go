@@ -84,6 +84,10 @@ type ExpressOptions struct {
 	// key_prefix is NOT added: these keys belong to the Node server).
 	// Default "sess:".
 	Prefix string
+	// Redis is the connection connect-redis writes to, when it is not
+	// Options.Redis (the Node server's own Redis, or a separate ACL user).
+	// The edge only ever reads (GET) these keys.
+	Redis *store.Redis
 }
 
 // SessionInfo is one entry of List: the session and its handle, never the
@@ -130,6 +134,7 @@ type Manager struct {
 	epoch atomic.Uint64
 
 	stats     counters
+	perm      permissionWatch
 	storageFP string
 	closeOnce sync.Once
 }
@@ -197,6 +202,7 @@ func New(opts Options) (*Manager, error) {
 	if opts.Redis != nil {
 		m.backend = &redisBackend{r: opts.Redis, log: opts.Logger}
 		m.pending = store.ReplayQueueOn(opts.Redis, "sessionauth.destroys", maxPendingDestroys)
+		m.perm.pattern[nativeKeys] = opts.Redis.Key("session", "*")
 	} else {
 		m.backend = newMemoryBackend(opts.Now, opts.MemoryLimit)
 	}
@@ -206,6 +212,7 @@ func New(opts Options) (*Manager, error) {
 			return nil, err
 		}
 		m.express = x
+		m.perm.pattern[expressKeys] = x.prefix + "*"
 	}
 	if m.bus != nil {
 		m.unsub = m.bus.Subscribe(m.onBus)
@@ -307,6 +314,7 @@ func (m *Manager) Create(ctx context.Context, id Identity, meta Meta) (string, S
 	w, _ := m.writeFor(sid, s, now) // a new session always has life left
 	epoch := m.epoch.Load()
 	if err := m.backend.create(ctx, w); err != nil {
+		m.notePermission(nativeKeys, err)
 		return "", Session{}, m.storeErr(err)
 	}
 	m.cacheIf(k, m.newEntry(s, now), epoch)
@@ -403,12 +411,11 @@ func (m *Manager) result(s Session, r Result) (Session, Result) {
 func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Context, int64) lookup) (e *entry, r Result, outage bool) {
 	now := m.nowMs()
 	if c, ok := m.pos.get(k); ok {
-		age := now - c.confirmed
-		if age <= m.localMs && now < c.expiresMs {
+		if m.trusted(c, now) {
 			m.stats.localHits.Add(1)
 			return c, Valid, false
 		}
-		if age > m.keepMs {
+		if now-c.confirmed > m.keepMs {
 			m.pos.remove(k) // too old even for the outage fallback
 		}
 		// Otherwise kept: the store decides, or the outage fallback uses it.
@@ -429,7 +436,7 @@ func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Con
 			// A caller that missed the cache just as an earlier flight for
 			// this key finished starts a new flight: that flight has filled
 			// the cache by now, so look again before asking the store.
-			if c, ok := m.pos.get(k); ok && now-c.confirmed <= m.localMs && now < c.expiresMs {
+			if c, ok := m.pos.get(k); ok && m.trusted(c, now) {
 				return lookup{e: c}
 			}
 			m.stats.storeLookups.Add(1)
@@ -468,8 +475,16 @@ func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Con
 	}
 }
 
+// trusted reports whether a cached entry may answer without asking the
+// store: confirmed within LocalTTL (a zero or negative LocalTTL trusts
+// nothing) and not past its deadline.
+func (m *Manager) trusted(c *entry, now int64) bool {
+	return m.localMs > 0 && now-c.confirmed <= m.localMs && now < c.expiresMs
+}
+
 func (m *Manager) loadNative(ctx context.Context, id string, now int64) lookup {
 	s, found, err := m.backend.get(ctx, id)
+	m.notePermission(nativeKeys, err)
 	if err != nil {
 		return lookup{err: err}
 	}

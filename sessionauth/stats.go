@@ -16,6 +16,8 @@ type Stats struct {
 	SharedLookups    uint64            `json:"shared_lookups"` // waited for a concurrent lookup of the same session
 	StoreErrors      uint64            `json:"store_errors"`
 	OutageServed     uint64            `json:"outage_served"`
+	PermissionErrors uint64            `json:"permission_errors"` // reads refused with NOPERM (an ACL error)
+	Problems         []string          `json:"problems,omitempty"`
 	BusInvalidations uint64            `json:"bus_invalidations"`
 	LocalEntries     int               `json:"local_entries"`
 	StorageKeyID     string            `json:"storage_key_id"`
@@ -50,6 +52,8 @@ func (m *Manager) Stats() Stats {
 		SharedLookups:    m.flight.shared.Load(),
 		StoreErrors:      c.storeErrors.Load(),
 		OutageServed:     c.outageServed.Load(),
+		PermissionErrors: m.permissionErrors(),
+		Problems:         m.Problems(),
 		BusInvalidations: c.busInvalidations.Load(),
 		LocalEntries:     m.pos.len(),
 		StorageKeyID:     m.storageFP,

@@ -18,7 +18,7 @@ import (
 
 // RecommendedACL is the README's ACL rule for the edge's Redis user, kept
 // here so the documented line is the tested line.
-const RecommendedACL = "on >edge-pass ~test_* &test_* +@all -@dangerous +info"
+const RecommendedACL = "on >edge-pass ~test_* &test_* %R~sess:* +@all -@dangerous +info"
 
 func newLogged(t *testing.T, opts Options) (*Redis, *observer.ObservedLogs) {
 	t.Helper()
