@@ -79,6 +79,14 @@ type Config struct {
 	IdentityHeaders []string
 	// Resolve supplies placeholders such as {http.auth.user.id}.
 	Resolve Resolver
+	// FixedUpstreamHost says the upstream gets the same Host header (and
+	// no client-chosen X-Forwarded-Host) whatever the client sent, so its
+	// answers cannot depend on the request's host and keys leave it out
+	// (event:42). Otherwise every key ends in "#" and the request's host
+	// (event:42#tickets.example.com): an answer made for one host is never
+	// served for another. Tags never include the host, so an invalidation
+	// drops every host's copy.
+	FixedUpstreamHost bool
 
 	Redis    *store.Redis // nil: L1 only (embedded default)
 	Bus      *store.Bus   // cross-instance L1 drops; nil without Redis
@@ -271,6 +279,9 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 	}
 	var kbuf [128]byte
 	keyBytes, ok := rule.key.render(ps, query, r, c.cfg.Resolve, kbuf[:0])
+	if ok && !c.cfg.FixedUpstreamHost {
+		keyBytes, ok = appendHost(keyBytes, r.Host)
+	}
 	if !ok {
 		c.obs.Lookup(rule.Name, "bypass")
 		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=bypass; detail=key")

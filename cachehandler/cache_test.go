@@ -51,8 +51,9 @@ func newRigTB(t testing.TB, mutate func(*Config)) *rig {
 	t.Helper()
 	rules, inv := seedRules()
 	clock := testclock.New(time.Unix(1_800_000_000, 0))
+	// The simulator ignores Host, as the example's upstream gets a fixed one.
 	cfg := Config{Rules: rules, Invalidations: inv, Now: clock.Now, InvalidateHeader: ticketisim.HeaderInvalidate,
-		CredentialCookies: []string{"edge_session", "connect.sid"}}
+		CredentialCookies: []string{"edge_session", "connect.sid"}, FixedUpstreamHost: true}
 	if mutate != nil {
 		mutate(&cfg)
 	}

@@ -333,7 +333,9 @@ func (c *Cache) onBusMessage(msg string) {
 }
 
 // PurgeKey drops one entry by its cache key (e.g. "event:42"). Only keys
-// a rule could have written: never a session or limiter key.
+// a rule could have written: never a session or limiter key. When keys
+// carry the request's host, a key given without one ("event:42") drops
+// every host's copy (event:42#…), with an admin-only SCAN.
 func (c *Cache) PurgeKey(ctx context.Context, key string) error {
 	if key == "" || len(key) > maxKeyLen {
 		return errors.New("key must be 1 to 512 bytes")
@@ -348,7 +350,23 @@ func (c *Cache) PurgeKey(ctx context.Context, key string) error {
 		}
 		c.publish(ctx, busMessage{Keys: []string{key}})
 	}
+	if !c.cfg.FixedUpstreamHost && strings.IndexByte(key, hostSeparator) < 0 {
+		_, err := c.PurgePattern(ctx, escapeGlob(key)+string(hostSeparator)+"*")
+		return err
+	}
 	return nil
+}
+
+// escapeGlob makes s match itself in a glob.
+func escapeGlob(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '*' || c == '?' || c == '[' || c == ']' || c == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // PurgePattern drops entries whose key matches glob (Redis glob syntax,
@@ -373,8 +391,14 @@ func (c *Cache) PurgePattern(ctx context.Context, glob string) (int, error) {
 	return n + m, nil
 }
 
-// isCacheKey reports whether key has the shape of some rule's key.
+// isCacheKey reports whether key has the shape of some rule's key (with
+// the host part, when keys carry the host).
 func (c *Cache) isCacheKey(key string) bool {
+	if !c.cfg.FixedUpstreamHost {
+		if i := strings.LastIndexByte(key, hostSeparator); i >= 0 {
+			key = key[:i]
+		}
+	}
 	for _, r := range c.cfg.Rules {
 		if ok, _ := path.Match(r.key.glob(), key); ok {
 			return true

@@ -111,6 +111,9 @@ func (r *Rule) compile(m PathMatching) error {
 	if r.key, err = compileTemplate(r.Key, r.path); err != nil {
 		return fmt.Errorf("cache rule %q: key: %w", r.Name, err)
 	}
+	if strings.IndexByte(r.Key, hostSeparator) >= 0 {
+		return fmt.Errorf("cache rule %q: key %q: '#' starts the host part the edge adds", r.Name, r.Key)
+	}
 	for _, p := range reservedKeyPrefixes {
 		if strings.HasPrefix(r.Key, p) {
 			return fmt.Errorf("cache rule %q: key %q is in the reserved %q space", r.Name, r.Key, p)

@@ -154,3 +154,18 @@ func (t *template) glob() string {
 	}
 	return b.String()
 }
+
+// hostSeparator starts a key's host part. Key templates may not contain it,
+// and appendKeyValue escapes it in values, so it is unambiguous.
+const hostSeparator = '#'
+
+// appendHost ends a key with the request's host (lower-cased, as host
+// names are case-insensitive; the port kept, as the upstream sees it).
+func appendHost(buf []byte, host string) ([]byte, bool) {
+	if len(host) > maxParamLen {
+		return buf, false
+	}
+	buf = append(buf, hostSeparator)
+	buf = appendKeyValue(buf, strings.ToLower(host))
+	return buf, len(buf) <= maxKeyLen
+}

@@ -56,6 +56,11 @@ type Cache struct {
 	// trailing slash is optional, as Express routes without its "strict
 	// routing" setting. Set it when the upstream app sets that.
 	StrictRouting bool `json:"strict_routing,omitempty"`
+	// The upstream gets the same Host (and no client-chosen
+	// X-Forwarded-Host) whatever the client sent, e.g. reverse_proxy with
+	// header_up Host {upstream_hostport} and header_up -X-Forwarded-Host,
+	// so keys leave the host out. Default: keys end in #<request host>.
+	FixedUpstreamHost bool `json:"fixed_upstream_host,omitempty"`
 
 	engine *cachehandler.Cache
 	obs    *cacheObserver
@@ -124,6 +129,7 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 		InvalidateHeader:  c.InvalidateHeader,
 		CredentialCookies: c.CredentialCookies,
 		Paths:             cachehandler.PathMatching{CaseSensitive: c.CaseSensitiveRouting, Strict: c.StrictRouting},
+		FixedUpstreamHost: c.FixedUpstreamHost,
 		Redis:             c.app.redis,
 		Now:               time.Now,
 		Logger:            c.log,

@@ -2,14 +2,17 @@ package caddymodule
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/ticketi/edge/internal/redistest"
+	"github.com/ticketi/edge/internal/ticketisim"
 )
 
 func TestCacheDirectiveParses(t *testing.T) {
@@ -39,6 +42,7 @@ func TestCacheDirectiveParses(t *testing.T) {
 		credential_cookies sid other
 		case_sensitive_routing
 		strict_routing
+		upstream_host fixed
 	}`))
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +56,7 @@ func TestCacheDirectiveParses(t *testing.T) {
 	}
 	if c.L1Size != 16<<20 || c.MaxEntrySize != 512<<10 || !c.DisableStale || c.CompressMin != 2000 ||
 		c.StatusName != "edge-a" || c.InvalidateHeader != "X-Purge" || len(c.CredentialCookies) != 2 ||
-		!c.CaseSensitiveRouting || !c.StrictRouting {
+		!c.CaseSensitiveRouting || !c.StrictRouting || !c.FixedUpstreamHost {
 		t.Fatalf("options %+v", c)
 	}
 	for src, want := range map[string]string{
@@ -64,6 +68,7 @@ func TestCacheDirectiveParses(t *testing.T) {
 		"edge_cache {\n rule a /x {\n enabled maybe\n }\n}": "expected on or off",
 		"edge_cache {\n bogus\n}":                           "unrecognized edge_cache option",
 		"edge_cache {\n strict_routing on\n}":               "wrong argument count",
+		"edge_cache {\n upstream_host client-ish\n}":        "expected fixed or client",
 	} {
 		err := new(Cache).UnmarshalCaddyfile(caddyfile.NewTestDispenser(src))
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -174,4 +179,58 @@ func grepLines(s, substr string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// Caddyfile.example declares upstream_host fixed, so its reverse_proxy must
+// really give the Ticketi server one Host and no client-chosen
+// X-Forwarded-Host; the cache then shares one entry across hosts.
+func TestExampleConfigFixesTheUpstreamHost(t *testing.T) {
+	var mu sync.Mutex
+	var hosts, forwarded []string
+	sim := ticketisim.New(ticketisim.Options{Instant: true})
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hosts = append(hosts, r.Host)
+		forwarded = append(forwarded, r.Header.Values("X-Forwarded-Host")...)
+		mu.Unlock()
+		sim.ServeHTTP(w, r)
+	}))
+	t.Cleanup(upstream.Close)
+	src, err := os.ReadFile("../Caddyfile.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &testEdge{httpAddr: freeAddr(t), adminAddr: freeAddr(t), client: &http.Client{Timeout: 5 * time.Second}}
+	t.Setenv("EDGE_PORT", strings.Split(e.httpAddr, ":")[1])
+	t.Setenv("TICKETI_UPSTREAM", strings.TrimPrefix(upstream.URL, "http://"))
+	t.Setenv("REDIS_URL", "")
+	cfg := strings.Replace(string(src), "{\n\t# Let in-flight", "{\n\tadmin "+e.adminAddr+"\n\tauto_https off\n\tpersist_config off\n\t# Let in-flight", 1)
+	if err := loadCaddyfile(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopCaddy() })
+	get := func(host string) http.Header {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+e.httpAddr+"/api/events/7", nil)
+		req.Host = host
+		req.Header.Set("X-Forwarded-Host", "forged.example")
+		resp, err := e.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.Header
+	}
+	get("evil.example")
+	if h := get("other.example"); h.Get("Cache-Status") != "ticketi-edge; hit" {
+		t.Fatalf("second host: Cache-Status %q, want one shared entry", h.Get("Cache-Status"))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := strings.TrimPrefix(upstream.URL, "http://")
+	if len(hosts) != 1 || hosts[0] != want {
+		t.Fatalf("the upstream saw Host %v, want only its own address %s", hosts, want)
+	}
+	if len(forwarded) != 0 {
+		t.Fatalf("the upstream saw X-Forwarded-Host %v", forwarded)
+	}
 }

@@ -42,6 +42,7 @@ func init() {
 //		credential_cookies <name...>
 //		case_sensitive_routing           # as Express's "case sensitive routing"
 //		strict_routing                   # as Express's "strict routing"
+//		upstream_host      fixed|client  # default client: keys include the host
 //	}
 func parseCacheCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	c := new(Cache)
@@ -103,6 +104,18 @@ func (c *Cache) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			c.CaseSensitiveRouting, err = flagOption(d)
 		case "strict_routing":
 			c.StrictRouting, err = flagOption(d)
+		case "upstream_host":
+			var v string
+			if v, err = requiredArg(d); err == nil {
+				switch v {
+				case "fixed":
+					c.FixedUpstreamHost = true
+				case "client":
+					c.FixedUpstreamHost = false
+				default:
+					return d.Errf("upstream_host: expected fixed or client, got %q", v)
+				}
+			}
 		default:
 			return d.Errf("unrecognized edge_cache option '%s'", opt)
 		}
