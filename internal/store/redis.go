@@ -281,13 +281,26 @@ func (r *Redis) run(ctx context.Context) {
 			continue
 		}
 		r.reconnectAttempts.Add(1)
-		if err := r.probe(ctx, r.opts.DialTimeout); err == nil {
+		if err := r.reconnectProbe(ctx); err == nil {
 			r.breaker.Close()
 		} else if ctx.Err() == nil {
 			r.log.Debug("redis reconnect attempt failed",
 				zap.Int64("attempt", r.reconnectAttempts.Load()), zap.Duration("next_in", backoff), zap.Error(err))
 		}
 	}
+}
+
+// reconnectProbe decides whether Redis is back. The first ping may have to
+// dial, so it gets the dial timeout; but a Redis that answers only that
+// slowly is not back: closing the breaker would let requests time out on it
+// again and the breaker flap open and closed for as long as it stays slow.
+// So a second ping, on a connection that now exists, must answer within the
+// heartbeat's bound.
+func (r *Redis) reconnectProbe(ctx context.Context) error {
+	if err := r.probe(ctx, r.opts.DialTimeout); err != nil {
+		return err
+	}
+	return r.probe(ctx, 2*r.opts.CallTimeout)
 }
 
 // nextBackoff doubles from 50 ms up to max, with ±20% jitter so a fleet of

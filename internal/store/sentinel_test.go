@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"testing"
 	"time"
@@ -80,6 +81,18 @@ func sentinelScenario(t *testing.T, planned bool) {
 		}
 	} else {
 		old.Kill()
+	}
+	if !planned {
+		// While the edge is in fallback mode a login must fail (edge_session
+		// answers 503), not create a session that exists nowhere.
+		waitFor(t, 5*time.Second, "fallback mode after kill -9", r.FallbackMode)
+		_, _, err := e.sessions.Create(ctx, sessionauth.Identity{UserID: "late", Username: "u"}, sessionauth.Meta{})
+		if err == nil && r.FallbackMode() {
+			t.Fatal("a login succeeded while Redis was unreachable")
+		}
+		if err != nil && !errors.Is(err, sessionauth.ErrUnavailable) {
+			t.Fatalf("login during the outage: %v, want ErrUnavailable", err)
+		}
 	}
 	promoted, err := set.WaitNewMaster(ctx, old, 20*time.Second)
 	if err != nil {
