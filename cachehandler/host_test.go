@@ -89,3 +89,24 @@ func TestKeyTemplateMayNotHoldTheHostSeparator(t *testing.T) {
 		t.Fatalf("key with '#': %v", err)
 	}
 }
+
+// The same against Redis: the host part is in the stored key, and a purge
+// by the key without host drops every host's entry there too.
+func TestHostKeysInRedis(t *testing.T) {
+	p := newPair(t, func(c *Config) { c.FixedUpstreamHost = false })
+	calls := 0
+	p.a.next = hostOrigin(&calls)
+	p.a.do(hostReq("GET", "a.example", "/api/events/42"))
+	p.a.do(hostReq("GET", "B.example:8443", "/api/events/42"))
+	raw := p.srv.Client(t)
+	ctx := context.Background()
+	if n := raw.Exists(ctx, "test_event:42#a.example", "test_event:42#b.example%3A8443").Val(); n != 2 {
+		t.Fatalf("%d of the two host entries are in redis", n)
+	}
+	if err := p.a.cache.PurgeKey(ctx, "event:42"); err != nil {
+		t.Fatal(err)
+	}
+	if n := raw.Exists(ctx, "test_event:42#a.example", "test_event:42#b.example%3A8443").Val(); n != 0 {
+		t.Fatalf("%d host entries survived the purge of event:42", n)
+	}
+}
