@@ -56,6 +56,10 @@ func (a *adminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{
 		Pattern: adminBase,
 		Handler: caddy.AdminHandlerFunc(a.serve),
+	}, {
+		// The live dashboard (admin_ui.go).
+		Pattern: uiBase,
+		Handler: caddy.AdminHandlerFunc(a.serveUI),
 	}}
 }
 

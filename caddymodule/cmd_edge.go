@@ -111,7 +111,7 @@ for its /64 unless the tier says otherwise) or the user id.
 	limits.Flags().String("key", "", "The key the tier counts by (client IP or user id)")
 	limits.Flags().Int("top", 20, "With stats: how many offenders to show")
 
-	return []*cobra.Command{stats, purge, sessions, limits}
+	return []*cobra.Command{stats, purge, sessions, limits, edgeUICommand()}
 }
 
 // edgeRun adapts a subcommand to cobra the way Caddy's commands are

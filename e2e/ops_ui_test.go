@@ -1,0 +1,203 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ticketi/edge/internal/redistest"
+)
+
+var dashboardListening = regexp.MustCompile(`dashboard: (http://\S+/edge/ui/)`)
+
+// startDashboard runs `edge ui` for e on a free loopback port and returns
+// the dashboard's URL.
+func startDashboard(t *testing.T, e *Edge) string {
+	t.Helper()
+	dir := t.TempDir()
+	p, err := startProcess("edge ui", bins.Edge, []string{"edge", "ui", "--listen", "127.0.0.1:0", "--address", e.AdminAddr}, baseEnv(dir), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.stop(); logOnFailure(t, p) })
+	var url string
+	err = poll(readyTimeout, func() error {
+		if m := dashboardListening.FindStringSubmatch(p.out.String()); m != nil {
+			url = m[1]
+			return nil
+		}
+		if p.exited() {
+			return stopPolling{p.exitError()}
+		}
+		return fmt.Errorf("edge ui has not said where it listens yet")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return url
+}
+
+// number reads a figure the page shows ("1,234", "66.7%", "0.21 ms").
+func number(s string) float64 {
+	s = strings.TrimSpace(strings.ReplaceAll(s, ",", ""))
+	if i := strings.IndexAny(s, "% "); i >= 0 {
+		s = s[:i]
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return -1
+	}
+	return f
+}
+
+// TestDashboardInBrowser loads the live dashboard in a real headless
+// Chromium (one launch), the way an operator opens it (`caddy edge ui`),
+// against a real edge on a private Redis: it loads without console errors,
+// its figures move with traffic, and a purge and a session logout made
+// from the page take effect at the edge.
+func TestDashboardInBrowser(t *testing.T) {
+	requireBinaries(t)
+	chromiumPath(t) // skip early, before starting anything, when there is none
+	srv := redistest.Start(t, redistest.Options{})
+	sim := StartSim(t)
+	e := StartEdge(t, exampleCaddyfile(t, ""), map[string]string{
+		"TICKETI_UPSTREAM": sim.Addr, "REDIS_URL": srv.URL(), "REDIS_KEY_PREFIX": "test_", "EDGE_SESSION_KEYS": testSigningKeys,
+	})
+	url := startDashboard(t, e)
+	b := startBrowser(t)
+	b.navigate(t, url+"?refresh=300")
+
+	refreshes := func() int {
+		n, _ := strconv.Atoi(b.evalString(t, "document.body.dataset.refreshes || '0'"))
+		return n
+	}
+	Eventually(t, 15*time.Second, func() error {
+		if s := b.text(t, "status"); s != "live" || refreshes() < 1 {
+			return fmt.Errorf("status %q after %d refreshes", s, refreshes())
+		}
+		return nil
+	})
+	if got := b.text(t, "store-mode"); got != "redis" {
+		t.Errorf("store mode shown %q, want redis", got)
+	}
+	if got := b.text(t, "breaker"); got != "closed" {
+		t.Errorf("breaker shown %q, want closed", got)
+	}
+	lookupsBefore := number(b.text(t, "lookups"))
+
+	// Traffic: cache misses and hits, a login, and a flood on the auth tier.
+	for range 6 {
+		e.Get(t, "/api/events/1")
+		e.Get(t, "/api/events/featured")
+	}
+	cookie := login(t, e, "alice", "secret1")
+	for range 12 {
+		e.Get(t, "/api/auth/status")
+	}
+
+	var shown map[string]string
+	Eventually(t, 15*time.Second, func() error {
+		shown = map[string]string{}
+		for _, id := range []string{"lookups", "hit-rate", "l1-entries", "sessions-created", "redis-latency", "pool-use"} {
+			shown[id] = b.text(t, id)
+		}
+		var tiers, offenders [][]string
+		b.eval(t, `[...document.querySelectorAll('#tiers tbody tr')].map(r => [...r.cells].map(c => c.textContent))`, &tiers)
+		b.eval(t, `[...document.querySelectorAll('#offenders tbody tr')].map(r => [...r.cells].map(c => c.textContent))`, &offenders)
+		series := b.evalString(t, "document.getElementById('hit-chart').dataset.series || '0'")
+		switch {
+		case number(shown["lookups"]) < lookupsBefore+12:
+			return fmt.Errorf("lookups shown %v, want ≥ %v", shown["lookups"], lookupsBefore+12)
+		case number(shown["l1-entries"]) < 2:
+			return fmt.Errorf("L1 entries shown %q", shown["l1-entries"])
+		case number(shown["sessions-created"]) < 1:
+			return fmt.Errorf("sessions created shown %q", shown["sessions-created"])
+		case !strings.HasSuffix(shown["redis-latency"], " ms"):
+			return fmt.Errorf("redis latency shown %q", shown["redis-latency"])
+		case series == "0":
+			return fmt.Errorf("hit ratio chart has no series yet")
+		case !hasRow(tiers, func(r []string) bool { return len(r) == 5 && r[1] == "auth" && number(r[3]) > 0 }):
+			return fmt.Errorf("tiers table %v: no auth denials", tiers)
+		case len(offenders) == 0:
+			return fmt.Errorf("no offenders shown")
+		}
+		for _, r := range offenders {
+			if strings.Contains(strings.Join(r, " "), "127.0.0.1") {
+				return stopPolling{fmt.Errorf("offenders table shows a raw client IP: %v", r)}
+			}
+		}
+		return nil
+	})
+	t.Logf("after traffic the page showed %v", shown)
+
+	// Purge from the page: the next read goes to the origin.
+	before := sim.Stats(t).Routes["GET /api/events/{id}"]
+	b.eval(t, `(() => {
+		document.getElementById('purge-by').value = 'key';
+		document.getElementById('purge-value').value = 'event:1';
+		document.getElementById('purge-form').requestSubmit();
+	})()`, nil)
+	Eventually(t, 10*time.Second, func() error {
+		if s := b.text(t, "purge-result"); !strings.HasPrefix(s, "purged ") {
+			return fmt.Errorf("purge result shown %q", s)
+		}
+		return nil
+	})
+	e.Get(t, "/api/events/1")
+	if after := sim.Stats(t).Routes["GET /api/events/{id}"]; after != before+1 {
+		t.Errorf("origin reads of /api/events/{id} after the page's purge: %d → %d, want one more", before, after)
+	}
+
+	// Look up alice's sessions and end them from the page.
+	b.eval(t, `(() => {
+		document.getElementById('session-user').value = '1';
+		document.getElementById('session-form').requestSubmit();
+	})()`, nil)
+	Eventually(t, 10*time.Second, func() error {
+		var rows [][]string
+		b.eval(t, `[...document.querySelectorAll('#session-list tbody tr')].map(r => [...r.cells].map(c => c.textContent))`, &rows)
+		if len(rows) != 1 || rows[0][1] != "alice" {
+			return fmt.Errorf("session list shown %v", rows)
+		}
+		return nil
+	})
+	b.eval(t, `document.getElementById('session-destroy').click()`, nil)
+	Eventually(t, 10*time.Second, func() error {
+		if s := b.text(t, "session-result"); !strings.Contains(s, "ended 1 sessions") {
+			return fmt.Errorf("session result shown %q", s)
+		}
+		return nil
+	})
+	req, _ := http.NewRequest(http.MethodGet, e.URL("/api/users/me"), nil)
+	req.Header.Set("Cookie", cookie)
+	if code, _, _ := e.Do(t, req); code != http.StatusUnauthorized {
+		t.Errorf("/api/users/me after ending the session from the page: %d, want 401", code)
+	}
+
+	// The page also loads straight from the admin endpoint when the browser
+	// names where it came from (a link), as Caddy requires of browsers.
+	b.call(t, "Page.navigate", map[string]any{"url": e.AdminURL("/edge/ui/?refresh=300"), "referrer": e.AdminURL("/")})
+	Eventually(t, 15*time.Second, func() error {
+		if s := b.text(t, "status"); s != "live" {
+			return fmt.Errorf("status on the admin endpoint %q", s)
+		}
+		return nil
+	})
+
+	if errs := b.pageErrors(); len(errs) > 0 {
+		t.Errorf("the page logged errors:\n%s", strings.Join(errs, "\n"))
+	}
+}
+
+func hasRow(rows [][]string, f func([]string) bool) bool {
+	for _, r := range rows {
+		if f(r) {
+			return true
+		}
+	}
+	return false
+}
