@@ -35,7 +35,7 @@ func (s *Session) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if r.Method == http.MethodPost && s.logout.Match(r) {
 		if token != "" {
 			if err := s.engine.Destroy(r.Context(), token); err != nil {
-				s.log.Warn("logout could not reach the session store; the session ends at its expiry",
+				s.log.Warn("logout could not reach the session store: refused here now, queued until redis is back, refused by the other edges within outage_grace",
 					zap.String("session", sessionauth.HashForLog(token)), zap.Error(err))
 			}
 			s.app.metrics.sessionLogouts.Inc()

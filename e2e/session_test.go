@@ -183,3 +183,97 @@ func TestExpressSessionCompatibility(t *testing.T) {
 		t.Fatalf("tampered express cookie accepted: %v", got)
 	}
 }
+
+// TestLogoutDuringOutageBoundOnOtherEdge: a logout edge A takes while the
+// private Redis is stopped is refused on edge B within outage_grace of B's
+// last validation (the README's bound), and B never accepts the session
+// again once Redis is back, with no request reaching A after the logout (A
+// replays its queued logout by itself, and B settles until it has).
+func TestLogoutDuringOutageBoundOnOtherEdge(t *testing.T) {
+	const grace = 3 * time.Second
+	srv := redistest.Start(t, redistest.Options{Persistent: true}) // the session survives the restart
+	sim := StartSim(t)
+	const keysLine = "\t\tsigning_keys {env.EDGE_SESSION_KEYS}\n"
+	example := exampleCaddyfile(t, "")
+	if !strings.Contains(example, keysLine) {
+		t.Fatal("Caddyfile.example no longer has the signing_keys line this test extends")
+	}
+	cfg := strings.Replace(example, keysLine, keysLine+"\t\toutage_grace "+grace.String()+"\n\t\tlocal_ttl 1s\n", 1)
+	// The test polls one client's /api/users/me: lift the api tier out of the way.
+	cfg = strings.Replace(cfg, "tier api 100 1m", "tier api 100000 1m", 1)
+	vars := map[string]string{"TICKETI_UPSTREAM": sim.Addr, "REDIS_URL": srv.URL(), "REDIS_KEY_PREFIX": "test_", "EDGE_SESSION_KEYS": testSigningKeys}
+	a, b := StartEdge(t, cfg, vars), StartEdge(t, cfg, vars)
+	meOn := func(e *Edge, c string) int {
+		req, _ := http.NewRequest(http.MethodGet, e.URL("/api/users/me"), nil)
+		req.Header.Set("Cookie", c)
+		code, _, _ := e.Do(t, req)
+		return code
+	}
+	fallback := func(e *Edge) func() error {
+		return func() error {
+			if _, _, body := e.Get(t, "/api/health/cache"); !strings.Contains(string(body), `"fallbackMode":true`) {
+				return fmt.Errorf("not in fallback mode yet: %s", body)
+			}
+			return nil
+		}
+	}
+
+	cookie := login(t, a, "alice", "secret1")
+	if code := meOn(b, cookie); code != 200 {
+		t.Fatalf("session on edge b: %d", code)
+	}
+	confirmedBy := time.Now() // B's last validation with Redis happened before this
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 5*time.Second, fallback(a))
+	Eventually(t, 5*time.Second, fallback(b))
+
+	req, _ := http.NewRequest(http.MethodPost, a.URL("/api/auth/logout"), nil)
+	req.Header.Set("Cookie", cookie)
+	if code, h, _ := a.Do(t, req); code != 200 || !strings.Contains(h.Get("Set-Cookie"), "Max-Age=0") {
+		t.Fatalf("logout on a during the outage: %d %v", code, h["Set-Cookie"])
+	}
+	if code := meOn(a, cookie); code != 401 {
+		t.Fatalf("edge a after its own logout: %d, want 401 at once", code)
+	}
+	// B may accept the session until outage_grace after it last validated
+	// it, and not after.
+	var refusedAt time.Time
+	Eventually(t, grace+5*time.Second, func() error {
+		code := meOn(b, cookie)
+		if code == 200 {
+			if time.Since(confirmedBy) > grace {
+				return stopPolling{fmt.Errorf("edge b accepted the logged-out session %v after its last validation (outage_grace %v)", time.Since(confirmedBy), grace)}
+			}
+			return fmt.Errorf("still accepted (within outage_grace)")
+		}
+		if code != 503 {
+			return stopPolling{fmt.Errorf("edge b during the outage: %d, want 503 (never a false 401 while Redis is down)", code)}
+		}
+		refusedAt = time.Now()
+		return nil
+	})
+	t.Logf("edge b refused the session %v after its last validation (outage_grace %v)", refusedAt.Sub(confirmedBy).Round(10*time.Millisecond), grace)
+
+	restarted := time.Now()
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	// No request reaches a from here on. B answers 503 while it settles and
+	// 401 once a's replayed logout has removed the session; never 200.
+	Eventually(t, 20*time.Second, func() error {
+		switch code := meOn(b, cookie); code {
+		case 401:
+			return nil
+		case 200:
+			return stopPolling{fmt.Errorf("edge b accepted the logged-out session again %v after redis came back", time.Since(restarted))}
+		default:
+			return fmt.Errorf("edge b: %d", code)
+		}
+	})
+	t.Logf("edge b answered 401 %v after the redis restart", time.Since(restarted).Round(10*time.Millisecond))
+	if n := srv.Client(t).DBSize(context.Background()).Val(); n == 0 {
+		t.Fatal("redis lost its data across the restart: the test proves nothing")
+	}
+}

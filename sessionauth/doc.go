@@ -74,6 +74,11 @@
 // on the Bus, so other instances drop theirs at once; LocalTTL bounds the
 // damage of a lost message.
 //
+// A logout taken while Redis is unreachable is queued and refused here at
+// once; the other instances refuse it within OutageGrace of their last
+// confirmation, because nothing confirmed before an outage is trusted
+// afresh until the queued logouts had time to land (recovery.go).
+//
 // # What other implementations taught us (researched before designing)
 //
 //   - express-session / cookie-signature: the cookie is "s:" + sid + "." +

@@ -18,8 +18,9 @@ type cacheKey [sha256.Size]byte
 // once published, except for the touching flag.
 type entry struct {
 	sess      Session
-	expiresMs int64 // idle/absolute deadline, or express cookie.expires (unix ms)
-	confirmed int64 // unix ms on the Manager's clock when the store last said "live"
+	expiresMs int64  // idle/absolute deadline, or express cookie.expires (unix ms)
+	confirmed int64  // unix ms on the Manager's clock when the store last said "live"
+	gen       uint64 // the connection's outage count then (store.Redis.Outages)
 	express   bool
 	touching  atomic.Bool // one touch in flight per session
 }

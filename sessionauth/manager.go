@@ -62,8 +62,15 @@ type Options struct {
 	LocalSize int
 	// OutageGrace: while the store is unreachable, a session confirmed
 	// within this window is still accepted from the local cache; others get
-	// Unavailable. Negative disables it.
+	// Unavailable. Negative disables it. It is also the bound for a logout
+	// another instance took during an outage (recovery.go).
 	OutageGrace time.Duration
+	// RecoverySettle: for this long after Redis comes back, a session is
+	// accepted only under the OutageGrace rule even though Redis has it,
+	// so logouts other instances queued during the outage land first (see
+	// recovery.go). Default: the connection's ReconnectWithin plus 1s;
+	// negative disables it.
+	RecoverySettle time.Duration
 	// MemoryLimit bounds the in-memory store (sessions).
 	MemoryLimit int
 	// Now is the clock (tests inject one). Default time.Now.
@@ -114,6 +121,7 @@ type Manager struct {
 	idleMs, absMs, touchMs  int64
 	localMs, negMs, graceMs int64
 	keepMs                  int64 // how long a cache entry is worth keeping
+	settleMs                int64
 
 	keys    keyring
 	backend backend
@@ -132,6 +140,12 @@ type Manager struct {
 	// epoch moves on every local invalidation; a lookup that started
 	// before one does not put its (possibly stale) answer in the cache.
 	epoch atomic.Uint64
+	// seenGen is the connection's outage count this Manager last saw with
+	// Redis reachable; settleUntil ends the settling after an outage.
+	seenGen     atomic.Uint64
+	settleUntil atomic.Int64
+	watching    atomic.Bool // a pending-logout watcher runs
+	closed      chan struct{}
 
 	stats     counters
 	perm      permissionWatch
@@ -195,6 +209,7 @@ func New(opts Options) (*Manager, error) {
 		bus:     opts.Bus,
 		pos:     newShardedLRU[*entry](opts.LocalSize),
 		neg:     newShardedLRU[int64](max(1, opts.LocalSize/4)),
+		closed:  make(chan struct{}),
 	}
 	m.keepMs = max(m.localMs, m.graceMs)
 	fp := sha256.Sum256(append([]byte("ticketi-edge/sessionauth/fingerprint/v1\x00"), m.keys.storage...))
@@ -203,6 +218,15 @@ func New(opts Options) (*Manager, error) {
 		m.backend = &redisBackend{r: opts.Redis, log: opts.Logger}
 		m.pending = store.ReplayQueueOn(opts.Redis, "sessionauth.destroys", maxPendingDestroys)
 		m.perm.pattern[nativeKeys] = opts.Redis.Key("session", "*")
+		if opts.RecoverySettle == 0 {
+			opts.RecoverySettle = opts.Redis.ReconnectWithin() + time.Second
+		}
+		m.settleMs = max(0, opts.RecoverySettle.Milliseconds())
+		m.seenGen.Store(opts.Redis.Outages())
+		if !opts.Redis.Available() {
+			// Started during an outage: settle when Redis is first reached.
+			m.seenGen.Store(opts.Redis.Outages() - 1)
+		}
 	} else {
 		m.backend = newMemoryBackend(opts.Now, opts.MemoryLimit)
 	}
@@ -216,6 +240,9 @@ func New(opts Options) (*Manager, error) {
 	}
 	if m.bus != nil {
 		m.unsub = m.bus.Subscribe(m.onBus)
+	}
+	if m.pending != nil && m.pending.Pending() {
+		m.watchPending() // left by the previous config
 	}
 	m.log.Debug("session manager ready",
 		zap.String("store", map[bool]string{true: "redis", false: "memory"}[opts.Redis != nil]),
@@ -233,6 +260,7 @@ func (m *Manager) StorageKeyID() string { return m.storageFP }
 // is shared.
 func (m *Manager) Close() {
 	m.closeOnce.Do(func() {
+		close(m.closed)
 		if m.unsub != nil {
 			m.unsub()
 		}
@@ -272,7 +300,11 @@ func (m *Manager) expiresOf(s Session) int64 {
 }
 
 func (m *Manager) newEntry(s Session, confirmed int64) *entry {
-	return &entry{sess: s, expiresMs: m.expiresOf(s), confirmed: confirmed}
+	var gen uint64
+	if m.redis != nil {
+		gen = m.redis.Outages()
+	}
+	return &entry{sess: s, expiresMs: m.expiresOf(s), confirmed: confirmed, gen: gen}
 }
 
 // writeFor builds the write for s at now; ok is false when s has no life left.
@@ -407,11 +439,13 @@ func (m *Manager) result(s Session, r Result) (Session, Result) {
 }
 
 // resolve is the lookup path shared by our sessions and express ones.
-// outage is set when a Valid answer comes from the outage fallback.
+// outage is set when a Valid answer comes from the outage fallback (or the
+// settling after one): it must not be touched.
 func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Context, int64) lookup) (e *entry, r Result, outage bool) {
 	now := m.nowMs()
+	gen, settling := m.generation(now)
 	if c, ok := m.pos.get(k); ok {
-		if m.trusted(c, now) {
+		if m.trusted(c, now, gen) {
 			m.stats.localHits.Add(1)
 			return c, Valid, false
 		}
@@ -436,7 +470,7 @@ func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Con
 			// A caller that missed the cache just as an earlier flight for
 			// this key finished starts a new flight: that flight has filled
 			// the cache by now, so look again before asking the store.
-			if c, ok := m.pos.get(k); ok && m.trusted(c, now) {
+			if c, ok := m.pos.get(k); ok && m.trusted(c, now, gen) {
 				return lookup{e: c}
 			}
 			m.stats.storeLookups.Add(1)
@@ -449,7 +483,10 @@ func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Con
 				m.negIf(k, now, epoch)
 			case now >= r.e.expiresMs:
 				m.pos.remove(k)
+			case settling && !m.confirmedSince(k, gen):
+				// Not a confirmation yet: see settledAnswer.
 			default:
+				r.e.gen = gen
 				m.cacheIf(k, r.e, epoch)
 			}
 			return r
@@ -458,28 +495,61 @@ func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Con
 	switch {
 	case res.err != nil:
 		m.stats.storeErrors.Add(1)
-		if c, ok := m.pos.get(k); ok && m.graceMs > 0 && now-c.confirmed <= m.graceMs {
-			if now >= c.expiresMs {
-				return nil, Expired, true
-			}
-			m.stats.outageServed.Add(1)
-			return c, Valid, true
-		}
-		return nil, Unavailable, true
+		return m.outageAnswer(k, now)
 	case res.e == nil:
 		return nil, Unknown, false
 	case now >= res.e.expiresMs:
 		return nil, Expired, false
+	case settling && !m.confirmedSince(k, gen):
+		return m.settledAnswer(k, res.e, now)
 	default:
 		return res.e, Valid, false
 	}
 }
 
+// outageAnswer is what a session gets while the store cannot be asked: Valid
+// if this instance confirmed it within OutageGrace, else Unavailable.
+func (m *Manager) outageAnswer(k cacheKey, now int64) (*entry, Result, bool) {
+	if c, ok := m.pos.get(k); ok && m.graceMs > 0 && now-c.confirmed <= m.graceMs {
+		if now >= c.expiresMs {
+			return nil, Expired, true
+		}
+		m.stats.outageServed.Add(1)
+		return c, Valid, true
+	}
+	return nil, Unavailable, true
+}
+
+// settledAnswer answers for a session the store has, while Redis has just
+// come back and the logouts other instances queued during the outage may
+// not have landed yet (RecoverySettle): the store's "live" is not trusted
+// afresh, so the session keeps the outage rules (a confirmation from
+// before the outage, within OutageGrace) until the settling ends. A logout
+// another instance took during the outage is therefore never accepted here
+// past OutageGrace, whether or not Redis has come back meanwhile.
+func (m *Manager) settledAnswer(k cacheKey, fresh *entry, now int64) (*entry, Result, bool) {
+	c, r, _ := m.outageAnswer(k, now)
+	if r != Valid {
+		m.stats.settleRefused.Add(1)
+		return nil, Unavailable, true
+	}
+	// The store's copy, with the old confirmation: it stays an outage entry.
+	return &entry{sess: fresh.sess, expiresMs: min(fresh.expiresMs, c.expiresMs), confirmed: c.confirmed, gen: c.gen, express: c.express}, Valid, true
+}
+
 // trusted reports whether a cached entry may answer without asking the
 // store: confirmed within LocalTTL (a zero or negative LocalTTL trusts
-// nothing) and not past its deadline.
-func (m *Manager) trusted(c *entry, now int64) bool {
-	return m.localMs > 0 && now-c.confirmed <= m.localMs && now < c.expiresMs
+// nothing), since the last outage began, and not past its deadline.
+func (m *Manager) trusted(c *entry, now int64, gen uint64) bool {
+	return m.localMs > 0 && c.gen == gen && now-c.confirmed <= m.localMs && now < c.expiresMs
+}
+
+// confirmedSince reports whether this instance holds a confirmation of k
+// made since the last outage began (a login here, or a read after the
+// settling).
+func (m *Manager) confirmedSince(k cacheKey, gen uint64) bool {
+	c, ok := m.pos.get(k)
+	return ok && c.gen == gen
 }
 
 func (m *Manager) loadNative(ctx context.Context, id string, now int64) lookup {

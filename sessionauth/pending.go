@@ -16,9 +16,13 @@ import (
 const maxPendingDestroys = 100_000
 
 func (m *Manager) queueDestroy(id string) {
-	if m.pending != nil && !m.pending.Add(id) {
+	if m.pending == nil {
+		return
+	}
+	if !m.pending.Add(id) {
 		m.log.Error("too many logouts waiting for redis; this one ends at the session's idle expiry")
 	}
+	m.watchPending()
 }
 
 // kickPending replays queued logouts in the background once the store is

@@ -150,6 +150,17 @@ func (r *Redis) Available() bool { return r.breaker.Allow() }
 // FallbackMode is the seed's name for "Redis is not being used right now".
 func (r *Redis) FallbackMode() bool { return !r.breaker.Allow() }
 
+// Outages counts the times the breaker has opened since New. Engines
+// compare it with the value they saw to tell what they learned before the
+// last outage from what they learned since.
+func (r *Redis) Outages() uint64 { return uint64(r.fallbackEntries.Load()) }
+
+// ReconnectWithin bounds how long this connection takes to notice that
+// Redis is back: one full backoff step with its jitter, plus the dial.
+func (r *Redis) ReconnectWithin() time.Duration {
+	return r.opts.MaxBackoff + r.opts.MaxBackoff/10 + r.opts.DialTimeout
+}
+
 // Breaker exposes the breaker (state for stats; tests trip it).
 func (r *Redis) Breaker() *Breaker { return r.breaker }
 
