@@ -2,6 +2,7 @@ package redistest
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 )
@@ -110,4 +111,83 @@ func TestPersistentRestartKeepsData(t *testing.T) {
 	if ttl := c.TTL(ctx, "k").Val(); ttl <= 0 {
 		t.Fatalf("TTL lost across restart: %v", ttl)
 	}
+}
+
+func TestClusterReplicaFailoverAndSlotMigration(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	start := time.Now()
+	c := StartClusterWith(t, ClusterOptions{Masters: 3, Replicas: 1, NodeTimeout: time.Second})
+	t.Logf("3 masters + 3 replicas up in %v", time.Since(start).Round(time.Millisecond))
+	cc := c.Client(t)
+	if err := cc.Set(ctx, "{t}a", "1", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cc.Set(ctx, "{t}b", "2", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	slot, err := c.KeySlot(ctx, "{t}a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner, err := c.SlotOwner(ctx, slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitReplicated(ctx, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	owner.Kill()
+	promoted, err := c.WaitFailover(ctx, slot, owner, 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kill -9 %s: %s serves slot %d after %v", owner.Addr, promoted.Addr, slot, time.Since(start).Round(time.Millisecond))
+	if v := promoted.Client(t).Get(ctx, "{t}a").Val(); v != "1" {
+		t.Fatalf("promoted replica lost the key: %q", v)
+	}
+
+	// Move the slot to another master, one key first.
+	var target *Server
+	for _, s := range c.Servers {
+		if s != owner && s != promoted {
+			target = s
+			break
+		}
+	}
+	m, err := c.BeginSlotMigration(ctx, slot, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := m.MoveKeys(ctx, 1); n != 1 || err != nil {
+		t.Fatalf("MoveKeys = %d, %v", n, err)
+	}
+	src := rawClient(t, promoted.ClientOptions())
+	moved := "{t}a"
+	if src.Exists(ctx, moved).Val() == 1 {
+		moved = "{t}b"
+	}
+	if err := src.Get(ctx, moved).Err(); err == nil || !strings.HasPrefix(err.Error(), "ASK ") {
+		t.Fatalf("GET of a migrated key on the source during migration: %v, want ASK", err)
+	}
+	if err := m.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Get(ctx, moved).Err(); err == nil || !strings.HasPrefix(err.Error(), "MOVED ") {
+		t.Fatalf("GET on the old owner after migration: %v, want MOVED", err)
+	}
+	if o, err := c.SlotOwner(ctx, slot); err != nil || o != target {
+		t.Fatalf("slot owner after migration: %v, %v; want %s", o, err, target.Addr)
+	}
+	// go-redis learns of the failover only when it reloads its slot map
+	// (every 60s by default, or when asked).
+	cc.ReloadState(ctx)
+	eventually(t, 5*time.Second, func() error {
+		v, err := cc.MGet(ctx, "{t}a", "{t}b").Result()
+		if err == nil && (len(v) != 2 || v[0] != "1" || v[1] != "2") {
+			t.Fatalf("MGET through the cluster client after all that: %v", v)
+		}
+		return err
+	})
 }

@@ -101,6 +101,9 @@ func (r *Redis) finish(ctx context.Context, name, key string, d time.Duration, e
 		// not (reconnect attempts while open).
 		r.breaker.Record(err)
 	}
+	if IsConnectivityError(err) {
+		r.reloadTopology()
+	}
 	cmd := commandLabel(name)
 	if o := r.obs(); o != nil {
 		o.RedisCall(cmd, d, err)

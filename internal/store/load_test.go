@@ -237,12 +237,18 @@ type edgeEngines struct {
 
 func newEngines(t *testing.T, r *store.Redis) edgeEngines {
 	t.Helper()
+	return newEnginesWithBus(t, r, nil)
+}
+
+// newEnginesWithBus gives the session manager a bus for invalidations.
+func newEnginesWithBus(t *testing.T, r *store.Redis, bus sessionauth.Bus) edgeEngines {
+	t.Helper()
 	l, err := ratelimit.New(ratelimit.Options{Redis: r})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(l.Close)
-	m, err := sessionauth.New(sessionauth.Options{Redis: r, SigningKeys: [][]byte{signingKey}})
+	m, err := sessionauth.New(sessionauth.Options{Redis: r, SigningKeys: [][]byte{signingKey}, Bus: bus})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,11 +258,16 @@ func newEngines(t *testing.T, r *store.Redis) edgeEngines {
 
 // request is one simulated edge request: the session check and the
 // limiter, as edge_session and edge_rate_limit make them.
-func (e edgeEngines) request(ctx context.Context, tok string, tier *ratelimit.Tier, key string) (outcome, string) {
+// Several tiers for one key make one multi-key script call (one slot).
+func (e edgeEngines) request(ctx context.Context, tok string, tier *ratelimit.Tier, key string, more ...*ratelimit.Tier) (outcome, string) {
 	if _, res := e.sessions.Validate(ctx, tok, sessionauth.Meta{IP: "203.0.113.7", UserAgent: "load"}); res != sessionauth.Valid {
 		return failed, "session: " + res.String()
 	}
-	d := e.limiter.Allow(ctx, []ratelimit.Check{{Tier: tier, Key: key}})
+	checks := []ratelimit.Check{{Tier: tier, Key: key}}
+	for _, m := range more {
+		checks = append(checks, ratelimit.Check{Tier: m, Key: key})
+	}
+	d := e.limiter.Allow(ctx, checks)
 	switch {
 	case !d.Allowed:
 		return failed, fmt.Sprintf("limiter denied (source %v)", d.Source)

@@ -292,12 +292,27 @@ func (r *Redis) run(ctx context.Context) {
 			continue
 		}
 		r.reconnectAttempts.Add(1)
+		r.reloadTopology()
 		if err := r.reconnectProbe(ctx); err == nil {
 			r.breaker.Close()
 		} else if ctx.Err() == nil {
 			r.log.Debug("redis reconnect attempt failed",
 				zap.Int64("attempt", r.reconnectAttempts.Load()), zap.Duration("next_in", backoff), zap.Error(err))
 		}
+	}
+}
+
+// reloadTopology asks a Cluster client to read the slot map again. go-redis
+// does so by itself on MOVED and ASK, but otherwise only once a minute: a
+// master that died answers nothing at all, so after its replica took over
+// the edge would keep calling the dead address (and its pub/sub would keep
+// re-subscribing there) for up to a minute. The reload runs in the
+// background and go-redis coalesces it (at most one per 200 ms), so calling
+// this on every failed call is cheap. Other modes need nothing: Sentinel
+// clients follow +switch-master.
+func (r *Redis) reloadTopology() {
+	if cc, ok := r.client.(*redis.ClusterClient); ok {
+		cc.ReloadState(context.Background())
 	}
 }
 
