@@ -73,13 +73,22 @@ func TestClusterInMotionUnderLoad(t *testing.T) {
 
 	logoutReachesOtherEdge := func(when string, user int) {
 		t.Helper()
-		tok, _, err := edges[0].sessions.Create(ctx, sessionauth.Identity{UserID: "bus" + strconv.Itoa(user), Username: "u"}, sessionauth.Meta{})
-		if err != nil {
-			t.Fatalf("%s: login: %v", when, err)
-		}
-		if _, res := edges[1].sessions.Validate(ctx, tok, sessionauth.Meta{}); res != sessionauth.Valid {
-			t.Fatalf("%s: other edge sees the new session as %v", when, res)
-		}
+		// Both edges back on Redis first (each has its own breaker and
+		// backoff): a session neither edge has seen cannot be checked
+		// without Redis (that request would get a 503, Retry-After).
+		waitFor(t, 5*time.Second, when+": both edges available", func() bool {
+			return edges[0].r.Available() && edges[1].r.Available()
+		})
+		var tok string
+		waitFor(t, 5*time.Second, when+": login", func() bool {
+			var err error
+			tok, _, err = edges[0].sessions.Create(ctx, sessionauth.Identity{UserID: "bus" + strconv.Itoa(user), Username: "u"}, sessionauth.Meta{})
+			return err == nil
+		})
+		waitFor(t, 5*time.Second, when+": other edge sees the new session", func() bool {
+			_, res := edges[1].sessions.Validate(ctx, tok, sessionauth.Meta{})
+			return res == sessionauth.Valid
+		})
 		if err := edges[0].sessions.Destroy(ctx, tok); err != nil {
 			t.Fatalf("%s: logout: %v", when, err)
 		}
