@@ -11,8 +11,9 @@ import (
 	"github.com/ticketi/edge/internal/ticketisim"
 )
 
-// expressVectors is testdata/express-routing/vectors.json: what real Express
-// (4.x) routed each raw path to, with default and with strict settings.
+// expressVectors is testdata/express-routing/vectors*.json: what real
+// Express (4.21 and 5.x) routed each raw path to, with default and with
+// strict settings.
 type expressVectors struct {
 	Express string `json:"express"`
 	Routes  []struct {
@@ -34,14 +35,20 @@ type expressVector struct {
 // where Express answers 404. Anything else is a path variant that gets a
 // second entry or escapes an invalidation.
 func TestPathsMatchAsExpressRoutesThem(t *testing.T) {
-	raw, err := os.ReadFile("../testdata/express-routing/vectors.json")
-	if err != nil {
-		t.Fatal(err)
+	for _, file := range []string{"vectors.json", "vectors-express5.json"} {
+		raw, err := os.ReadFile("../testdata/express-routing/" + file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v expressVectors
+		if err := json.Unmarshal(raw, &v); err != nil {
+			t.Fatal(err)
+		}
+		checkExpressVectors(t, v)
 	}
-	var v expressVectors
-	if err := json.Unmarshal(raw, &v); err != nil {
-		t.Fatal(err)
-	}
+}
+
+func checkExpressVectors(t *testing.T, v expressVectors) {
 	for _, mode := range []struct {
 		name    string
 		opts    PathMatching

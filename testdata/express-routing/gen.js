@@ -11,7 +11,8 @@
 // that reaches a handler can neither get a second cache entry nor escape an
 // invalidation.
 //
-//   npm install && npm run gen
+//   npm install && npm run gen                                 (Express 4, vectors.json)
+//   npm install express@5 && node gen.js > vectors-express5.json  (Express 5)
 const express = require('express');
 const http = require('http');
 
