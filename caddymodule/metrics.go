@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ticketi/edge/internal/store"
+	"github.com/ticketi/edge/sessionauth"
 )
 
 const metricsNamespace = "ticketi_edge"
@@ -164,6 +165,34 @@ func (m *metrics) BreakerChanged(state store.BreakerState) {
 // PoolObserved implements store.Observer; pool figures are read at scrape
 // time by the GaugeFuncs above instead.
 func (m *metrics) PoolObserved(store.PoolStats) {}
+
+// sessionObserver feeds a session handler's events into the metrics, with
+// the per-result counters resolved once.
+func (m *metrics) sessionObserver() *sessionObserver {
+	o := &sessionObserver{m: m, results: map[sessionauth.Result]prometheus.Counter{}}
+	for _, r := range sessionauth.Results() {
+		o.results[r] = m.sessionResults.WithLabelValues(r.String())
+	}
+	return o
+}
+
+type sessionObserver struct {
+	m       *metrics
+	results map[sessionauth.Result]prometheus.Counter
+}
+
+// Checked implements sessionauth.HTTPObserver.
+func (o *sessionObserver) Checked(r sessionauth.Result) {
+	if c := o.results[r]; c != nil {
+		c.Inc()
+	}
+}
+
+// LoggedIn implements sessionauth.HTTPObserver.
+func (o *sessionObserver) LoggedIn() { o.m.sessionLogins.Inc() }
+
+// LoggedOut implements sessionauth.HTTPObserver.
+func (o *sessionObserver) LoggedOut() { o.m.sessionLogouts.Inc() }
 
 func callResult(err error) string {
 	switch {

@@ -6,12 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/ticketi/edge/internal/store"
@@ -75,18 +75,12 @@ type Session struct {
 	Redis *RedisConfig `json:"redis,omitempty"`
 
 	engine   *sessionauth.Manager
+	handler  *sessionauth.Handler
 	conn     moduleConnection
 	express  moduleConnection // express.redis, when it names its own
 	ownedBus *store.Bus
 	app      *App
 	log      *zap.Logger
-	sameSite http.SameSite
-	protect  caddyhttp.MatchPath
-	except   caddyhttp.MatchPath
-	login    caddyhttp.MatchPath
-	logout   caddyhttp.MatchPath
-	strip    []string
-	results  [6]prometheus.Counter
 }
 
 // SessionExpress configures express-session compatibility.
@@ -137,25 +131,36 @@ func (s *Session) Provision(ctx caddy.Context) error {
 	if s.LogoutPaths == nil {
 		s.LogoutPaths = []string{"/api/auth/logout"}
 	}
-	s.strip = []string{s.UserIDHeader, s.UsernameHeader, s.VerifiedHeader, s.IdentityHeader}
+	hopts := sessionauth.HTTPOptions{
+		CookieName: s.CookieName, CookiePath: s.CookiePath, CookieDomain: s.CookieDomain,
+		InsecureCookie: s.InsecureCookie, MaxAge: time.Duration(s.AbsoluteTimeout),
+		IdentityHeader: s.IdentityHeader, UserIDHeader: s.UserIDHeader,
+		UsernameHeader: s.UsernameHeader, VerifiedHeader: s.VerifiedHeader,
+		ProtectMutations: s.ProtectMutations, LoginRedirect: s.LoginRedirect,
+		ClientIP: clientIP, OnIdentity: setIdentityPlaceholders, Logger: s.log,
+	}
 	switch strings.ToLower(orDefault(s.SameSite, "lax")) {
 	case "lax":
-		s.sameSite = http.SameSiteLaxMode
+		hopts.SameSite = http.SameSiteLaxMode
 	case "strict":
-		s.sameSite = http.SameSiteStrictMode
+		hopts.SameSite = http.SameSiteStrictMode
 	case "none":
-		s.sameSite = http.SameSiteNoneMode
+		hopts.SameSite = http.SameSiteNoneMode
 	default:
 		return fmt.Errorf("edge_session: same_site must be lax, strict or none, got %q", s.SameSite)
 	}
 	for _, m := range []struct {
 		paths []string
-		into  *caddyhttp.MatchPath
-	}{{s.Protect, &s.protect}, {s.MutationsExcept, &s.except}, {s.LoginPaths, &s.login}, {s.LogoutPaths, &s.logout}} {
-		*m.into = caddyhttp.MatchPath(m.paths)
-		if err := m.into.Provision(ctx); err != nil {
+		into  *sessionauth.RequestMatcher
+	}{{s.Protect, &hopts.Protect}, {s.MutationsExcept, &hopts.MutationsExcept}, {s.LoginPaths, &hopts.Login}, {s.LogoutPaths, &hopts.Logout}} {
+		if len(m.paths) == 0 {
+			continue // nil: matches nothing
+		}
+		mp := caddyhttp.MatchPath(m.paths)
+		if err := mp.Provision(ctx); err != nil {
 			return err
 		}
+		*m.into = mp.Match
 	}
 	if s.conn, err = s.app.connectionFor(s.Redis); err != nil {
 		return err
@@ -179,8 +184,12 @@ func (s *Session) Provision(ctx caddy.Context) error {
 	if s.engine, err = sessionauth.New(opts); err != nil {
 		return fmt.Errorf("edge_session: %w", err)
 	}
-	for i := range s.results {
-		s.results[i] = s.app.metrics.sessionResults.WithLabelValues(sessionauth.Result(i).String())
+	if s.Express != nil {
+		hopts.ExpressCookie = s.Express.CookieName
+	}
+	hopts.Observer = s.app.metrics.sessionObserver()
+	if s.handler, err = sessionauth.NewHandler(s.engine, hopts); err != nil {
+		return fmt.Errorf("edge_session: %w", err)
 	}
 	s.app.registerSessions(s)
 	return nil
@@ -261,6 +270,27 @@ func decodeKey(s string) ([]byte, error) {
 		return b, nil
 	}
 	return []byte(s), nil
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (s *Session) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	return s.handler.Handle(w, r, next)
+}
+
+// clientIP is Caddy's client address (trusted proxies applied).
+func clientIP(r *http.Request) string {
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	return ip
+}
+
+// setIdentityPlaceholders lets later handlers key on the user (per-user
+// rate limits and cache keys).
+func setIdentityPlaceholders(r *http.Request, sess sessionauth.Session) {
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set("http.auth.user.id", sess.UserID)
+		repl.Set("http.auth.user.username", sess.Username)
+		repl.Set("http.auth.user.verified", strconv.FormatBool(sess.IsVerified))
+	}
 }
 
 // Validate checks the configuration.

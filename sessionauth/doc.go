@@ -106,15 +106,19 @@
 //     sets, whether or not a session was found, and take the client IP from
 //     Caddy's trusted-proxy logic only.
 //
-// # Notes for the handler
+// # HTTP
 //
-//   - Use VerifyCookie on the cookie and on a bearer token alike (hand out
-//     SignCookie(token) as the bearer value): a forged value then costs no
-//     Redis call.
-//   - Strip the identity headers (and the X-Ticketi-Identity hand-off
-//     header) from every request, and the hand-off header from the login
-//     response, before anything else.
-//   - Map Unavailable to 503 + Retry-After, Missing/Invalid/Expired/Unknown
-//     to 401 (or the browser redirect), and use Result.String as the
-//     metric label.
+// Handler.Handle is the HTTP entry point (the Caddy handler's ServeHTTP is
+// one call to it): it strips the identity headers (and the hand-off
+// header) from every request before anything else, whether or not a
+// session is found; checks our cookie or a bearer token (the same signed
+// value, verified with VerifyCookie before any Redis call), then an
+// express-session cookie; sends the user upstream as trusted headers;
+// answers protected routes without a session with 401 JSON (or a redirect
+// for browsers) and Unavailable with 503 + Retry-After; ends the session on
+// a logout route; and strips the hand-off header from every answer,
+// turning a login route's 2xx hand-off into a session and cookie (or a 502
+// or 503 in place of the upstream's answer). Route matching, the client
+// IP and placeholders come from the caller (HTTPOptions), so routes match
+// as the server's own matchers do.
 package sessionauth
