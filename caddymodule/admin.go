@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -77,7 +78,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if err := allowMethods(r, http.MethodGet); err != nil {
 			return err
 		}
-		return writeJSON(w, http.StatusOK, app.statsSnapshot())
+		return writeJSON(w, http.StatusOK, app.statsSnapshot().withRedisInfo(r.Context(), app))
 	case "cache/purge":
 		if err := allowMethods(r, http.MethodPost); err != nil {
 			return err
@@ -374,10 +375,14 @@ func writeJSON(w http.ResponseWriter, code int, v any) error {
 }
 
 type statsSnapshot struct {
-	Store   string         `json:"store"`
-	Redis   *store.Stats   `json:"redis,omitempty"`
-	Cache   cacheStats     `json:"cache"`
-	Modules map[string]any `json:"modules"`
+	Store string       `json:"store"`
+	Redis *store.Stats `json:"redis,omitempty"`
+	// RedisInfo is the server's INFO figures (cached about a second), or
+	// RedisInfoError why they could not be read.
+	RedisInfo      *store.ServerInfo `json:"redis_info,omitempty"`
+	RedisInfoError string            `json:"redis_info_error,omitempty"`
+	Cache          cacheStats        `json:"cache"`
+	Modules        map[string]any    `json:"modules"`
 }
 
 type cacheStats struct {
@@ -424,6 +429,26 @@ func (a *App) statsSnapshot() statsSnapshot {
 			s.Cache.Fleet = &fr
 		}
 	}
+	return s
+}
+
+// withRedisInfo adds the Redis server's INFO figures (memory, keys,
+// evictions, fragmentation), read through the shared connection's cache so
+// a dashboard refreshing every second cannot load Redis.
+func (s statsSnapshot) withRedisInfo(ctx context.Context, a *App) statsSnapshot {
+	if a.redis == nil {
+		return s
+	}
+	if a.redis.FallbackMode() {
+		s.RedisInfoError = "redis unavailable (fallback mode)"
+		return s
+	}
+	info, err := a.redis.Info(ctx)
+	if err != nil {
+		s.RedisInfoError = "INFO failed: " + err.Error()
+		return s
+	}
+	s.RedisInfo = &info
 	return s
 }
 

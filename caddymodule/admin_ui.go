@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"embed"
 	"errors"
 	"fmt"
@@ -49,7 +50,7 @@ func (a *adminAPI) serveUI(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		w.Header().Set("Cache-Control", "no-store")
-		return writeJSON(w, http.StatusOK, app.dashboardData())
+		return writeJSON(w, http.StatusOK, app.dashboardData(r.Context()))
 	}
 	if name == "" {
 		name = "index.html"
@@ -117,8 +118,8 @@ type latencyBucket struct {
 	Count uint64  `json:"count"`
 }
 
-func (a *App) dashboardData() dashboardData {
-	d := dashboardData{Time: time.Now().UTC(), Stats: a.statsSnapshot(), Limiters: map[string]limiterDashboard{}}
+func (a *App) dashboardData(ctx context.Context) dashboardData {
+	d := dashboardData{Time: time.Now().UTC(), Stats: a.statsSnapshot().withRedisInfo(ctx, a), Limiters: map[string]limiterDashboard{}}
 	for name, rl := range a.handlers.limiters.all() {
 		d.Limiters[name] = limiterDashboard{Top: rl.engine.Top(uiTopOffenders)}
 	}

@@ -20,10 +20,12 @@ import (
 
 // edgeStatsView is GET /edge/stats.
 type edgeStatsView struct {
-	Store   string                     `json:"store"`
-	Redis   *store.Stats               `json:"redis"`
-	Cache   cacheStats                 `json:"cache"`
-	Modules map[string]json.RawMessage `json:"modules"`
+	Store          string                     `json:"store"`
+	Redis          *store.Stats               `json:"redis"`
+	RedisInfo      *store.ServerInfo          `json:"redis_info"`
+	RedisInfoError string                     `json:"redis_info_error"`
+	Cache          cacheStats                 `json:"cache"`
+	Modules        map[string]json.RawMessage `json:"modules"`
 }
 
 // moduleKind tells the handlers in /edge/stats apart by what they report.
@@ -99,6 +101,16 @@ func renderStats(w io.Writer, st edgeStatsView) error {
 			use = fmt.Sprintf("%.0f%%", 100*float64(r.Pool.InUse)/float64(r.Pool.Size))
 		}
 		fmt.Fprintf(t, "pool\t%d in use, %d idle, size %d (%s in use), %d timeouts\n", r.Pool.InUse, r.Pool.Idle, r.Pool.Size, use, r.Pool.Timeouts)
+	}
+	if i := st.RedisInfo; i != nil {
+		maxmem := "no maxmemory"
+		if i.MaxmemoryBytes > 0 {
+			maxmem = "maxmemory " + humanBytes(i.MaxmemoryBytes) + " " + i.MaxmemoryPolicy
+		}
+		fmt.Fprintf(t, "redis memory\t%s used, %s peak, %s, fragmentation %.2f\n", humanBytes(i.UsedMemoryBytes), humanBytes(i.PeakMemoryBytes), maxmem, i.FragmentationRatio)
+		fmt.Fprintf(t, "redis keys\t%d keys, %d evicted, %d expired (Redis %s, up %s)\n", i.Keys, i.EvictedKeys, i.ExpiredKeys, i.Version, time.Duration(i.UptimeSeconds)*time.Second)
+	} else if st.RedisInfoError != "" {
+		fmt.Fprintf(t, "redis info\t%s\n", st.RedisInfoError)
 	}
 	in := st.Cache.Instance
 	fmt.Fprintf(t, "cache (this edge)\thit %.2f%%, miss %.2f%%, %d lookups\n", in.HitRate, in.MissRate, in.TotalOperations)

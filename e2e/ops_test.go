@@ -125,6 +125,14 @@ func TestEdgeCommand(t *testing.T) {
 	if row := tableRow(t, out, "breaker"); !strings.HasPrefix(row[1], "closed") {
 		t.Errorf("breaker row %v", row)
 	}
+	// redis keys  N keys, 0 evicted, ...
+	if row := tableRow(t, out, "redis"); len(row) < 2 {
+		t.Errorf("redis row %v", row)
+	}
+	if !regexp.MustCompile(`redis memory +\d+\.\d [KMG]iB used, .* fragmentation \d+\.\d\d`).MatchString(out) ||
+		!regexp.MustCompile(`redis keys +[1-9]\d* keys, 0 evicted`).MatchString(out) {
+		t.Errorf("stats: no Redis INFO figures:\n%s", out)
+	}
 	// RULE HITS MISSES HIT-RATIO STALE BYPASS STORED
 	if row := tableRow(t, out, "event"); row[1] != "2" || row[2] != "1" || row[3] != "66.7%" || row[6] != "1" {
 		t.Errorf("event rule row %v, want 2 hits, 1 miss, 66.7%%, 1 stored\n%s", row, out)

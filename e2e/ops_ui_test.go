@@ -102,7 +102,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	var shown map[string]string
 	Eventually(t, 15*time.Second, func() error {
 		shown = map[string]string{}
-		for _, id := range []string{"lookups", "hit-rate", "l1-entries", "sessions-created", "redis-latency", "pool-use"} {
+		for _, id := range []string{"lookups", "hit-rate", "ops-per-min", "l1-entries", "sessions-created", "redis-latency", "pool-use", "redis-memory", "redis-keys", "redis-frag"} {
 			shown[id] = b.text(t, id)
 		}
 		var tiers, offenders [][]string
@@ -118,6 +118,8 @@ func TestDashboardInBrowser(t *testing.T) {
 			return fmt.Errorf("sessions created shown %q", shown["sessions-created"])
 		case !strings.HasSuffix(shown["redis-latency"], " ms"):
 			return fmt.Errorf("redis latency shown %q", shown["redis-latency"])
+		case number(shown["redis-keys"]) < 2 || !strings.Contains(shown["redis-memory"], "iB"):
+			return fmt.Errorf("redis INFO figures shown: keys %q, memory %q", shown["redis-keys"], shown["redis-memory"])
 		case series == "0":
 			return fmt.Errorf("hit ratio chart has no series yet")
 		case !hasRow(tiers, func(r []string) bool { return len(r) == 5 && r[1] == "auth" && number(r[3]) > 0 }):

@@ -71,9 +71,28 @@ function quantile(q, now, before) {
 	return b[b.length - 1].le; // beyond the last bound
 }
 
+function renderRedisInfo(st) {
+	const i = st.redis_info;
+	if (!i) {
+		const why = st.redis_info_error || (st.store === 'embedded' ? 'embedded' : '–');
+		setText('redis-memory', why.length > 20 ? 'n/a' : why); setText('redis-peak', '–'); setText('redis-frag', '–');
+		setText('redis-keys', '–'); setText('redis-evicted', '–'); setText('redis-expired', '–');
+		if (st.redis_info_error) $('redis-memory').title = st.redis_info_error;
+		return;
+	}
+	setText('redis-memory', fmtBytes(i.used_memory) + (i.maxmemory > 0 ? ' of ' + fmtBytes(i.maxmemory) : ''));
+	setText('redis-peak', fmtBytes(i.used_memory_peak));
+	setText('redis-frag', i.mem_fragmentation_ratio.toFixed(2));
+	setText('redis-keys', fmtInt(i.keys));
+	setText('redis-evicted', fmtInt(i.evicted_keys));
+	setClass('redis-keys', i.evicted_keys > 0 ? 'warn' : '');
+	setText('redis-expired', fmtInt(i.expired_keys));
+}
+
 function renderRedis(d) {
 	const st = d.stats;
 	setText('store-mode', st.store);
+	renderRedisInfo(st);
 	const r = st.redis;
 	if (!r) {
 		setText('breaker', 'n/a'); setText('fallback', 'n/a'); setText('fallback-entries', 0);
@@ -138,6 +157,13 @@ function renderCache(d, m) {
 	setText('l1-bytes', fmtBytes(l1b));
 	setText('fills-in-flight', fmtInt(fills));
 	setText('stale-served', fmtInt(stale));
+	const prev = samples[samples.length - 1];
+	if (prev && now.t > prev.t) {
+		now.ops = inst.totalOperations;
+		if (prev.ops !== undefined) setText('ops-per-min', fmtInt(Math.round((inst.totalOperations - prev.ops) * 60000 / (now.t - prev.t))));
+	} else {
+		now.ops = inst.totalOperations;
+	}
 	samples.push(now);
 	while (samples.length > 2 && now.t - samples[0].t > historyMs) samples.shift();
 	drawChart();
