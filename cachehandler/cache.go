@@ -37,7 +37,10 @@ const (
 	DefaultCompressMin   = 1024
 	DefaultStatusName    = "ticketi-edge"
 	DefaultNegativeTTL   = 30 * time.Second
-	busChannel           = "edge:cache:invalidate"
+	// noCacheRefetch: a request with Cache-Control: no-cache is answered
+	// from an entry stored less than this long ago instead of a new fill.
+	noCacheRefetch = time.Second
+	busChannel     = "edge:cache:invalidate"
 )
 
 // Config configures a Cache.
@@ -294,18 +297,26 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 	noCache := hasDirective(reqCC, "no-cache") || (reqCC == "" && r.Header.Get("Pragma") == "no-cache")
 
 	var stale *prepared
-	if !noCache {
-		p, layer := c.lookup(r.Context(), key, now)
-		if p != nil && now.Before(p.freshUntil) {
-			err := c.writeHit(w, r, p, c.status.hit, now)
-			if !errors.Is(err, errUnservable) {
-				c.obs.Lookup(rule.Name, layer)
-				return err
-			}
-			// Nothing was written: drop the entry and fetch it again.
-			c.drop(r.Context(), key)
-			p = nil
+	p, layer := c.lookup(r.Context(), key, now)
+	// A client's no-cache makes the entry revalidate, but an entry fetched
+	// less than noCacheRefetch ago has just been: a client (or a flood of
+	// them) sending no-cache gets at most one fill per key per interval,
+	// and between fills joins the coalesced one like any miss.
+	if p != nil && now.Before(p.freshUntil) && (!noCache || now.Sub(p.entry.StoredAt) < noCacheRefetch) {
+		status := c.status.hit
+		if noCache {
+			status = c.status.hitRecent
 		}
+		err := c.writeHit(w, r, p, status, now)
+		if !errors.Is(err, errUnservable) {
+			c.obs.Lookup(rule.Name, layer)
+			return err
+		}
+		// Nothing was written: drop the entry and fetch it again.
+		c.drop(r.Context(), key)
+		p = nil
+	}
+	if !noCache {
 		stale = p // expired but within grace, or nil
 	}
 	c.obs.Lookup(rule.Name, "miss")

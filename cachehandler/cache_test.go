@@ -268,6 +268,7 @@ func TestUnknownQueryBypassesAndNoCacheRefetches(t *testing.T) {
 	if w := g.get("/api/events/published?page=2&_=123"); !strings.Contains(w.Header().Get("Cache-Status"), "detail=query") {
 		t.Fatalf("cache buster: %q", w.Header().Get("Cache-Status"))
 	}
+	g.clock.Advance(2 * time.Second) // older than noCacheRefetch
 	r := newReq("GET", "/api/events/published?page=2")
 	r.Header.Set("Cache-Control", "no-cache")
 	if w := g.do(r); !strings.Contains(w.Header().Get("Cache-Status"), "fwd=request") {
@@ -275,6 +276,12 @@ func TestUnknownQueryBypassesAndNoCacheRefetches(t *testing.T) {
 	}
 	if n := g.origin("GET /api/events/published"); n != 3 {
 		t.Fatalf("origin saw %d, want 3", n)
+	}
+	// Right after that refetch, no-cache is answered from the fresh entry.
+	r = newReq("GET", "/api/events/published?page=2")
+	r.Header.Set("Pragma", "no-cache")
+	if w := g.do(r); w.Header().Get("Cache-Status") != "ticketi-edge; hit; detail=revalidated-recently" {
+		t.Fatalf("no-cache just after a refetch: %q", w.Header().Get("Cache-Status"))
 	}
 }
 

@@ -107,9 +107,9 @@ func (c *Cache) upstreamIdentity(r *http.Request, rule *Rule) *http.Request {
 	return r
 }
 
-// fill fetches from upstream, streaming to the client while keeping a copy
-// to store. With a stale entry in hand, a 5xx or a failed upstream is
-// answered with the stale entry instead.
+// fill fetches from upstream into an entry (see fillWriter), then answers
+// the leading client from it. With a stale entry in hand, a 5xx or a
+// failed upstream is answered with the stale entry instead.
 func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Rule, ps params,
 	key string, stale *prepared, noCache bool) error {
 	tags := renderTags(rule.tags, ps, r, c.cfg.Resolve)
@@ -135,9 +135,15 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=uri-miss; detail=not-shareable")
 		return next.ServeHTTP(c.stripWriter(w), c.upstreamIdentity(r, rule))
 	}
-	defer c.flights.finish(key, fl)
+	var once sync.Once
+	release := func() { once.Do(func() { c.flights.finish(key, fl) }) }
+	defer release()
 
-	ctx := r.Context()
+	// The fill is detached from the leading client: its upstream request
+	// survives the client leaving (followers still want the answer; bounded
+	// by fillDetachBound), and it never writes to the client's connection.
+	ctx, stop := detachContext(r.Context(), fillDetachBound)
+	defer stop()
 	localSnap := c.clock.snapshot()
 	var redisSnap []int64
 	redisOK := false
@@ -153,13 +159,16 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 	case stale != nil:
 		fwd = "stale"
 	}
-	up := c.upstreamIdentity(upstreamRequest(r), rule)
-	rec := newRecorder(w, r, c, rule, fwd, stale != nil)
-	rec.credentialed = !rule.PerUser && c.credentialed(up, false)
-	err := next.ServeHTTP(rec, up)
-	if stale != nil && (rec.held || (err != nil && !rec.wroteHeader)) {
-		code := rec.status
-		if code == 0 {
+	up := c.upstreamIdentity(upstreamRequest(r), rule).WithContext(ctx)
+	fw := newFillWriter(w, r, c, rule, fwd, stale != nil, release)
+	fw.credentialed = !rule.PerUser && c.credentialed(up, false)
+	err := next.ServeHTTP(fw, up)
+	fw.mu.Lock() // the upstream is done with fw; a late flush timer must not race
+	mode, status := fw.mode, fw.status
+	fw.mu.Unlock()
+	if stale != nil && (mode == modeHeld || (err != nil && mode != modeStream)) {
+		code := status
+		if mode != modeHeld {
 			code = http.StatusBadGateway
 		}
 		c.obs.Lookup(rule.Name, "stale")
@@ -167,22 +176,46 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 			zap.String("rule", rule.Name), zap.Int("upstream_status", code), zap.Error(err))
 		fl.stale = stale
 		fl.staleStatus = c.cfg.StatusName + "; fwd=stale; fwd-status=" + strconv.Itoa(code) + "; detail=stale-if-error"
-		rec.resetHeaders()
+		release()
 		if werr := c.writeHit(w, r, stale, fl.staleStatus, c.now()); !errors.Is(werr, errUnservable) {
 			return werr
 		}
 		return caddyErrorLike(err, code)
 	}
-	if err != nil || !rec.storable() {
+	if err != nil || !fw.complete() {
+		// A failed upstream has written nothing to the client unless its
+		// answer was streaming through: the error handler can still answer.
 		return err
 	}
-	entry := c.entryFrom(rec, rule, tags)
+	entry := c.entryFrom(fw, rule, tags)
 	if entry == nil {
-		return nil
+		fw.reason = "encoding"
+		release()
+		return fw.writeBuffered()
 	}
 	fl.p = c.store(ctx, key, entry, tags, localSnap, redisSnap, redisOK, rule)
-	return nil
+	release() // followers are answered before the leader's own (maybe slow) write
+
+	// The leader gets the same representation a hit would (gzip if it
+	// takes it, 304 on a matching validator), at its own pace.
+	p, cs := fl.p, c.cfg.StatusName+"; fwd="+fwd+"; fwd-status="+strconv.Itoa(status)
+	if p != nil {
+		cs += "; stored; ttl=" + elapsedSeconds(entry.TTL)
+	} else {
+		p = prepare(key, entry, 0, 0, c.now())
+		cs += "; detail=not-stored"
+	}
+	if werr := c.writeHit(w, r, p, cs, c.now()); !errors.Is(werr, errUnservable) {
+		return werr
+	}
+	fw.reason = "unservable"
+	return fw.writeBuffered()
 }
+
+// fillDetachBound is how long a fill's upstream request may run on after
+// the leading client has gone (the proxy's own timeouts usually end it
+// sooner); followers are still waiting for it.
+const fillDetachBound = 30 * time.Second
 
 // caddyErrorLike returns the upstream's failure when even the stale entry
 // could not be sent.
@@ -194,16 +227,16 @@ func caddyErrorLike(err error, code int) error {
 }
 
 // entryFrom turns a recorded response into an entry (nil if not storable).
-func (c *Cache) entryFrom(rec *recorder, rule *Rule, tags []string) *Entry {
+func (c *Cache) entryFrom(fw *fillWriter, rule *Rule, tags []string) *Entry {
 	ttl := rule.TTL
-	if rec.status == http.StatusNotFound || rec.status == http.StatusGone {
+	if fw.status == http.StatusNotFound || fw.status == http.StatusGone {
 		ttl = min(ttl, c.cfg.NegativeTTL)
 	}
-	e := &Entry{Status: rec.status, Header: rec.keptHeader(), StoredAt: c.now(), TTL: ttl, Tags: tags}
-	body := rec.body.Bytes()
-	switch strings.ToLower(rec.upstreamHeader.Get("Content-Encoding")) {
+	e := &Entry{Status: fw.status, Header: fw.keptHeader(), StoredAt: c.now(), TTL: ttl, Tags: tags}
+	body := fw.body.Bytes()
+	switch strings.ToLower(fw.header.Get("Content-Encoding")) {
 	case "", "identity":
-		e.ETag = rec.upstreamHeader.Get("Etag")
+		e.ETag = fw.header.Get("Etag")
 		if e.ETag == "" {
 			e.ETag = weakETag(body)
 		}
@@ -214,7 +247,7 @@ func (c *Cache) entryFrom(rec *recorder, rule *Rule, tags []string) *Entry {
 		}
 	case "gzip":
 		e.Gzipped = true
-		e.ETag = rec.upstreamHeader.Get("Etag")
+		e.ETag = fw.header.Get("Etag")
 		if e.ETag == "" {
 			e.ETag = weakETag(body)
 		}
@@ -269,11 +302,13 @@ func (c *Cache) store(ctx context.Context, key string, e *Entry, tags []string, 
 // statusValues are the Cache-Status values used on hot paths, built once.
 type statusValues struct {
 	hit       string
+	hitRecent string // a no-cache request answered from an entry fetched just now
 	collapsed string
 }
 
 func newStatusValues(name string) statusValues {
-	return statusValues{hit: name + "; hit", collapsed: name + "; fwd=uri-miss; collapsed"}
+	return statusValues{hit: name + "; hit", hitRecent: name + "; hit; detail=revalidated-recently",
+		collapsed: name + "; fwd=uri-miss; collapsed"}
 }
 
 // elapsedSeconds formats a TTL for Cache-Status.

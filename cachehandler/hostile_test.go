@@ -230,3 +230,71 @@ func TestPublicRuleFillsWithoutCredentials(t *testing.T) {
 		t.Fatal("the client's own request was edited")
 	}
 }
+
+// Cache-Control: no-cache from one client (or many) cannot make a fill
+// per request: an entry fetched within noCacheRefetch answers it, and
+// concurrent no-cache requests join one coalesced fill.
+func TestNoCacheCannotForceAFillPerRequest(t *testing.T) {
+	g := newRig(t, nil)
+	g.get("/api/events/12")
+	noCache := func() *http.Request {
+		r := newReq("GET", "/api/events/12")
+		r.Header.Set("Cache-Control", "no-cache")
+		return r
+	}
+	for range 50 {
+		if w := g.do(noCache()); w.Code != 200 {
+			t.Fatalf("no-cache: %d", w.Code)
+		}
+	}
+	if n := g.origin(eventRoute); n != 1 {
+		t.Fatalf("50 no-cache requests within a second made %d origin requests, want 1 (the first fill)", n)
+	}
+	g.clock.Advance(2 * time.Second)
+	release := make(chan struct{})
+	g.next = func(w http.ResponseWriter, r *http.Request) error {
+		<-release
+		g.sim.ServeHTTP(w, r)
+		return nil
+	}
+	const n = 20
+	done := make(chan string, n)
+	for range n {
+		go func() {
+			w := httptest.NewRecorder()
+			_ = g.cache.Handle(w, noCache(), g.next)
+			done <- w.Header().Get("Cache-Status")
+		}()
+	}
+	waitFollowers(t, g.cache, "event:12", n-1)
+	close(release)
+	for range n {
+		<-done
+	}
+	if got := g.origin(eventRoute); got != 2 {
+		t.Fatalf("20 concurrent no-cache requests made %d origin requests, want 1 more", got-1)
+	}
+}
+
+// RFC 9111 §3.5: an answer to a request that went upstream with
+// credentials is shared only if it says public or s-maxage.
+func TestCredentialedAnswerStoredOnlyIfItSaysPublic(t *testing.T) {
+	g := newRig(t, nil)
+	for cc, want := range map[string]bool{
+		"max-age=60":             false,
+		"":                       false,
+		"must-revalidate":        false,
+		"public, max-age=60":     true,
+		"max-age=0, s-maxage=60": true,
+	} {
+		fw := newFillWriter(httptest.NewRecorder(), newReq("GET", "/api/events/1"), g.cache, g.cache.cfg.Rules[2], "uri-miss", false, func() {})
+		fw.credentialed = true
+		if cc != "" {
+			fw.Header().Set("Cache-Control", cc)
+		}
+		fw.WriteHeader(200)
+		if fw.complete() != want {
+			t.Errorf("Cache-Control %q on a credentialed answer: stored %v, want %v (%s)", cc, fw.complete(), want, fw.reason)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // cacheableStatus are the statuses a rule may store (RFC 9111 §3 plus
@@ -12,135 +13,170 @@ import (
 // caching briefly during a flood, a 500 never is.
 var cacheableStatus = map[int]bool{200: true, 203: true, 204: true, 300: true, 301: true, 308: true, 404: true, 410: true}
 
-// recorder passes the upstream response to the client while keeping a
-// bounded copy. In hold mode (a stale entry is at hand) a 5xx is not sent
-// on: the caller answers with the stale entry instead.
-type recorder struct {
-	w    http.ResponseWriter
+// fillMode is where a fill's upstream answer goes.
+type fillMode uint8
+
+const (
+	modePending fillMode = iota // no final header yet
+	modeBuffer                  // shareable and small enough: read into memory at upstream speed
+	modeStream                  // not storable: passed through to the leading client
+	modeHeld                    // a 5xx with a stale entry in hand: swallowed
+)
+
+// fillWriter is the ResponseWriter a fill's upstream writes to; it is not
+// the leading client's. A shareable answer of at most MaxEntryBytes is read
+// into memory at upstream speed, so the fill completes, and its followers
+// are answered, whatever the leader's client does (an HTTP/2 zero window, a
+// client that stops reading a large body): the leader is answered from the
+// entry afterwards, at its own speed. An answer that cannot be stored (not
+// shareable, over MaxEntryBytes, a 5xx without a stale entry) releases the
+// followers at once and streams through to the leader, so memory stays
+// bounded by MaxEntryBytes per fill.
+type fillWriter struct {
+	mu   sync.Mutex // a flush-interval timer of the proxy may call FlushError concurrently
 	c    *Cache
 	rule *Rule
+	w    http.ResponseWriter // the leading client
 	fwd  string
 	hold bool
 	head bool // the client asked HEAD: the fill is a GET, the client gets no body
 	// credentialed: the request went upstream with credentials (RFC 9111
 	// §3.5: such an answer is shared only if it says public or s-maxage).
 	credentialed bool
+	// release tells the followers there is nothing to share (idempotent).
+	release func()
 
-	upstreamHeader http.Header
-	status         int
-	wroteHeader    bool
-	held           bool
-	keep           bool   // still a candidate for storing
-	reason         string // why not, for Cache-Status
-	body           bytes.Buffer
-	// preset are the headers other handlers set before the fill (rate-limit
-	// answers, header directives): they belong to this response only.
-	preset map[string]bool
-	before http.Header // their values, to restore when a stale entry is sent instead
+	header http.Header // the upstream's own header map, never the client's
+	status int
+	mode   fillMode
+	reason string // why not stored, for Cache-Status
+	body   bytes.Buffer
 }
 
-func newRecorder(w http.ResponseWriter, r *http.Request, c *Cache, rule *Rule, fwd string, hold bool) *recorder {
-	rec := &recorder{w: w, c: c, rule: rule, fwd: fwd, hold: hold, head: r.Method == http.MethodHead}
-	if h := w.Header(); len(h) > 0 {
-		rec.preset = make(map[string]bool, len(h))
-		for k := range h {
-			rec.preset[k] = true
-		}
-		if hold {
-			rec.before = h.Clone() // only a held 5xx needs them back
-		}
+func newFillWriter(w http.ResponseWriter, r *http.Request, c *Cache, rule *Rule, fwd string, hold bool, release func()) *fillWriter {
+	return &fillWriter{w: w, c: c, rule: rule, fwd: fwd, hold: hold, head: r.Method == http.MethodHead,
+		release: release, header: make(http.Header)}
+}
+
+// Header is the upstream's header map until the answer streams through;
+// then it is the client's, so trailers set after the body still go out.
+func (fw *fillWriter) Header() http.Header {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.mode == modeStream {
+		return fw.w.Header()
 	}
-	return rec
+	return fw.header
 }
 
-// resetHeaders undoes what the upstream wrote into the shared header map
-// while held, so a stale entry goes out with only its own headers.
-func (rec *recorder) resetHeaders() {
-	h := rec.w.Header()
-	clear(h)
-	for k, v := range rec.before {
-		h[k] = v
-	}
-}
-
-// FlushError flushes only once a final header has gone out: a flush while
-// a 5xx is held (or before the header) would send a premature 200.
-func (rec *recorder) FlushError() error {
-	if !rec.wroteHeader || rec.held {
+// FlushError flushes only an answer that streams through: a buffered one
+// goes out whole after the fill, and a flush while a 5xx is held would
+// send a premature answer.
+func (fw *fillWriter) FlushError() error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.mode != modeStream {
 		return nil
 	}
-	return http.NewResponseController(rec.w).Flush()
+	return http.NewResponseController(fw.w).Flush()
 }
 
-func (rec *recorder) Header() http.Header { return rec.w.Header() }
-
-// Unwrap lets http.ResponseController reach Flush and friends.
-func (rec *recorder) Unwrap() http.ResponseWriter { return rec.w }
-
-func (rec *recorder) WriteHeader(code int) {
-	if rec.wroteHeader {
-		return
-	}
-	if code >= 100 && code < 200 {
-		rec.w.WriteHeader(code) // informational: pass on, not final
-		return
-	}
-	rec.wroteHeader = true
-	rec.status = code
-	h := rec.w.Header()
-	rec.c.stripInvalidateHeader(h)
-	rec.upstreamHeader = h
-	if rec.hold && code >= 500 {
-		rec.held = true
-		return
-	}
-	rec.keep, rec.reason = rec.c.shareable(code, h, rec.rule.PerUser)
-	if rec.keep && rec.credentialed && !sharedDespiteCredentials(h) {
-		rec.keep, rec.reason = false, "credentials"
-	}
-	status := rec.c.cfg.StatusName + "; fwd=" + rec.fwd + "; fwd-status=" + strconv.Itoa(code)
-	if rec.keep {
-		if cl, err := strconv.Atoi(h.Get("Content-Length")); err == nil && cl <= rec.c.cfg.MaxEntryBytes {
-			status += "; stored; ttl=" + elapsedSeconds(rec.rule.TTL)
-		}
-	} else {
-		status += "; detail=" + rec.reason
-	}
-	h["Cache-Status"] = one(status)
-	rec.w.WriteHeader(code)
+func (fw *fillWriter) WriteHeader(code int) {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	fw.writeHeader(code)
 }
 
-func (rec *recorder) Write(b []byte) (int, error) {
-	if !rec.wroteHeader {
-		rec.WriteHeader(http.StatusOK)
+func (fw *fillWriter) writeHeader(code int) {
+	// Informational answers (103 Early Hints) are not passed on: the
+	// leader's client must not be written to while the fill runs.
+	if fw.mode != modePending || code < 200 {
+		return
 	}
-	if rec.held {
+	fw.status = code
+	h := fw.header
+	fw.c.stripInvalidateHeader(h)
+	if fw.hold && code >= 500 {
+		fw.mode = modeHeld
+		return
+	}
+	keep, reason := fw.c.shareable(code, h, fw.rule.PerUser)
+	if keep && fw.credentialed && !sharedDespiteCredentials(h) {
+		keep, reason = false, "credentials"
+	}
+	if cl, err := strconv.ParseInt(h.Get("Content-Length"), 10, 64); keep && err == nil && cl > int64(fw.c.cfg.MaxEntryBytes) {
+		keep, reason = false, "too-large"
+	}
+	if keep {
+		fw.mode = modeBuffer
+		return
+	}
+	fw.stream(reason)
+}
+
+// stream gives up on storing: the followers are released, and what was
+// read so far and the rest of the answer go to the leading client.
+func (fw *fillWriter) stream(reason string) error {
+	fw.mode, fw.reason = modeStream, reason
+	fw.release()
+	h := fw.w.Header()
+	for k, v := range fw.header {
+		h[k] = v
+	}
+	h["Cache-Status"] = one(fw.c.cfg.StatusName + "; fwd=" + fw.fwd + "; fwd-status=" + strconv.Itoa(fw.status) + "; detail=" + reason)
+	fw.w.WriteHeader(fw.status)
+	var err error
+	if fw.body.Len() > 0 && !fw.head {
+		_, err = fw.w.Write(fw.body.Bytes())
+	}
+	fw.body = bytes.Buffer{}
+	return err
+}
+
+func (fw *fillWriter) Write(b []byte) (int, error) {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.mode == modePending {
+		fw.writeHeader(http.StatusOK)
+	}
+	switch fw.mode {
+	case modeHeld:
 		return len(b), nil // swallowed: the stale entry will be sent instead
-	}
-	if rec.keep {
-		if rec.body.Len()+len(b) > rec.c.cfg.MaxEntryBytes {
-			// Too big to cache: stop copying, keep streaming.
-			rec.keep, rec.reason = false, "too-large"
-			rec.body = bytes.Buffer{}
-		} else {
-			rec.body.Write(b)
+	case modeBuffer:
+		if fw.body.Len()+len(b) <= fw.c.cfg.MaxEntryBytes {
+			return fw.body.Write(b)
+		}
+		// Too big to cache: stop buffering, stream the rest.
+		if err := fw.stream("too-large"); err != nil {
+			return 0, err
 		}
 	}
-	if rec.head {
+	if fw.head {
 		return len(b), nil
 	}
-	return rec.w.Write(b)
+	return fw.w.Write(b)
 }
 
-// storable reports whether the whole response was kept.
-func (rec *recorder) storable() bool { return rec.wroteHeader && rec.keep && !rec.held }
+// complete reports whether the whole answer is in memory, ready to store.
+func (fw *fillWriter) complete() bool { return fw.mode == modeBuffer }
+
+// writeBuffered sends the buffered answer as the upstream gave it (when it
+// could not be turned into an entry).
+func (fw *fillWriter) writeBuffered() error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.mode != modeBuffer {
+		return nil
+	}
+	return fw.stream(fw.reason)
+}
 
 // keptHeader copies the end-to-end headers worth replaying.
-func (rec *recorder) keptHeader() http.Header {
-	out := make(http.Header, len(rec.upstreamHeader))
+func (fw *fillWriter) keptHeader() http.Header {
+	out := make(http.Header, len(fw.header))
 	size := 0
-	for k, vs := range rec.upstreamHeader {
-		if droppedHeaders[k] || rec.preset[k] || len(out) >= maxHeaderCount {
+	for k, vs := range fw.header {
+		if droppedHeaders[k] || len(out) >= maxHeaderCount {
 			continue
 		}
 		for _, v := range vs {
