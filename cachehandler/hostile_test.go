@@ -298,3 +298,21 @@ func TestCredentialedAnswerStoredOnlyIfItSaysPublic(t *testing.T) {
 		}
 	}
 }
+
+// A Set-Cookie set by a handler before the cache (a header directive) is
+// part of the answer: with the fill writing into its own header map, it
+// must still keep the answer out of the cache.
+func TestSetCookieOfAnEarlierHandlerStillPreventsStoring(t *testing.T) {
+	g := newRig(t, nil)
+	w := httptest.NewRecorder()
+	w.Header().Set("Set-Cookie", "tracker=first-client")
+	if err := g.cache.Handle(w, newReq("GET", "/api/events/77"), g.next); err != nil {
+		t.Fatal(err)
+	}
+	if cs := w.Header().Get("Cache-Status"); !strings.Contains(cs, "detail=set-cookie") || w.Header().Get("Set-Cookie") == "" {
+		t.Fatalf("first answer: %q, Set-Cookie %q", cs, w.Header().Get("Set-Cookie"))
+	}
+	if cs := g.get("/api/events/77").Header().Get("Cache-Status"); strings.Contains(cs, "hit") {
+		t.Fatalf("stored: %q", cs)
+	}
+}

@@ -100,7 +100,15 @@ func (fw *fillWriter) writeHeader(code int) {
 		fw.mode = modeHeld
 		return
 	}
-	keep, reason := fw.c.shareable(code, h, fw.rule.PerUser)
+	// What goes to the client is judged whole: a Set-Cookie or
+	// Cache-Control set by a handler before the cache (a header directive)
+	// is part of this answer too, though it is never stored.
+	check := h
+	if pre := fw.w.Header(); len(pre) > 0 {
+		check = pre.Clone()
+		addHeaders(check, h)
+	}
+	keep, reason := fw.c.shareable(code, check, fw.rule.PerUser)
 	if keep && fw.credentialed && !sharedDespiteCredentials(h) {
 		keep, reason = false, "credentials"
 	}
@@ -120,9 +128,7 @@ func (fw *fillWriter) stream(reason string) error {
 	fw.mode, fw.reason = modeStream, reason
 	fw.release()
 	h := fw.w.Header()
-	for k, v := range fw.header {
-		h[k] = v
-	}
+	addHeaders(h, fw.header)
 	h["Cache-Status"] = one(fw.c.cfg.StatusName + "; fwd=" + fw.fwd + "; fwd-status=" + strconv.Itoa(fw.status) + "; detail=" + reason)
 	fw.w.WriteHeader(fw.status)
 	var err error
@@ -155,6 +161,14 @@ func (fw *fillWriter) Write(b []byte) (int, error) {
 		return len(b), nil
 	}
 	return fw.w.Write(b)
+}
+
+// addHeaders adds src's values to dst, as a proxy copying an upstream's
+// headers onto a response does.
+func addHeaders(dst, src http.Header) {
+	for k, vs := range src {
+		dst[k] = append(dst[k], vs...)
+	}
 }
 
 // complete reports whether the whole answer is in memory, ready to store.
