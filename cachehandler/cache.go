@@ -90,6 +90,9 @@ type Config struct {
 	// served for another. Tags never include the host, so an invalidation
 	// drops every host's copy.
 	FixedUpstreamHost bool
+	// Standard, when set, caches paths no rule matches as RFC 9111 says a
+	// shared cache may (rfc9111.go).
+	Standard *Standard
 
 	Redis    *store.Redis // nil: L1 only (embedded default)
 	Bus      *store.Bus   // cross-instance L1 drops; nil without Redis
@@ -195,6 +198,15 @@ func New(cfg Config) (*Cache, error) {
 			return nil, err
 		}
 	}
+	if cfg.Standard != nil {
+		if names[StandardRuleName] {
+			return nil, fmt.Errorf("cache rule name %q is the standards mode's own", StandardRuleName)
+		}
+		if err := cfg.Standard.compile(cfg.Paths); err != nil {
+			return nil, err
+		}
+		maxLife = max(maxLife, 2*cfg.Standard.MaxTTL)
+	}
 	c := &Cache{
 		cfg:    cfg,
 		log:    cfg.Logger,
@@ -251,6 +263,9 @@ func (c *Cache) match(path string, buf params) (*Rule, params) {
 
 // Handle serves r from the cache or through next, storing what it may.
 func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error {
+	if c.cfg.Standard != nil && !safeMethod(r.Method) && c.standardApplies(r.URL.EscapedPath()) {
+		w = c.stdInvalidatingWriter(w, r) // RFC 9111 §4.4
+	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
 	case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
@@ -261,6 +276,9 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 	var pbuf [4]param
 	rule, ps := c.match(r.URL.EscapedPath(), pbuf[:0])
 	if rule == nil {
+		if c.standardApplies(r.URL.EscapedPath()) {
+			return c.handleStandard(w, r, next)
+		}
 		return next.ServeHTTP(c.stripWriter(w), r)
 	}
 	var query url.Values

@@ -394,6 +394,9 @@ func (c *Cache) PurgePattern(ctx context.Context, glob string) (int, error) {
 // isCacheKey reports whether key has the shape of some rule's key (with
 // the host part, when keys carry the host).
 func (c *Cache) isCacheKey(key string) bool {
+	if c.cfg.Standard != nil && strings.HasPrefix(key, stdKeyPrefix) {
+		return true
+	}
 	if !c.cfg.FixedUpstreamHost {
 		if i := strings.LastIndexByte(key, hostSeparator); i >= 0 {
 			key = key[:i]

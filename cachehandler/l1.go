@@ -172,6 +172,7 @@ func (c *l1) stats() (entries int, bytes int64) {
 type prepared struct {
 	key        string
 	entry      *Entry
+	std        *stdRecord // standards-mode entries: the URL's variants (entry then carries only tags)
 	size       int64
 	freshUntil time.Time
 	staleUntil time.Time

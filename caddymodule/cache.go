@@ -61,6 +61,8 @@ type Cache struct {
 	// header_up Host {upstream_hostport} and header_up -X-Forwarded-Host,
 	// so keys leave the host out. Default: keys end in #<request host>.
 	FixedUpstreamHost bool `json:"fixed_upstream_host,omitempty"`
+	// Standards mode (RFC 9111) for paths no rule matches.
+	RFC9111 *CacheRFC9111 `json:"rfc9111,omitempty"`
 
 	engine *cachehandler.Cache
 	obs    *cacheObserver
@@ -130,6 +132,7 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 		CredentialCookies: c.CredentialCookies,
 		Paths:             cachehandler.PathMatching{CaseSensitive: c.CaseSensitiveRouting, Strict: c.StrictRouting},
 		FixedUpstreamHost: c.FixedUpstreamHost,
+		Standard:          c.RFC9111.engine(),
 		Redis:             c.app.redis,
 		Now:               time.Now,
 		Logger:            c.log,
@@ -155,7 +158,12 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 	if c.app.redis != nil {
 		cfg.Bus = c.app.bus(cacheBusChannel)
 	}
-	c.obs = c.app.metrics.cacheObserver(c.app, c.Rules)
+	observed := c.Rules
+	if c.RFC9111 != nil {
+		// The standards mode's figures are one more "rule" in the metrics.
+		observed = append(observed[:len(observed):len(observed)], CacheRule{Name: cachehandler.StandardRuleName})
+	}
+	c.obs = c.app.metrics.cacheObserver(c.app, observed)
 	cfg.Observer = c.obs
 	if c.engine, err = cachehandler.New(cfg); err != nil {
 		return err
@@ -175,7 +183,7 @@ func (c *Cache) Validate() error {
 	if c.L1Size < 0 || c.MaxEntrySize < 0 || c.CompressMin < 0 {
 		return fmt.Errorf("edge_cache: sizes must not be negative")
 	}
-	if len(c.Rules) == 0 && len(c.Invalidations) == 0 {
+	if len(c.Rules) == 0 && len(c.Invalidations) == 0 && c.RFC9111 == nil {
 		return fmt.Errorf("edge_cache: no rules and no invalidations: nothing to do")
 	}
 	return nil

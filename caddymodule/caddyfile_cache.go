@@ -31,6 +31,11 @@ func init() {
 //			enabled      on|off
 //		}
 //		invalidate <METHOD[,METHOD...]> <path> <tag...>
+//		rfc9111 [<path pattern...>] {    # standards mode for paths no rule matches
+//			max_ttl      <duration>       # default 1h
+//			heuristic    <percent>|off    # default 10
+//			max_variants <n>              # default 8
+//		}
 //		l1_size            <size>        # e.g. 64MiB
 //		l1_ttl             <duration>
 //		max_entry          <size>        # e.g. 1MiB
@@ -61,6 +66,8 @@ func (c *Cache) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		switch opt := d.Val(); opt {
 		case "rule":
 			err = c.parseRule(d)
+		case "rfc9111":
+			err = c.parseRFC9111(d)
 		case "invalidate":
 			args := d.RemainingArgs()
 			if len(args) < 3 {

@@ -1,0 +1,723 @@
+package cachehandler
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ticketi/edge/internal/store"
+)
+
+// The standards mode: a shared cache as RFC 9111 defines it, for paths no
+// rule matches. Entries are keyed by the normalised URL, hold every
+// variant of it (stdRecord), live in the same L1 and Redis as rule
+// entries, and are invalidated by URL (§4.4), by Surrogate-Key tag and
+// by admin purge like everything else.
+
+// StandardRuleName labels the mode in metrics and logs (one bounded
+// label, like a rule's name); no rule may be called that.
+const StandardRuleName = "rfc9111"
+
+const stdRuleName = StandardRuleName
+
+// stdKeyPrefix starts every standards-mode key, so purges and metrics can
+// tell them from rule keys.
+const stdKeyPrefix = "std:"
+
+// compileStandard validates the mode's settings.
+func (s *Standard) compile(m PathMatching) error {
+	if s.MaxTTL <= 0 {
+		s.MaxTTL = DefaultMaxTTL
+	}
+	if s.HeuristicPercent == 0 {
+		s.HeuristicPercent = DefaultHeuristicPercent
+	}
+	if s.HeuristicPercent > 100 {
+		return errors.New("rfc9111: heuristic must be a percentage from 0 to 100")
+	}
+	if s.MaxVariants <= 0 {
+		s.MaxVariants = defaultMaxVariants
+	}
+	if s.MaxVariants > 64 {
+		return errors.New("rfc9111: at most 64 variants per URL")
+	}
+	s.paths = s.paths[:0]
+	for _, p := range s.Paths {
+		pat, err := compilePattern(p, m)
+		if err != nil {
+			return err
+		}
+		s.paths = append(s.paths, pat)
+	}
+	return nil
+}
+
+// standardApplies reports whether the mode handles a path no rule matched.
+func (c *Cache) standardApplies(path string) bool {
+	s := c.cfg.Standard
+	if s == nil {
+		return false
+	}
+	if len(s.paths) == 0 {
+		return true
+	}
+	var buf [4]param
+	for i := range s.paths {
+		if _, ok := s.paths[i].match(path, buf[:0]); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// stdKey is the normalised URL: scheme, lower-case host without its
+// default port, path and query as sent. A URL longer than the key bound
+// is keyed by its SHA-256.
+func stdKey(r *http.Request) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return stdKeyFor(scheme, r.Host, r.URL.EscapedPath(), r.URL.RawQuery)
+}
+
+func stdKeyFor(scheme, host, path, query string) string {
+	host = strings.ToLower(host)
+	if scheme == "http" {
+		host = strings.TrimSuffix(host, ":80")
+	} else {
+		host = strings.TrimSuffix(host, ":443")
+	}
+	if path == "" {
+		path = "/"
+	}
+	k := stdKeyPrefix + scheme + "://" + host + path
+	if query != "" {
+		k += "?" + query
+	}
+	if len(k) > maxKeyLen {
+		sum := sha256.Sum256([]byte(k))
+		k = stdKeyPrefix + "sha256:" + hex.EncodeToString(sum[:])
+	}
+	return k
+}
+
+// stdLookup finds the URL's record in L1, then Redis.
+func (c *Cache) stdLookup(ctx context.Context, key string, now time.Time) (*stdRecord, string) {
+	if p := c.l1.get(key, now); p != nil && p.std != nil {
+		return p.std, "hit-l1"
+	}
+	if c.l2 == nil || !c.cfg.Redis.Available() {
+		return nil, ""
+	}
+	raw, err := c.l2.get(ctx, key)
+	if err != nil || raw == nil {
+		return nil, ""
+	}
+	rec, err := decodeStdRecord(raw, c.cfg.Standard)
+	if err != nil {
+		c.log.Warn("corrupt cache entry deleted", zap.String("key_pattern", store.KeyPattern(key)), zap.Int("bytes", len(raw)))
+		_ = c.l2.del(context.WithoutCancel(ctx), key)
+		return nil, ""
+	}
+	c.l1.add(c.stdPrepared(key, rec, now))
+	return rec, "hit-l2"
+}
+
+// stdPrepared wraps a record for L1 (whose tag index reads entry.Tags).
+func (c *Cache) stdPrepared(key string, rec *stdRecord, now time.Time) *prepared {
+	p := &prepared{key: key, entry: &Entry{Tags: rec.tags()}, std: rec, size: rec.size() + int64(len(key))}
+	p.l1Until = now.Add(c.l1TTL())
+	if p.l1Until.Before(now) {
+		p.l1Until = now.Add(c.stdLife(rec, now))
+	}
+	if until := now.Add(c.stdLife(rec, now)); until.Before(p.l1Until) {
+		p.l1Until = until
+	}
+	return p
+}
+
+// stdLife is how long a record is worth keeping: the freshest variant's
+// remaining lifetime plus a revalidation window (a stale entry with a
+// validator still saves a body transfer) of MaxTTL.
+func (c *Cache) stdLife(rec *stdRecord, now time.Time) time.Duration {
+	var life time.Duration
+	for _, v := range rec.variants {
+		life = max(life, v.lifetime-v.age(now))
+	}
+	return max(life, 0) + c.cfg.Standard.MaxTTL
+}
+
+// handleStandard serves a GET or HEAD under RFC 9111.
+func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, next Next) error {
+	if r.Header.Get("Range") != "" {
+		// Partial content is neither stored nor assembled: the request goes
+		// through untouched (a 206 is never stored).
+		c.obs.Lookup(stdRuleName, "bypass")
+		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=bypass; detail=range")
+		return next.ServeHTTP(c.stdStripWriter(w), r)
+	}
+	key := stdKey(r)
+	req := requestPolicyOf(r.Header)
+	now := c.now()
+	c.kickReplay()
+	rec, layer := c.stdLookup(r.Context(), key, now)
+	v := rec.pick(r)
+	if v != nil && !req.noCache && c.stdServable(v, req, now) {
+		c.obs.Lookup(stdRuleName, layer)
+		return c.stdWrite(w, r, v, c.status.hit, now)
+	}
+	if req.onlyIfCached {
+		c.obs.Lookup(stdRuleName, "miss")
+		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=miss; detail=only-if-cached")
+		w.WriteHeader(http.StatusGatewayTimeout)
+		return nil
+	}
+	c.obs.Lookup(stdRuleName, "miss")
+	if v == nil && !req.noCache && r.Method == http.MethodGet && !isConditional(r) {
+		// Coalesce plain misses: followers wait for the leader, then look
+		// again (the leader's answer may be a variant they cannot use).
+		fl, leader := c.flights.join(key, nil)
+		if !leader {
+			select {
+			case <-fl.done:
+			case <-r.Context().Done():
+				return r.Context().Err()
+			}
+			now = c.now()
+			if rec, _ = c.stdLookup(r.Context(), key, now); rec != nil {
+				if v = rec.pick(r); v != nil && c.stdServable(v, req, now) {
+					return c.stdWrite(w, r, v, c.status.collapsed, now)
+				}
+			}
+		} else {
+			defer c.flights.finish(key, fl)
+		}
+	}
+	return c.stdFetch(w, r, next, key, rec, v, req)
+}
+
+func isConditional(r *http.Request) bool {
+	return r.Header.Get("If-None-Match") != "" || r.Header.Get("If-Modified-Since") != ""
+}
+
+// stdServable: may v answer this request without asking the origin
+// (§4.2, §5.2.1)?
+func (c *Cache) stdServable(v *stdVariant, req requestPolicy, now time.Time) bool {
+	if v.policy.noCache() || (!v.hasLifetime && !req.hasMaxStale) {
+		return false
+	}
+	age := v.age(now)
+	if req.hasMaxAge && age > req.maxAge {
+		return false
+	}
+	if req.hasMinFresh && v.lifetime-age < req.minFresh {
+		return false
+	}
+	if v.lifetime > age {
+		return true
+	}
+	return req.hasMaxStale && !v.policy.mustRevalidate() && age-v.lifetime <= req.maxStale
+}
+
+// stdWrite sends a stored variant, or a 304 when the client's
+// conditional matches it (RFC 9110 §13.2.2).
+func (c *Cache) stdWrite(w http.ResponseWriter, r *http.Request, v *stdVariant, status string, now time.Time) error {
+	h := w.Header()
+	if v.Status == http.StatusOK && notModified(r, v.Header) {
+		for _, name := range []string{"Cache-Control", "Content-Location", "Date", "Etag", "Expires", "Vary", "Last-Modified"} {
+			if vs, ok := v.Header[name]; ok {
+				h[name] = append([]string(nil), vs...)
+			}
+		}
+		h["Age"] = one(formatAge(v.age(now)))
+		h["Cache-Status"] = one(status)
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	for name, vs := range v.Header {
+		h[name] = append([]string(nil), vs...)
+	}
+	h["Age"] = one(formatAge(v.age(now)))
+	h["Cache-Status"] = one(status)
+	if v.Status != http.StatusNoContent && v.Status != http.StatusNotModified {
+		h["Content-Length"] = one(strconv.Itoa(len(v.Body)))
+	}
+	w.WriteHeader(v.Status)
+	if r.Method == http.MethodHead || len(v.Body) == 0 {
+		return nil
+	}
+	_, err := w.Write(v.Body)
+	return err
+}
+
+// notModified evaluates If-None-Match, else If-Modified-Since, against
+// stored headers.
+func notModified(r *http.Request, h http.Header) bool {
+	if inm := r.Header["If-None-Match"]; len(inm) > 0 {
+		return etagMatches(inm, h.Get("Etag"))
+	}
+	ims := r.Header.Get("If-Modified-Since")
+	if ims == "" {
+		return false
+	}
+	since, err := parseHTTPDate(ims)
+	if err != nil {
+		return false
+	}
+	lm := h.Get("Last-Modified")
+	if lm == "" {
+		lm = h.Get("Date")
+	}
+	t, err := parseHTTPDate(lm)
+	return err == nil && !t.After(since)
+}
+
+// stdFetch asks the origin: a conditional request when a stored variant
+// has validators (a 304 then refreshes it, §4.3.4), else a plain one
+// whose answer is stored when §3 allows.
+func (c *Cache) stdFetch(w http.ResponseWriter, r *http.Request, next Next, key string,
+	rec *stdRecord, v *stdVariant, req requestPolicy) error {
+	ctx := r.Context()
+	localSnap := c.clock.snapshot()
+	up := r
+	revalidating := v != nil && v.hasValidator() && v.Status == http.StatusOK
+	if revalidating || r.Method == http.MethodHead {
+		up = r.Clone(ctx)
+		up.Method = http.MethodGet // a HEAD miss fetches what can be stored; the client still gets no body
+		if revalidating {
+			up.Header.Del("If-None-Match")
+			up.Header.Del("If-Modified-Since")
+			if et := v.Header.Get("Etag"); et != "" {
+				up.Header.Set("If-None-Match", et)
+			}
+			if lm := v.Header.Get("Last-Modified"); lm != "" {
+				up.Header.Set("If-Modified-Since", lm)
+			}
+		}
+	}
+	fwd := "uri-miss"
+	switch {
+	case req.noCache:
+		fwd = "request"
+	case v != nil:
+		fwd = "stale"
+	}
+	sr := &stdRecorder{w: w, c: c, r: r, req: req, fwd: fwd, revalidating: revalidating,
+		credentialed: c.credentialed(r, false), requestTime: c.now()}
+	if h := w.Header(); len(h) > 0 {
+		sr.preset = make(map[string]bool, len(h))
+		for k := range h {
+			sr.preset[k] = true
+		}
+	}
+	err := next.ServeHTTP(sr, up)
+	if !sr.wroteHeader && err == nil {
+		sr.WriteHeader(http.StatusOK)
+	}
+	if sr.notModified {
+		// §4.3.4: freshen the stored variant with the 304's headers, then
+		// answer the client from it.
+		nv := v.freshened(sr.upstreamHeader, sr.requestTime, c.now(), c.cfg.Standard)
+		c.stdStore(ctx, key, rec, nv, localSnap)
+		sr.restorePreset()
+		return c.stdWrite(w, r, nv, c.cfg.StatusName+"; fwd=stale; fwd-status=304", c.now())
+	}
+	if err != nil || !sr.keep || !sr.complete() {
+		return err
+	}
+	nv := sr.variant(c.now())
+	c.stdStore(ctx, key, rec, nv, localSnap)
+	return nil
+}
+
+// stdStore adds a variant to the URL's record in L1 and Redis, unless the
+// URL or one of its tags was invalidated since the fill began.
+func (c *Cache) stdStore(ctx context.Context, key string, rec *stdRecord, v *stdVariant, localSnap uint64) {
+	if c.testHookBeforeStore != nil {
+		c.testHookBeforeStore()
+	}
+	guard := append([]string{key}, v.Tags...)
+	if c.clock.changedSince(guard, localSnap) {
+		return
+	}
+	now := c.now()
+	nrec := rec.with(v, c.cfg.Standard.MaxVariants)
+	p := c.stdPrepared(key, nrec, now)
+	tags := p.entry.Tags
+	if c.l2 != nil && c.cfg.Redis.Available() {
+		sctx := context.WithoutCancel(ctx)
+		snap, err := c.l2.versions(sctx, tags)
+		if err == nil {
+			err = c.l2.store(sctx, key, nrec.encode(), c.stdLife(nrec, now), tags, snap)
+		}
+		if errors.Is(err, errRaced) {
+			c.publish(sctx, busMessage{Keys: []string{key}})
+			return
+		}
+		if err != nil && !store.IsConnectivityError(err) {
+			c.log.Warn("cache store failed", zap.String("rule", stdRuleName), zap.Error(err))
+		}
+	}
+	c.l1.add(p)
+	if c.clock.changedSince(guard, localSnap) {
+		c.l1.remove(key)
+		return
+	}
+	c.obs.Stored(stdRuleName, len(v.Body))
+}
+
+// freshened returns a copy of v with the headers of a 304 applied (§3.2)
+// and the exchange's times, so its age restarts from the revalidation.
+func (v *stdVariant) freshened(h http.Header, requestTime, responseTime time.Time, s *Standard) *stdVariant {
+	nv := *v
+	nv.Header = v.Header.Clone()
+	for name, vs := range h {
+		if excludedFromStorage(name) || name == "Content-Length" || name == "Content-Encoding" || name == "Content-Range" {
+			continue
+		}
+		nv.Header[name] = append([]string(nil), vs...)
+	}
+	nv.RequestTime, nv.ResponseTime = requestTime, responseTime
+	nv.derive(s)
+	return &nv
+}
+
+// excludedFromStorage are fields a cache does not store or replay (§3.1:
+// hop-by-hop fields; plus the cache's own and per-client ones).
+func excludedFromStorage(name string) bool {
+	switch name {
+	case "Connection", "Keep-Alive", "Proxy-Connection", "Te", "Transfer-Encoding", "Upgrade", "Trailer",
+		"Proxy-Authenticate", "Proxy-Authentication-Info", "Cache-Status", "Set-Cookie", "Set-Cookie2",
+		"Surrogate-Key", "Surrogate-Control", "Ratelimit", "Ratelimit-Policy", "Retry-After":
+		return true
+	}
+	return false
+}
+
+// stdRecorder passes the origin's answer on while keeping a bounded copy;
+// a 304 to the cache's own conditional request is held back.
+type stdRecorder struct {
+	w            http.ResponseWriter
+	c            *Cache
+	r            *http.Request
+	req          requestPolicy
+	fwd          string
+	revalidating bool
+	credentialed bool
+	requestTime  time.Time
+	preset       map[string]bool
+
+	upstreamHeader http.Header
+	status         int
+	wroteHeader    bool
+	notModified    bool
+	keep           bool
+	tooLarge       bool
+	body           bytes.Buffer
+	tags           []string
+	varyNames      []string
+}
+
+func (sr *stdRecorder) Header() http.Header         { return sr.w.Header() }
+func (sr *stdRecorder) Unwrap() http.ResponseWriter { return sr.w }
+
+func (sr *stdRecorder) WriteHeader(code int) {
+	if sr.wroteHeader {
+		return
+	}
+	if code >= 100 && code < 200 {
+		sr.w.WriteHeader(code)
+		return
+	}
+	sr.wroteHeader = true
+	sr.status = code
+	h := sr.w.Header()
+	sr.tags = sr.c.stdStripTags(h)
+	if code == http.StatusNotModified && sr.revalidating {
+		sr.notModified = true
+		sr.upstreamHeader = h.Clone()
+		return
+	}
+	delete(h, "Surrogate-Control")
+	sr.upstreamHeader = h
+	reason := sr.storable(code, h)
+	sr.keep = reason == ""
+	status := sr.c.cfg.StatusName + "; fwd=" + sr.fwd + "; fwd-status=" + strconv.Itoa(code)
+	if sr.keep {
+		status += "; stored"
+	} else {
+		status += "; detail=" + reason
+	}
+	h["Cache-Status"] = one(status)
+	sr.w.WriteHeader(code)
+}
+
+// storable applies §3 (and §3.5 for credentialed requests); it returns
+// why not, or "".
+func (sr *stdRecorder) storable(code int, h http.Header) string {
+	if sr.req.noStore {
+		return "request-no-store"
+	}
+	if !understoodStatus(code) {
+		return "status"
+	}
+	if len(h["Set-Cookie"]) > 0 || len(h["Set-Cookie2"]) > 0 {
+		// Allowed by RFC 9111, but a cookie meant for one client must never
+		// reach another: the edge does not store these.
+		return "set-cookie"
+	}
+	p := policyOf(h)
+	if p.noStore() {
+		return "cache-control"
+	}
+	names, star, ok := varyNames(h)
+	if star {
+		return "vary-star"
+	}
+	if !ok {
+		return "vary"
+	}
+	for _, n := range names {
+		if len(normalisedVaryValue(sr.r.Header, n)) > maxVaryValueLen {
+			return "vary"
+		}
+	}
+	sr.varyNames = names
+	if sr.credentialed {
+		d := p.control()
+		if !d.has("public") && !d.has("s-maxage") && !d.has("must-revalidate") {
+			return "authorization"
+		}
+	}
+	switch strings.ToLower(h.Get("Content-Encoding")) {
+	case "", "identity", "gzip", "br", "deflate", "zstd":
+	default:
+		return "encoding"
+	}
+	if cl, err := strconv.Atoi(h.Get("Content-Length")); err == nil && cl > sr.c.cfg.MaxEntryBytes {
+		return "too-large"
+	}
+	date := dateOf(h, sr.c.now())
+	_, hasLife := sr.c.cfg.Standard.freshness(p, code, h, date)
+	if !hasLife && h.Get("Etag") == "" && h.Get("Last-Modified") == "" {
+		return "no-freshness"
+	}
+	if !hasLife && !heuristicallyCacheable[code] && !p.cc.has("public") {
+		return "no-freshness"
+	}
+	return ""
+}
+
+func (sr *stdRecorder) Write(b []byte) (int, error) {
+	if !sr.wroteHeader {
+		sr.WriteHeader(http.StatusOK)
+	}
+	if sr.notModified {
+		return len(b), nil
+	}
+	if sr.keep {
+		if sr.body.Len()+len(b) > sr.c.cfg.MaxEntryBytes {
+			sr.keep, sr.tooLarge = false, true
+			sr.body = bytes.Buffer{}
+		} else {
+			sr.body.Write(b)
+		}
+	}
+	if sr.r.Method == http.MethodHead {
+		return len(b), nil
+	}
+	return sr.w.Write(b)
+}
+
+// FlushError passes flushes on once the header is out.
+func (sr *stdRecorder) FlushError() error {
+	if !sr.wroteHeader || sr.notModified {
+		return nil
+	}
+	return http.NewResponseController(sr.w).Flush()
+}
+
+// complete: the body was read to the end and matches Content-Length
+// (a truncated upstream answer must never be stored).
+func (sr *stdRecorder) complete() bool {
+	if cl := sr.upstreamHeader.Get("Content-Length"); cl != "" {
+		n, err := strconv.Atoi(cl)
+		return err == nil && n == sr.body.Len()
+	}
+	return true
+}
+
+// restorePreset drops what the 304 put into the shared header map, so
+// the stored variant's headers go out alone.
+func (sr *stdRecorder) restorePreset() {
+	h := sr.w.Header()
+	for k := range h {
+		if !sr.preset[k] {
+			delete(h, k)
+		}
+	}
+}
+
+// variant builds the stored form of the recorded answer.
+func (sr *stdRecorder) variant(responseTime time.Time) *stdVariant {
+	v := &stdVariant{Status: sr.status, Body: bytes.Clone(sr.body.Bytes()),
+		RequestTime: sr.requestTime, ResponseTime: responseTime, Tags: sr.tags, VaryNames: sr.varyNames}
+	for _, n := range sr.varyNames {
+		v.VaryValues = append(v.VaryValues, normalisedVaryValue(sr.r.Header, n))
+	}
+	v.Header = make(http.Header, len(sr.upstreamHeader))
+	size := 0
+	for k, vs := range sr.upstreamHeader {
+		if excludedFromStorage(k) || sr.preset[k] || k == "Content-Length" || len(v.Header) >= maxHeaderCount {
+			continue
+		}
+		for _, s := range vs {
+			size += len(k) + len(s)
+		}
+		if size > maxHeaderBytes {
+			break
+		}
+		v.Header[k] = append([]string(nil), vs...)
+	}
+	for _, f := range sr.upstreamHeader["Connection"] {
+		for _, name := range strings.Split(f, ",") {
+			delete(v.Header, http.CanonicalHeaderKey(strings.TrimSpace(name)))
+		}
+	}
+	v.derive(sr.c.cfg.Standard)
+	return v
+}
+
+// stdStripTags removes Surrogate-Key (space-separated) and the
+// invalidate header (comma-separated) and returns their tags, bounded.
+func (c *Cache) stdStripTags(h http.Header) []string {
+	tags := c.stripInvalidateHeader(h)
+	for _, line := range h["Surrogate-Key"] {
+		for _, t := range strings.Fields(line) {
+			if len(t) <= maxTagLen && len(tags) < maxHeaderTags && !strings.HasPrefix(t, "edge:") {
+				tags = append(tags, t)
+			}
+		}
+	}
+	delete(h, "Surrogate-Key")
+	return dedupe(tags)
+}
+
+// stdStripWriter strips tag headers on answers that bypass the cache.
+func (c *Cache) stdStripWriter(w http.ResponseWriter) http.ResponseWriter {
+	return &stdStripHeaderWriter{ResponseWriter: w, c: c}
+}
+
+type stdStripHeaderWriter struct {
+	http.ResponseWriter
+	c    *Cache
+	done bool
+}
+
+func (s *stdStripHeaderWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+func (s *stdStripHeaderWriter) WriteHeader(code int) {
+	if !s.done && code >= 200 {
+		s.done = true
+		s.c.stdStripTags(s.Header())
+		delete(s.Header(), "Surrogate-Control")
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *stdStripHeaderWriter) Write(b []byte) (int, error) {
+	if !s.done {
+		s.WriteHeader(http.StatusOK)
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// safeMethod: RFC 9110 §9.2.1.
+func safeMethod(m string) bool {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return false
+}
+
+// stdInvalidatingWriter wraps the writer of an unsafe request: when the
+// answer is not an error (§4.4), the target URI and the same-origin
+// Location and Content-Location URIs are dropped before the answer
+// reaches the client (read-your-writes).
+func (c *Cache) stdInvalidatingWriter(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
+	return &stdInvalidator{ResponseWriter: w, c: c, r: r}
+}
+
+type stdInvalidator struct {
+	http.ResponseWriter
+	c    *Cache
+	r    *http.Request
+	done bool
+}
+
+func (s *stdInvalidator) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+func (s *stdInvalidator) WriteHeader(code int) {
+	if !s.done && code >= 200 {
+		s.done = true
+		if code < 400 {
+			s.c.stdInvalidateURLs(s.r, s.Header())
+		}
+		s.c.stdStripTags(s.Header())
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *stdInvalidator) Write(b []byte) (int, error) {
+	if !s.done {
+		s.WriteHeader(http.StatusOK)
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// stdInvalidateURLs drops the request's URL and the same-origin URLs in
+// Location and Content-Location, here, in Redis and on other edges.
+func (c *Cache) stdInvalidateURLs(r *http.Request, h http.Header) {
+	keys := []string{stdKey(r)}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	base := &url.URL{Scheme: scheme, Host: r.Host, Path: r.URL.Path, RawPath: r.URL.RawPath}
+	for _, name := range []string{"Location", "Content-Location"} {
+		v := h.Get(name)
+		if v == "" {
+			continue
+		}
+		u, err := base.Parse(v)
+		if err != nil || !strings.EqualFold(u.Host, r.Host) || u.Scheme != scheme {
+			continue // another origin's URL: §4.4 forbids acting on it
+		}
+		if k := stdKeyFor(scheme, u.Host, u.EscapedPath(), u.RawQuery); !containsString(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	c.clock.bump(keys)
+	for _, k := range keys {
+		c.l1.remove(k)
+	}
+	if c.l2 != nil && c.cfg.Redis.Available() {
+		ctx := context.WithoutCancel(r.Context())
+		if err := c.l2.del(ctx, keys...); err != nil {
+			c.log.Warn("rfc9111: could not invalidate in redis", zap.Int("urls", len(keys)), zap.Error(err))
+		}
+		c.publish(ctx, busMessage{Keys: keys})
+	}
+	c.obs.Invalidated(len(keys))
+}
