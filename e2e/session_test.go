@@ -2,11 +2,16 @@ package e2e
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -275,5 +280,58 @@ func TestLogoutDuringOutageBoundOnOtherEdge(t *testing.T) {
 	t.Logf("edge b answered 401 %v after the redis restart", time.Since(restarted).Round(10*time.Millisecond))
 	if n := srv.Client(t).DBSize(context.Background()).Val(); n == 0 {
 		t.Fatal("redis lost its data across the restart: the test proves nothing")
+	}
+}
+
+// TestExpressSessionUnderREADMEACL: the whole example config runs as the
+// ACL user the README recommends (the rule read from README.md), and a real
+// express-session cookie is accepted: the rule grants reading
+// connect-redis's sess:* keys.
+func TestExpressSessionUnderREADMEACL(t *testing.T) {
+	root, _ := ModuleRoot()
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^ACL SETUSER edge (on >CHANGE-ME .*)$`).FindSubmatch(readme)
+	if m == nil {
+		t.Fatal("README has no 'ACL SETUSER edge on >CHANGE-ME ...' line")
+	}
+	rule := strings.Replace(strings.ReplaceAll(string(m[1]), "prod_", "test_"), ">CHANGE-ME", ">edge-pass", 1)
+	srv := redistest.Start(t, redistest.Options{ACL: []string{"edge " + rule}})
+
+	const secret, sid = "express secret for the e2e ACL test", "e2e-acl-sid-0123456789abcdef"
+	exp := time.Now().Add(24 * time.Hour).UTC().Format("2006-01-02T15:04:05.000Z")
+	doc := `{"cookie":{"originalMaxAge":86400000,"expires":"` + exp + `","httpOnly":true,"path":"/"},"userId":"1","username":"alice","isVerified":true}`
+	if err := srv.Client(t).Set(context.Background(), "sess:"+sid, doc, time.Hour).Err(); err != nil { // as the Node server
+		t.Fatal(err)
+	}
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write([]byte(sid))
+	cookie := "connect.sid=" + url.QueryEscape("s:"+sid+"."+base64.RawStdEncoding.EncodeToString(mac.Sum(nil)))
+
+	sim := StartSim(t)
+	const keysLine = "\t\tsigning_keys {env.EDGE_SESSION_KEYS}\n"
+	cfg := strings.Replace(exampleCaddyfile(t, ""), keysLine, keysLine+"\t\texpress {\n\t\t\tsecrets \""+secret+"\"\n\t\t}\n", 1)
+	e := StartEdge(t, cfg, map[string]string{"TICKETI_UPSTREAM": sim.Addr, "REDIS_URL": "redis://" + srv.Addr,
+		"REDIS_USERNAME": "edge", "REDIS_PASSWORD": "edge-pass", "REDIS_KEY_PREFIX": "test_", "EDGE_SESSION_KEYS": testSigningKeys})
+
+	req, _ := http.NewRequest(http.MethodGet, e.URL("/api/users/me"), nil)
+	req.Header.Set("Cookie", cookie)
+	if code, _, body := e.Do(t, req); code != 200 || !strings.Contains(string(body), `"alice"`) {
+		t.Fatalf("express session under the README's ACL: %d %s", code, body)
+	}
+	if _, _, body := e.Get(t, "/api/health/cache"); !strings.Contains(string(body), `"status":"healthy"`) || strings.Contains(string(body), "detail") {
+		t.Fatalf("health under the README's ACL: %s", body)
+	}
+	// The edge's own sessions, limits and cache work under it too.
+	own := login(t, e, "bob", "secret2")
+	req, _ = http.NewRequest(http.MethodGet, e.URL("/api/users/me"), nil)
+	req.Header.Set("Cookie", own)
+	if code, _, _ := e.Do(t, req); code != 200 {
+		t.Fatalf("edge session under the README's ACL: %d", code)
+	}
+	if code, h, _ := e.Get(t, "/api/events/7"); code != 200 || h.Get("RateLimit") == "" {
+		t.Fatalf("cached, limited GET under the README's ACL: %d %v", code, h)
 	}
 }
