@@ -95,10 +95,25 @@ type Config struct {
 	Standard *Standard
 
 	Redis    *store.Redis // nil: L1 only (embedded default)
-	Bus      *store.Bus   // cross-instance L1 drops; nil without Redis
+	Bus      Bus          // cross-instance L1 drops; nil without Redis
 	Now      func() time.Time
 	Logger   *zap.Logger
 	Observer Observer
+}
+
+// Bus carries invalidations between edges: store.Bus on Redis pub/sub.
+type Bus interface {
+	// Subscribe delivers every message, in order, one at a time.
+	Subscribe(fn func(msg string)) (unsubscribe func())
+	// OnResync runs fn when messages may have been missed.
+	OnResync(fn func()) (remove func())
+	// Publish sends without waiting for anyone.
+	Publish(ctx context.Context, msg string) error
+	// Broadcast sends and waits (bounded) until every live edge handled it.
+	Broadcast(ctx context.Context, msg string) store.AckResult
+	// Hearing reports whether every message sent more than a small bound
+	// ago has been delivered here.
+	Hearing() bool
 }
 
 // Observer receives the cache's events for metrics. rule is a configured
@@ -107,6 +122,9 @@ type Observer interface {
 	Lookup(rule string, result string) // hit-l1, hit-l2, miss, stale, bypass
 	Stored(rule string, bytes int)
 	Invalidated(entries int)
+	// Acknowledged reports how an invalidation's broadcast went (acked,
+	// timeout, unreachable, alone) and how long the write waited for it.
+	Acknowledged(result string, waited time.Duration)
 }
 
 type nopObserver struct{}
@@ -114,6 +132,8 @@ type nopObserver struct{}
 func (nopObserver) Lookup(string, string) {}
 func (nopObserver) Stored(string, int)    {}
 func (nopObserver) Invalidated(int)       {}
+
+func (nopObserver) Acknowledged(string, time.Duration) {}
 
 // Cache is the engine. It is safe for concurrent use.
 type Cache struct {
@@ -224,7 +244,9 @@ func New(cfg Config) (*Cache, error) {
 		c.pending = store.ReplayQueueOn(cfg.Redis, "cachehandler.invalidations", maxPendingTags)
 	}
 	if cfg.Bus != nil {
-		c.unsub = cfg.Bus.Subscribe(c.onBusMessage)
+		unsub := cfg.Bus.Subscribe(c.onBusMessage)
+		unresync := cfg.Bus.OnResync(c.resync)
+		c.unsub = func() { unsub(); unresync() }
 	}
 	return c, nil
 }
@@ -315,7 +337,7 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 	noCache := hasDirective(reqCC, "no-cache") || (reqCC == "" && r.Header.Get("Pragma") == "no-cache")
 
 	var stale *prepared
-	p, layer := c.lookup(r.Context(), key, now)
+	p, layer := c.lookup(r.Context(), key, now, func() []string { return renderTags(rule.tags, ps, r, c.cfg.Resolve) })
 	// A client's no-cache makes the entry revalidate, but an entry fetched
 	// less than noCacheRefetch ago has just been: a client (or a flood of
 	// them) sending no-cache gets at most one fill per key per interval,
@@ -359,18 +381,28 @@ func (c *Cache) bypassReason(rule *Rule, r *http.Request, query url.Values) stri
 }
 
 // lookup checks L1, then Redis. It returns entries that are fresh or
-// still within grace, with the layer that had them.
-func (c *Cache) lookup(ctx context.Context, key string, now time.Time) (*prepared, string) {
-	if p := c.l1.get(key, now); p != nil {
-		if now.Before(p.staleUntil) {
-			return p, "hit-l1"
+// still within grace, with the layer that had them. tags renders the
+// request's tags (only needed on an L1 miss).
+//
+// L1 is used only while this edge is sure it hears every invalidation
+// (hearing). An entry from Redis is served only if its tags are still at
+// the versions it was filled under (read in the same round trip), and it
+// enters L1 only if no invalidation of its tags ran here since the read
+// began.
+func (c *Cache) lookup(ctx context.Context, key string, now time.Time, tags func() []string) (*prepared, string) {
+	if c.hearing() {
+		if p := c.l1.get(key, now); p != nil {
+			if now.Before(p.staleUntil) {
+				return p, "hit-l1"
+			}
+			c.l1.remove(key)
 		}
-		c.l1.remove(key)
 	}
 	if c.l2 == nil || !c.cfg.Redis.Available() {
 		return nil, ""
 	}
-	raw, err := c.l2.get(ctx, key)
+	snap := c.clock.snapshot()
+	raw, vers, err := c.l2.getWithVersions(ctx, key, tags())
 	if err != nil || raw == nil {
 		return nil, ""
 	}
@@ -381,12 +413,34 @@ func (c *Cache) lookup(ctx context.Context, key string, now time.Time) (*prepare
 		_ = c.l2.del(context.WithoutCancel(ctx), key)
 		return nil, ""
 	}
+	if ok, err := c.l2.current(ctx, e, vers); !ok || err != nil {
+		// Filled before an invalidation of one of its tags: its filler is
+		// deleting it, or died before it could. A miss; the next fill
+		// overwrites it.
+		return nil, ""
+	}
 	p := prepare(key, e, c.cfg.Grace, c.l1TTL(), now)
 	if !now.Before(p.staleUntil) {
 		return nil, ""
 	}
-	c.l1.add(p)
+	c.l1.add(p, func() bool { return !c.clock.changedSince(e.Tags, snap) })
 	return p, "hit-l2"
+}
+
+// hearing reports whether this edge is sure it has heard every
+// invalidation made elsewhere, so L1 copies may be served. Without a bus
+// (one process, or Redis without cross-edge messages) it is always true.
+func (c *Cache) hearing() bool {
+	return c.cfg.Bus == nil || c.cfg.Bus.Hearing()
+}
+
+// resync runs when the bus comes back after a break: invalidations may
+// have been missed, so L1 is emptied, nothing read before may enter it,
+// and nobody new joins a fill that started before.
+func (c *Cache) resync() {
+	c.clock.bumpAll()
+	c.flights.detachAll()
+	c.l1.purge()
 }
 
 // drop removes an entry from L1 and Redis (an entry that cannot be served).

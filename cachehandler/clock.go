@@ -16,6 +16,9 @@ type localClock struct {
 	seq   uint64
 	last  *simplelru.LRU[string, uint64]
 	floor uint64
+	// reset is the sequence of the last bumpAll: every tag counts as
+	// invalidated then.
+	reset uint64
 }
 
 func newLocalClock(size int) *localClock {
@@ -41,10 +44,22 @@ func (c *localClock) bump(tags []string) {
 	}
 }
 
+// bumpAll counts every tag as invalidated now: after missed bus messages,
+// nothing read before may enter L1.
+func (c *localClock) bumpAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	c.reset = c.seq
+}
+
 // changedSince reports whether any tag was invalidated after snap.
 func (c *localClock) changedSince(tags []string, snap uint64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.reset > snap {
+		return true
+	}
 	for _, t := range tags {
 		v, ok := c.last.Peek(t)
 		if !ok {

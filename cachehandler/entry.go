@@ -23,8 +23,14 @@ type Entry struct {
 	StoredAt time.Time
 	TTL      time.Duration // freshness; the value lives TTL+grace for stale serving
 	Tags     []string
-	Body     []byte // gzip when Gzipped, else identity
-	Gzipped  bool
+	// TagVersions are the Redis versions of Tags when the fill began (same
+	// order). A reader serves the entry only while every tag is still at
+	// that version, so a fill that lost a race with an invalidation is
+	// never served, even in the moment before its filler deletes it or
+	// when its filler died before it could. nil for an L1-only entry.
+	TagVersions []int64
+	Body        []byte // gzip when Gzipped, else identity
+	Gzipped     bool
 }
 
 // ErrCorrupt means a stored value could not be decoded; the caller deletes
@@ -34,6 +40,7 @@ var ErrCorrupt = errors.New("corrupt cache entry")
 const (
 	entryMagic     = "TE1"
 	flagGzip       = 1
+	flagVersions   = 2 // a version follows each tag
 	maxHeaderCount = 64
 	maxHeaderBytes = 16 << 10
 	maxTagCount    = 32
@@ -53,7 +60,7 @@ func (e *Entry) Encode() []byte {
 		}
 	}
 	for _, t := range e.Tags {
-		size += 2 + len(t)
+		size += 10 + len(t)
 	}
 	b := make([]byte, 0, size)
 	b = append(b, entryMagic...)
@@ -61,14 +68,21 @@ func (e *Entry) Encode() []byte {
 	if e.Gzipped {
 		flags |= flagGzip
 	}
+	versions := len(e.TagVersions) == len(e.Tags) && e.TagVersions != nil
+	if versions {
+		flags |= flagVersions
+	}
 	b = append(b, flags)
 	b = binary.BigEndian.AppendUint16(b, uint16(e.Status))
 	b = binary.BigEndian.AppendUint64(b, uint64(e.StoredAt.UnixMilli()))
 	b = binary.BigEndian.AppendUint64(b, uint64(e.TTL.Milliseconds()))
 	b = appendStr(b, e.ETag)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(e.Tags)))
-	for _, t := range e.Tags {
+	for i, t := range e.Tags {
 		b = appendStr(b, t)
+		if versions {
+			b = binary.BigEndian.AppendUint64(b, uint64(e.TagVersions[i]))
+		}
 	}
 	b = binary.BigEndian.AppendUint16(b, uint16(len(e.Header)))
 	for k, vs := range e.Header {
@@ -107,8 +121,14 @@ func DecodeEntry(b []byte) (*Entry, error) {
 	e.TTL = time.Duration(r.u64()) * time.Millisecond
 	e.ETag = r.str()
 	if n := int(r.u16()); n <= maxTagCount {
+		if flags&flagVersions != 0 {
+			e.TagVersions = make([]int64, 0, n)
+		}
 		for range n {
 			e.Tags = append(e.Tags, r.str())
+			if flags&flagVersions != 0 {
+				e.TagVersions = append(e.TagVersions, int64(r.u64()))
+			}
 		}
 	} else {
 		return nil, ErrCorrupt

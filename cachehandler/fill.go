@@ -33,7 +33,12 @@ type flight struct {
 	staleStatus string
 }
 
-func (f *flights) join(key string, tags []string) (*flight, bool) {
+// join returns the key's flight, or a new one with leader true. Without
+// share the new flight is private: nobody can join it, and it joins none.
+func (f *flights) join(key string, tags []string, share bool) (*flight, bool) {
+	if !share {
+		return &flight{tags: tags, done: make(chan struct{})}, true
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if fl, ok := f.m[key]; ok {
@@ -52,6 +57,13 @@ func (f *flights) finish(key string, fl *flight) {
 	}
 	f.mu.Unlock()
 	close(fl.done)
+}
+
+// detachAll takes every flight out of the map.
+func (f *flights) detachAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	clear(f.m)
 }
 
 // detach takes flights for the given tags out of the map: requests that
@@ -113,7 +125,10 @@ func (c *Cache) upstreamIdentity(r *http.Request, rule *Rule) *http.Request {
 func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Rule, ps params,
 	key string, stale *prepared, noCache bool) error {
 	tags := renderTags(rule.tags, ps, r, c.cfg.Resolve)
-	fl, leader := c.flights.join(key, tags)
+	// An edge that is not sure it hears invalidations cannot tell whether a
+	// fill in flight started before a write another edge acknowledged, so
+	// it neither joins nor shares one.
+	fl, leader := c.flights.join(key, tags, c.hearing())
 	if !leader {
 		select {
 		case <-fl.done:
@@ -193,6 +208,7 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 		release()
 		return fw.writeBuffered()
 	}
+	entry.TagVersions = redisSnap
 	fl.p = c.store(ctx, key, entry, tags, localSnap, redisSnap, redisOK, rule)
 	release() // followers are answered before the leader's own (maybe slow) write
 
@@ -288,11 +304,9 @@ func (c *Cache) store(ctx context.Context, key string, e *Entry, tags []string, 
 			c.log.Warn("cache store failed", zap.String("rule", rule.Name), zap.Error(err))
 		}
 	}
-	c.l1.add(p)
-	if c.clock.changedSince(tags, localSnap) {
-		// An invalidation ran while this fill was talking to Redis: it may
-		// have dropped its tags from L1 just before this add.
-		c.l1.remove(key)
+	// The check runs under L1's lock: an invalidation between a check and
+	// the add would leave the old answer in L1 as a hit.
+	if !c.l1.add(p, func() bool { return !c.clock.changedSince(tags, localSnap) }) && c.clock.changedSince(tags, localSnap) {
 		return nil
 	}
 	c.obs.Stored(rule.Name, len(e.Body))

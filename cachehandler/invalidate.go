@@ -182,10 +182,13 @@ func (s *stripHeaderWriter) Write(b []byte) (int, error) {
 }
 
 // Invalidate drops every entry carrying one of tags: in this process at
-// once, in Redis, and in the other edges' L1 through pub/sub. It returns
-// how many entries were dropped. When Redis cannot be reached, the tags
-// are remembered and invalidated there as soon as it is back, so an entry
-// stored before the outage cannot outlive a change made during it.
+// once, in Redis, and in the other edges' L1 through the bus. It returns
+// how many entries were dropped. With a fleet bus it returns only after
+// every live edge has dropped its L1 copies and detached its fills for the
+// tags, or after the bus's bound (see store.Bus). When Redis cannot be
+// reached, the tags are remembered and invalidated there as soon as it is
+// back, so an entry stored before the outage cannot outlive a change made
+// during it.
 func (c *Cache) Invalidate(ctx context.Context, tags []string) int {
 	tags = dedupe(tags)
 	if len(tags) > maxInvalidTags {
@@ -194,17 +197,12 @@ func (c *Cache) Invalidate(ctx context.Context, tags []string) int {
 	if len(tags) == 0 {
 		return 0
 	}
-	c.clock.bump(tags)
-	c.flights.detach(tags)
 	// The same entry is usually in L1 and Redis: count it once.
 	dropped := map[string]struct{}{}
-	for _, t := range tags {
-		for _, k := range c.l1.dropTag(t) {
-			dropped[k] = struct{}{}
-		}
-	}
+	c.forget(tags, dropped)
 	if c.l2 != nil {
 		c.kickReplay()
+		msg := busMessage{Tags: tags}
 		if !c.cfg.Redis.Available() {
 			c.pending.Add(tags...)
 		} else if keys, err := c.l2.invalidate(ctx, tags); err != nil {
@@ -215,13 +213,37 @@ func (c *Cache) Invalidate(ctx context.Context, tags []string) int {
 			for _, k := range keys {
 				dropped[k] = struct{}{}
 			}
-			c.publish(ctx, busMessage{Tags: tags, Keys: keys})
+			msg.Keys = keys
+			// Once more, now that the versions are bumped in Redis: a read
+			// that began between the first drop and the bump saw the old
+			// versions and may have put the old entry back into L1.
+			c.forget(tags, dropped)
 		}
+		// Tried even when Redis failed us: the message may still reach the
+		// other edges, and the bounded wait lets those that cannot hear it
+		// notice before the client gets its answer.
+		c.broadcast(ctx, msg)
 	}
 	n := len(dropped)
 	c.obs.Invalidated(n)
 	c.log.Debug("cache invalidated", zap.Strings("tags", tagPatterns(tags)), zap.Int("entries", n))
 	return n
+}
+
+// forget drops tags from this process: the clock is bumped first (fills
+// and reads in flight then cannot add the old answer to L1), then fills in
+// flight are detached (later requests do not wait for them), then L1
+// copies go.
+func (c *Cache) forget(tags []string, dropped map[string]struct{}) {
+	c.clock.bump(tags)
+	c.flights.detach(tags)
+	for _, t := range tags {
+		for _, k := range c.l1.dropTag(t) {
+			if dropped != nil {
+				dropped[k] = struct{}{}
+			}
+		}
+	}
 }
 
 func tagPatterns(tags []string) []string {
@@ -298,6 +320,33 @@ func newOrigin() string {
 	return hex.EncodeToString(b)
 }
 
+// broadcast sends m to every edge and waits for their acknowledgements
+// (bounded by the bus), reporting how it went.
+func (c *Cache) broadcast(ctx context.Context, m busMessage) {
+	if c.cfg.Bus == nil {
+		return
+	}
+	m.Origin = c.origin
+	b, err := json.Marshal(m)
+	if err != nil {
+		return
+	}
+	res := c.cfg.Bus.Broadcast(ctx, string(b))
+	result := "acked"
+	switch {
+	case res.Err != nil:
+		result = "unreachable"
+		c.log.Debug("could not broadcast cache invalidation; waited for other edges to stop trusting their copies", zap.Error(res.Err))
+	case res.Expected == 0:
+		result = "alone"
+	case res.Acked < res.Expected:
+		result = "timeout"
+		c.log.Info("cache invalidation not acknowledged by every edge in time",
+			zap.Int("edges", res.Expected), zap.Int("acked", res.Acked), zap.Duration("waited", res.Waited))
+	}
+	c.obs.Acknowledged(result, res.Waited)
+}
+
 func (c *Cache) publish(ctx context.Context, m busMessage) {
 	if c.cfg.Bus == nil {
 		return
@@ -348,7 +397,8 @@ func (c *Cache) PurgeKey(ctx context.Context, key string) error {
 		if err := c.l2.del(ctx, key); err != nil {
 			return err
 		}
-		c.publish(ctx, busMessage{Keys: []string{key}})
+		c.l1.remove(key) // a read that overlapped the delete may have put it back
+		c.broadcast(ctx, busMessage{Keys: []string{key}})
 	}
 	if !c.cfg.FixedUpstreamHost && strings.IndexByte(key, hostSeparator) < 0 {
 		_, err := c.PurgePattern(ctx, escapeGlob(key)+string(hostSeparator)+"*")
@@ -387,7 +437,8 @@ func (c *Cache) PurgePattern(ctx context.Context, glob string) (int, error) {
 	if err != nil {
 		return n, err
 	}
-	c.publish(ctx, busMessage{Pattern: glob})
+	c.l1.dropMatching(glob) // reads that overlapped the purge may have put some back
+	c.broadcast(ctx, busMessage{Pattern: glob})
 	return n + m, nil
 }
 

@@ -73,15 +73,25 @@ func (c *l1) get(key string, now time.Time) *prepared {
 	return p
 }
 
-// add stores p, evicting least recently used entries past the byte bound.
-// An entry larger than a whole shard is not kept.
-func (c *l1) add(p *prepared) {
+// add stores p, evicting least recently used entries past the byte bound,
+// if valid (nil: always) still says yes under the shard lock. An entry
+// larger than a whole shard is not kept.
+//
+// valid is how a fill or an L2 read proves that no invalidation of the
+// entry's tags ran since it began: an invalidation bumps the clock before
+// it drops tags from L1 under this same lock, so either valid sees the
+// bump or the drop sees the entry. Checking before or after add instead
+// leaves a window in which a reader gets the old entry as a hit.
+func (c *l1) add(p *prepared, valid func() bool) bool {
 	s := c.shard(p.key)
 	if p.size > s.max {
-		return
+		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if valid != nil && !valid() {
+		return false
+	}
 	if old, ok := s.lru.Peek(p.key); ok {
 		s.lru.Remove(old.key) // runs evicted: bytes and tags stay right
 	}
@@ -99,6 +109,17 @@ func (c *l1) add(p *prepared) {
 		if _, _, ok := s.lru.RemoveOldest(); !ok {
 			break
 		}
+	}
+	return true
+}
+
+// purge drops every entry (after missed invalidations).
+func (c *l1) purge() {
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		s.lru.Purge()
+		s.mu.Unlock()
 	}
 }
 

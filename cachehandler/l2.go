@@ -48,6 +48,71 @@ func (s *l2) get(ctx context.Context, key string) ([]byte, error) {
 	return b, err
 }
 
+// getWithVersions reads the entry and, in the same round trip, the
+// current versions of tags (the tags the request's rule renders, normally
+// the entry's own). On Cluster the pipeline reaches the nodes in parallel.
+func (s *l2) getWithVersions(ctx context.Context, key string, tags []string) ([]byte, map[string]int64, error) {
+	if len(tags) == 0 {
+		b, err := s.get(ctx, key)
+		return b, nil, err
+	}
+	pipe := s.rdb.Client().Pipeline()
+	entry := pipe.Get(ctx, s.entryKey(key))
+	cmds := make([]*redis.StringCmd, len(tags))
+	for i, t := range tags {
+		cmds[i] = pipe.Get(ctx, s.tagVer(t))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, nil, err
+	}
+	b, err := entry.Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil, nil
+	} else if err != nil {
+		return nil, nil, err
+	}
+	vers := make(map[string]int64, len(tags))
+	for i, t := range tags {
+		vers[t], _ = cmds[i].Int64()
+	}
+	return b, vers, nil
+}
+
+// current reports whether every tag of e is still at the version e was
+// filled under. known holds versions already read; others are read now.
+func (s *l2) current(ctx context.Context, e *Entry, known map[string]int64) (bool, error) {
+	if len(e.Tags) == 0 {
+		return true, nil
+	}
+	if len(e.TagVersions) != len(e.Tags) {
+		return false, nil // not stamped: it cannot prove it is current
+	}
+	var missing []string
+	for _, t := range e.Tags {
+		if _, ok := known[t]; !ok {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) > 0 {
+		v, err := s.versions(ctx, missing)
+		if err != nil {
+			return false, err
+		}
+		if known == nil {
+			known = make(map[string]int64, len(missing))
+		}
+		for i, t := range missing {
+			known[t] = v[i]
+		}
+	}
+	for i, t := range e.Tags {
+		if known[t] != e.TagVersions[i] {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
 // versions reads the tags' version counters (0 when absent).
 func (s *l2) versions(ctx context.Context, tags []string) ([]int64, error) {
 	if len(tags) == 0 {

@@ -115,7 +115,7 @@ func TestUnservableEntryIsRefetchedNotA500(t *testing.T) {
 	g := newRig(t, nil)
 	bad := &Entry{Status: 200, Header: http.Header{"Content-Type": {"application/json"}}, ETag: `W/"x"`,
 		StoredAt: g.clock.Now(), TTL: time.Hour, Gzipped: true, Body: []byte("not gzip at all")}
-	g.cache.l1.add(prepare("event:8", bad, time.Minute, time.Hour, g.clock.Now()))
+	g.cache.l1.add(prepare("event:8", bad, time.Minute, time.Hour, g.clock.Now()), nil)
 	w := g.get("/api/events/8") // a plain client: the body must be inflated
 	if w.Code != 200 || !strings.Contains(w.Body.String(), `"id":8`) {
 		t.Fatalf("unservable entry: %d %q", w.Code, w.Body.String())

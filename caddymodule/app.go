@@ -389,7 +389,8 @@ func (a *App) sessionHandlers() []*Session {
 	return append([]*Session(nil), a.handlers.sessions...)
 }
 
-// bus returns the app's subscription to channel, creating it once.
+// bus returns the app's subscription to channel, creating it once. The
+// cache's channel is a fleet bus (membership, acknowledged invalidations).
 func (a *App) bus(channel string) *store.Bus {
 	h := a.handlers
 	h.mu.Lock()
@@ -397,7 +398,7 @@ func (a *App) bus(channel string) *store.Bus {
 	if b, ok := h.buses[channel]; ok {
 		return b
 	}
-	b := store.NewBus(a.redis, channel, a.log.Named("bus"))
+	b := store.NewBusWith(a.redis, channel, a.log.Named("bus"), store.BusOptions{Fleet: channel == cacheBusChannel})
 	h.buses[channel] = b
 	return b
 }

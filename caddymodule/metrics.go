@@ -26,6 +26,7 @@ type metrics struct {
 	cacheStored      *prometheus.CounterVec
 	cacheStoredBytes *prometheus.CounterVec
 	cacheDropped     prometheus.Counter
+	cacheAckWait     *prometheus.HistogramVec
 	sessionResults   *prometheus.CounterVec
 	limitDecisions   *prometheus.CounterVec
 	sessionLogins    prometheus.Counter
@@ -53,6 +54,11 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 			Namespace: metricsNamespace, Subsystem: "cache", Name: "invalidated_entries_total",
 			Help: "Entries dropped by invalidations and purges.",
 		}),
+		cacheAckWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metricsNamespace, Subsystem: "cache", Name: "invalidation_wait_seconds",
+			Help:    "How long a write waited for the other edges to drop their copies, by result (acked, timeout, unreachable, alone).",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05},
+		}, []string{"result"}),
 		sessionResults: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: "session", Name: "validations_total",
 			Help: "Session checks by result (valid, missing, invalid, expired, unknown, unavailable).",
@@ -93,7 +99,7 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 	}
 	collectors := []prometheus.Collector{
 		m.redisCalls, m.fallbackEntries, m.fallbackRecovers,
-		m.cacheLookups, m.cacheStored, m.cacheStoredBytes, m.cacheDropped,
+		m.cacheLookups, m.cacheStored, m.cacheStoredBytes, m.cacheDropped, m.cacheAckWait,
 		m.sessionResults, m.sessionLogins, m.sessionLogouts, m.limitDecisions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: metricsNamespace, Subsystem: "redis", Name: "breaker_open",
@@ -275,6 +281,11 @@ func (o *cacheObserver) Stored(rule string, bytes int) {
 		rc.storedBytes.Add(float64(bytes))
 		rc.counts.stored.Add(1)
 	}
+}
+
+// Acknowledged implements cachehandler.Observer.
+func (o *cacheObserver) Acknowledged(result string, waited time.Duration) {
+	o.m.cacheAckWait.WithLabelValues(result).Observe(waited.Seconds())
 }
 
 // Invalidated implements cachehandler.Observer.
