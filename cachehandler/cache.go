@@ -483,6 +483,8 @@ type Stats struct {
 	L1Bytes        int64 `json:"l1_bytes"`
 	FillsInFlight  int   `json:"fills_in_flight"`
 	PendingRetries bool  `json:"invalidations_pending"`
+	// Hearing: this edge is sure it hears every invalidation, so L1 is used.
+	Hearing bool `json:"hearing"`
 }
 
 // Stats reports L1 size and work in progress.
@@ -491,7 +493,7 @@ func (c *Cache) Stats() Stats {
 	c.flights.mu.Lock()
 	inFlight := len(c.flights.m)
 	c.flights.mu.Unlock()
-	return Stats{L1Entries: entries, L1Bytes: bytes, FillsInFlight: inFlight, PendingRetries: c.pending != nil && c.pending.Pending()}
+	return Stats{L1Entries: entries, L1Bytes: bytes, FillsInFlight: inFlight, PendingRetries: c.pending != nil && c.pending.Pending(), Hearing: c.hearing()}
 }
 
 // l1TTL is how long an L1 copy is trusted. Without Redis, L1 is the only

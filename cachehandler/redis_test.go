@@ -23,10 +23,16 @@ func TestMain(m *testing.M) {
 
 // edgePair is two edge instances sharing one Redis and one origin.
 type edgePair struct {
-	a, b *rig
-	srv  *redistest.Server
-	rdb  [2]*store.Redis
+	a, b  *rig
+	srv   *redistest.Server
+	rdb   [2]*store.Redis
+	bus   [2]*store.Bus
+	gates [2][2]*redisGate // per edge: commands to hold after Redis answered them
 }
+
+// fastFleet are fleet bus options for tests: membership settles in tens
+// of milliseconds instead of hundreds.
+var fastFleet = store.BusOptions{Fleet: true, Heartbeat: 20 * time.Millisecond, MemberTTL: 200 * time.Millisecond}
 
 func newPair(t *testing.T, mutate func(*Config)) *edgePair {
 	t.Helper()
@@ -40,9 +46,12 @@ func newPair(t *testing.T, mutate func(*Config)) *edgePair {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = rdb.Close() })
-		bus := store.NewBus(rdb, busChannel, nil)
+		p.gates[i] = [2]*redisGate{{}, {}}
+		rdb.Client().AddHook(p.gates[i][0])
+		rdb.Client().AddHook(p.gates[i][1])
+		bus := store.NewBusWith(rdb, busChannel, nil, fastFleet)
 		t.Cleanup(bus.Close)
-		p.rdb[i] = rdb
+		p.rdb[i], p.bus[i] = rdb, bus
 		rigs[i] = newRig(t, func(c *Config) {
 			c.Redis, c.Bus = rdb, bus
 			if mutate != nil {
@@ -56,9 +65,25 @@ func newPair(t *testing.T, mutate func(*Config)) *edgePair {
 	rigs[1].cache.now = rigs[0].clock.Now
 	rigs[1].clock = rigs[0].clock
 	p.a, p.b = rigs[0], rigs[1]
-	// Pub/sub subscriptions are asynchronous: wait until both receive.
+	// Pub/sub subscriptions are asynchronous: wait until both receive and
+	// each counts the other as a live member.
 	waitBus(t, p)
+	waitFor(t, 5*time.Second, "both edges hearing with each other as members", func() bool {
+		return p.bus[0].Hearing() && p.bus[1].Hearing() && p.bus[0].Stats().Members == 1 && p.bus[1].Stats().Members == 1
+	})
 	return p
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond) // polling interval
+	}
 }
 
 // waitBus publishes probes until each cache has seen one from the other.
