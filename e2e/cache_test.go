@@ -103,6 +103,8 @@ func TestCacheAcrossTwoEdges(t *testing.T) {
 	cfg := liftAPILimit(t, exampleCaddyfile(t, "\theader /api/events/77 Set-Cookie \"tracker=first-client\"\n"))
 	a := StartEdge(t, cfg, vars)
 	b := StartEdge(t, cfg, vars)
+	a.WaitHearing(t)
+	b.WaitHearing(t)
 	events := func() int64 { return sim.Stats(t).Routes["GET /api/events/{id}"] }
 
 	// 100 concurrent GETs of a cold event: one origin request. The sim's

@@ -516,6 +516,30 @@ func (e *Edge) waitReady() error {
 	})
 }
 
+// WaitHearing polls the admin API until every cache handler says it hears
+// invalidations (with Redis, a new edge uses L1 and coalesces misses once
+// every writer counts it as a fleet member, ~2.5 heartbeats after start).
+func (e *Edge) WaitHearing(t testing.TB) {
+	t.Helper()
+	err := poll(readyTimeout, func() error {
+		req, err := http.NewRequest(http.MethodGet, e.AdminURL("/edge/cache/stats"), nil)
+		if err != nil {
+			return stopPolling{err}
+		}
+		code, _, body, err := do(e.client, req)
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK || bytes.Contains(body, []byte(`"hearing":false`)) {
+			return fmt.Errorf("cache stats: %d %s", code, body)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("edge never heard the fleet: %v", err)
+	}
+}
+
 // URL returns the edge's URL for path.
 func (e *Edge) URL(path string) string {
 	return "http://127.0.0.1:" + strconv.Itoa(e.HTTPPort) + path

@@ -21,8 +21,11 @@ const DefaultLatency = 20 * time.Millisecond
 
 // Options configures a Sim.
 type Options struct {
-	// Latency is slept by every /api request before it is answered, standing in
-	// for the database. Zero means DefaultLatency unless Instant is set.
+	// Latency is slept by every /api request, standing in for the database:
+	// half before the handler reads or writes the data, half before the
+	// answer leaves, so an answer can be older than a change committed
+	// while it travels (as with a real database and network). Zero means
+	// DefaultLatency unless Instant is set.
 	Latency time.Duration
 	// Instant answers without any simulated latency, for unit tests and for
 	// benchmarks that measure the edge rather than the origin.
@@ -85,9 +88,13 @@ func (s *Sim) api(pattern string, h http.HandlerFunc) {
 			writeError(w, r, http.StatusServiceUnavailable, "service unavailable")
 			return
 		}
-		if !sleepCtx(r.Context(), time.Duration(s.latency.Load())) {
+		latency := time.Duration(s.latency.Load())
+		if !sleepCtx(r.Context(), latency/2) {
 			// The client (or the edge) gave up; nobody is left to answer.
 			return
+		}
+		if after := latency - latency/2; after > 0 {
+			w = &lateWriter{ResponseWriter: w, ctx: r.Context(), delay: after}
 		}
 		h(w, r)
 	})
@@ -179,6 +186,34 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 		return false
 	}
 }
+
+// lateWriter holds the answer back for the second half of the latency:
+// the handler has read (or committed) the data, the answer is on its way.
+type lateWriter struct {
+	http.ResponseWriter
+	ctx   context.Context
+	delay time.Duration
+	slept bool
+}
+
+func (l *lateWriter) wait() {
+	if !l.slept {
+		l.slept = true
+		sleepCtx(l.ctx, l.delay)
+	}
+}
+
+func (l *lateWriter) WriteHeader(code int) {
+	l.wait()
+	l.ResponseWriter.WriteHeader(code)
+}
+
+func (l *lateWriter) Write(b []byte) (int, error) {
+	l.wait()
+	return l.ResponseWriter.Write(b)
+}
+
+func (l *lateWriter) Unwrap() http.ResponseWriter { return l.ResponseWriter }
 
 // probeWriter records what ServeMux's fallback handlers would answer.
 type probeWriter struct {
