@@ -203,11 +203,15 @@ func (c *Cache) Invalidate(ctx context.Context, tags []string) int {
 	if c.l2 != nil {
 		c.kickReplay()
 		msg := busMessage{Tags: tags}
-		if !c.cfg.Redis.Available() {
+		// Tried even while this edge's breaker is open: other edges may
+		// still reach Redis and would serve the old entry until the replay.
+		if keys, err := c.l2.invalidate(store.PastBreaker(ctx), tags); err != nil {
 			c.pending.Add(tags...)
-		} else if keys, err := c.l2.invalidate(ctx, tags); err != nil {
-			c.pending.Add(tags...)
-			c.log.Warn("invalidation could not reach redis; will retry when it is back",
+			level := zap.WarnLevel
+			if !c.cfg.Redis.Available() {
+				level = zap.DebugLevel // the outage itself is logged once by the store
+			}
+			c.log.Log(level, "invalidation could not reach redis; will retry when it is back",
 				zap.Strings("tags", tagPatterns(tags)), zap.Error(err))
 		} else {
 			for _, k := range keys {

@@ -365,7 +365,7 @@ func (b *Bus) publish(ctx context.Context, channel, payload string) error {
 	if !ok {
 		return b.rdb.Client().Publish(ctx, channel, payload).Err()
 	}
-	if !b.rdb.Available() {
+	if ctx.Value(pastBreakerKey{}) == nil && !b.rdb.Available() {
 		return ErrUnavailable
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.rdb.CallTimeout())
@@ -519,7 +519,8 @@ func (b *Bus) Broadcast(ctx context.Context, msg string) (res AckResult) {
 		b.mu.Unlock()
 		res.Waited = time.Since(start)
 	}()
-	err := b.publish(ctx, b.channel, string(fleetMark)+b.id+" "+id+" "+msg)
+	// Past the breaker: see PastBreaker.
+	err := b.publish(PastBreaker(ctx), b.channel, string(fleetMark)+b.id+" "+id+" "+msg)
 	if err != nil {
 		res.Err = err
 		deadline := start.Add(b.opts.AckWait)

@@ -23,6 +23,18 @@ func WithoutBudget(ctx context.Context) context.Context {
 	return context.WithValue(ctx, budgetKey{}, true)
 }
 
+type pastBreakerKey struct{}
+
+// PastBreaker marks ctx for calls that must be tried even while the
+// breaker is open (with the budget, shrunk while Redis is suspect). An
+// invalidation is one: an open breaker on this edge does not mean other
+// edges cannot reach Redis, and skipping the call would let them serve
+// what the write changed until the queued replay. Writes are rare, so
+// trying costs little; a refused connection fails at once.
+func PastBreaker(ctx context.Context) context.Context {
+	return context.WithValue(ctx, pastBreakerKey{}, true)
+}
+
 // callHook applies the breaker and the budget to every command and reports
 // latency. It is the single place where the request path meets Redis, so
 // no engine can forget either.
@@ -74,7 +86,7 @@ func (h callHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proc
 // the budget on the context unless the caller already has a tighter one.
 func (r *Redis) admit(ctx context.Context) (context.Context, context.CancelFunc, error) {
 	probe := ctx.Value(probeKey{}) != nil
-	if !probe && !r.breaker.Allow() {
+	if !probe && ctx.Value(pastBreakerKey{}) == nil && !r.breaker.Allow() {
 		return ctx, func() {}, ErrUnavailable
 	}
 	if probe || ctx.Value(budgetKey{}) != nil {
