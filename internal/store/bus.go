@@ -359,7 +359,9 @@ func (b *Bus) runResyncs() {
 // cluster bus (tens of ms under load, measured); it goes to the master
 // of the channels' slot instead, where the subscriptions are, and is
 // delivered at once. That bypasses the cluster client's hooks, so the
-// breaker and the budget are applied here.
+// breaker check and the budget are applied here; a failure re-reads the
+// slot map (like the hook) but is not counted by the breaker: pub/sub
+// trouble must not take the request path's Redis away.
 func (b *Bus) publish(ctx context.Context, channel, payload string) error {
 	cc, ok := b.rdb.Client().(*redis.ClusterClient)
 	if !ok {
@@ -374,7 +376,9 @@ func (b *Bus) publish(ctx context.Context, channel, payload string) error {
 	if err == nil {
 		err = node.Publish(ctx, channel, payload).Err()
 	}
-	b.rdb.breaker.Record(err)
+	if IsConnectivityError(err) {
+		b.rdb.reloadTopology()
+	}
 	return err
 }
 
