@@ -113,12 +113,15 @@ func stdKeyFor(scheme, host, path, query string) string {
 
 // stdLookup finds the URL's record in L1, then Redis.
 func (c *Cache) stdLookup(ctx context.Context, key string, now time.Time) (*stdRecord, string) {
-	if p := c.l1.get(key, now); p != nil && p.std != nil {
-		return p.std, "hit-l1"
+	if c.hearing() {
+		if p := c.l1.get(key, now); p != nil && p.std != nil {
+			return p.std, "hit-l1"
+		}
 	}
 	if c.l2 == nil || !c.cfg.Redis.Available() {
 		return nil, ""
 	}
+	snap := c.clock.snapshot()
 	raw, err := c.l2.get(ctx, key)
 	if err != nil || raw == nil {
 		return nil, ""
@@ -129,7 +132,10 @@ func (c *Cache) stdLookup(ctx context.Context, key string, now time.Time) (*stdR
 		_ = c.l2.del(context.WithoutCancel(ctx), key)
 		return nil, ""
 	}
-	c.l1.add(c.stdPrepared(key, rec, now))
+	// Into L1 only if no invalidation of the URL or its tags ran since the
+	// read began (see l1.add).
+	guard := append([]string{key}, rec.tags()...)
+	c.l1.add(c.stdPrepared(key, rec, now), func() bool { return !c.clock.changedSince(guard, snap) })
 	return rec, "hit-l2"
 }
 
@@ -186,7 +192,7 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, next Next
 	if v == nil && !req.noCache && r.Method == http.MethodGet && !isConditional(r) {
 		// Coalesce plain misses: followers wait for the leader, then look
 		// again (the leader's answer may be a variant they cannot use).
-		fl, leader := c.flights.join(key, nil)
+		fl, leader := c.flights.join(key, nil, c.hearing())
 		if !leader {
 			select {
 			case <-fl.done:
@@ -368,9 +374,7 @@ func (c *Cache) stdStore(ctx context.Context, key string, rec *stdRecord, v *std
 			c.log.Warn("cache store failed", zap.String("rule", stdRuleName), zap.Error(err))
 		}
 	}
-	c.l1.add(p)
-	if c.clock.changedSince(guard, localSnap) {
-		c.l1.remove(key)
+	if !c.l1.add(p, func() bool { return !c.clock.changedSince(guard, localSnap) }) && c.clock.changedSince(guard, localSnap) {
 		return
 	}
 	c.obs.Stored(stdRuleName, len(v.Body))
