@@ -8,8 +8,10 @@ import (
 
 // Bus carries invalidations between edge instances, so a logout on one
 // drops the session from every instance's local cache at once rather than
-// after LocalTTL. The Caddy glue implements it on Redis pub/sub; MemoryBus
-// serves one process (tests, the embedded default).
+// after LocalTTL. *store.Bus (Redis pub/sub) implements it and is what the
+// Caddy glue passes; MemoryBus serves several Managers in one process
+// (tests). With the in-memory store there is no bus: one instance has no
+// one to tell. Both deliver a message to its own publisher too.
 //
 // Messages are short strings made by this package (see below); a Bus may
 // share its channel with other users, since unknown messages are ignored.
