@@ -182,6 +182,18 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, next Next
 		c.obs.Lookup(stdRuleName, layer)
 		return c.stdWrite(w, r, v, c.status.hit, now)
 	}
+	if v != nil && !req.noCache && c.stdWithinSWR(v, req, now) {
+		// RFC 5861 §3: the stored answer now, one refresh in the background.
+		refreshing := c.refreshInBackground(r, key, func(w http.ResponseWriter, r *http.Request) error {
+			return c.stdFetch(w, r, next, key, rec, v, requestPolicy{})
+		})
+		c.obs.Lookup(stdRuleName, "stale")
+		detail := "; detail=stale-while-revalidate"
+		if !refreshing {
+			detail += "-refresh-running"
+		}
+		return c.stdWrite(w, r, v, c.cfg.StatusName+"; fwd=stale"+detail, now)
+	}
 	if req.onlyIfCached {
 		c.obs.Lookup(stdRuleName, "miss")
 		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=miss; detail=only-if-cached")
@@ -233,6 +245,33 @@ func (c *Cache) stdServable(v *stdVariant, req requestPolicy, now time.Time) boo
 		return true
 	}
 	return req.hasMaxStale && !v.policy.mustRevalidate() && age-v.lifetime <= req.maxStale
+}
+
+// stdWithinSWR: is v stale but within its stale-while-revalidate window,
+// and does the request not rule stale answers out?
+func (c *Cache) stdWithinSWR(v *stdVariant, req requestPolicy, now time.Time) bool {
+	if !v.hasLifetime || v.policy.noCache() || v.policy.mustRevalidate() || req.hasMaxAge || req.hasMinFresh {
+		return false
+	}
+	window, ok := v.policy.control().seconds("stale-while-revalidate")
+	if !ok {
+		return false
+	}
+	stale := v.age(now) - v.lifetime
+	return stale >= 0 && stale < time.Duration(window)*time.Second
+}
+
+// stdStaleIfError: may v answer in place of an upstream failure (RFC 5861
+// §4, from the response's or the request's stale-if-error)?
+func (c *Cache) stdStaleIfError(v *stdVariant, r *http.Request, now time.Time) bool {
+	if v == nil || !v.hasLifetime || v.policy.noCache() || v.policy.mustRevalidate() {
+		return false
+	}
+	window, ok := v.policy.control().seconds("stale-if-error")
+	if rw, rok := parseDirectives(r.Header["Cache-Control"]).seconds("stale-if-error"); rok {
+		window, ok = max(window, rw), true
+	}
+	return ok && v.age(now)-v.lifetime < time.Duration(window)*time.Second
 }
 
 // stdWrite sends a stored variant, or a 304 when the client's
@@ -319,7 +358,7 @@ func (c *Cache) stdFetch(w http.ResponseWriter, r *http.Request, next Next, key 
 		fwd = "stale"
 	}
 	sr := &stdRecorder{w: w, c: c, r: r, req: req, fwd: fwd, revalidating: revalidating,
-		credentialed: c.credentialed(r, false), requestTime: c.now()}
+		credentialed: c.credentialed(r, false), requestTime: c.now(), holdErrors: c.stdStaleIfError(v, r, c.now())}
 	if h := w.Header(); len(h) > 0 {
 		sr.preset = make(map[string]bool, len(h))
 		for k := range h {
@@ -327,6 +366,16 @@ func (c *Cache) stdFetch(w http.ResponseWriter, r *http.Request, next Next, key 
 		}
 	}
 	err := next.ServeHTTP(sr, up)
+	if sr.held || (err != nil && !sr.wroteHeader && sr.holdErrors) {
+		code := sr.status
+		if code == 0 {
+			code = http.StatusBadGateway
+		}
+		c.obs.Lookup(stdRuleName, "stale")
+		c.log.Info("serving stale entry: upstream failed", zap.String("rule", stdRuleName), zap.Int("upstream_status", code), zap.Error(err))
+		sr.restorePreset()
+		return c.stdWrite(w, r, v, c.cfg.StatusName+"; fwd=stale; fwd-status="+strconv.Itoa(code)+"; detail=stale-if-error", c.now())
+	}
 	if !sr.wroteHeader && err == nil {
 		sr.WriteHeader(http.StatusOK)
 	}
@@ -377,6 +426,11 @@ func (c *Cache) stdStore(ctx context.Context, key string, rec *stdRecord, v *std
 	if !c.l1.add(p, func() bool { return !c.clock.changedSince(guard, localSnap) }) && c.clock.changedSince(guard, localSnap) {
 		return
 	}
+	if rec != nil && c.l2 != nil {
+		// A replaced record (refresh, 304 update): other edges drop their
+		// L1 copies and read the new one from Redis.
+		c.publish(context.WithoutCancel(ctx), busMessage{Keys: []string{key}})
+	}
 	c.obs.Stored(stdRuleName, len(v.Body))
 }
 
@@ -418,6 +472,7 @@ type stdRecorder struct {
 	fwd          string
 	revalidating bool
 	credentialed bool
+	holdErrors   bool // a 5xx is held back: a stale entry answers instead
 	requestTime  time.Time
 	preset       map[string]bool
 
@@ -425,6 +480,7 @@ type stdRecorder struct {
 	status         int
 	wroteHeader    bool
 	notModified    bool
+	held           bool
 	keep           bool
 	tooLarge       bool
 	body           bytes.Buffer
@@ -449,6 +505,11 @@ func (sr *stdRecorder) WriteHeader(code int) {
 	sr.tags = sr.c.stdStripTags(h)
 	if code == http.StatusNotModified && sr.revalidating {
 		sr.notModified = true
+		sr.upstreamHeader = h.Clone()
+		return
+	}
+	if code >= 500 && sr.holdErrors {
+		sr.held = true
 		sr.upstreamHeader = h.Clone()
 		return
 	}
@@ -526,7 +587,7 @@ func (sr *stdRecorder) Write(b []byte) (int, error) {
 	if !sr.wroteHeader {
 		sr.WriteHeader(http.StatusOK)
 	}
-	if sr.notModified {
+	if sr.notModified || sr.held {
 		return len(b), nil
 	}
 	if sr.keep {
@@ -545,7 +606,7 @@ func (sr *stdRecorder) Write(b []byte) (int, error) {
 
 // FlushError passes flushes on once the header is out.
 func (sr *stdRecorder) FlushError() error {
-	if !sr.wroteHeader || sr.notModified {
+	if !sr.wroteHeader || sr.notModified || sr.held {
 		return nil
 	}
 	return http.NewResponseController(sr.w).Flush()
