@@ -160,7 +160,10 @@ func (l *load) waitServed(n int, since time.Time, within time.Duration) {
 			return
 		}
 		if time.Now().After(deadline) {
-			l.t.Fatalf("fewer than %d calls answered from Redis within %v", n, within)
+			l.mu.Lock()
+			why := l.failures
+			l.mu.Unlock()
+			l.t.Fatalf("fewer than %d calls answered from Redis within %v (%s; failures: %v)", n, within, l.summary(), why)
 		}
 		time.Sleep(5 * time.Millisecond) // polling interval
 	}
@@ -183,7 +186,9 @@ func (l *load) requireNoFailures() {
 }
 
 func (l *load) summary() string {
+	l.mu.Lock()
 	total := len(l.samples)
+	l.mu.Unlock()
 	redisN, _ := l.count(servedRedis, time.Time{})
 	fb, _ := l.count(servedFallback, time.Time{})
 	p99, maxD := l.quantile(0.99)

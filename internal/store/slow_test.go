@@ -197,7 +197,9 @@ func TestPoolExhaustionFallsBackWithinBudget(t *testing.T) {
 			// The pool's own timeout (500 ms) fired: the budget was not
 			// what ended the wait.
 			t.Fatalf("client %d waited for the pool's timeout, not the budget: %v", i, err)
-		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, store.ErrUnavailable):
+		case store.IsConnectivityError(err):
+			// Budget ran out (waiting for a connection, or mid-read: an
+			// i/o timeout), or the breaker had opened: the caller falls back.
 			fellBack++
 		default:
 			t.Fatalf("client %d: unexpected error %v", i, err)
