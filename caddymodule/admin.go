@@ -96,10 +96,12 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return a.reconnect(w, r, app)
+	case "audit":
+		return a.serveAudit(w, r, app)
 	default:
 		return caddy.APIError{
 			HTTPStatus: http.StatusNotFound,
-			Err:        fmt.Errorf("unknown edge admin route %q; known: GET %[2]sstats, POST %[2]sreconnect, POST %[2]scache/purge, GET %[2]scache/stats, GET|DELETE %[2]ssessions/{userId}[/{handle}], POST %[2]sratelimit/reset, GET %[2]sratelimit/remaining, GET %[2]sratelimit/stats", r.URL.Path, adminBase),
+			Err:        fmt.Errorf("unknown edge admin route %q; known: GET %[2]sstats, POST %[2]sreconnect, POST %[2]scache/purge, GET %[2]scache/stats, GET|DELETE %[2]ssessions/{userId}[/{handle}], POST %[2]sratelimit/reset, GET %[2]sratelimit/remaining, GET %[2]sratelimit/stats, GET %[2]saudit, GET %[2]sui/", r.URL.Path, adminBase),
 		}
 	}
 }
@@ -128,6 +130,7 @@ func (a *adminAPI) reconnect(w http.ResponseWriter, r *http.Request, app *App) e
 	}
 	err := app.redis.ProbeNow(r.Context(), timeout)
 	a.log.Info("redis reconnect requested through the admin API", zap.Bool("connected", err == nil))
+	app.audit().record(r.Context(), "admin", "redis_reconnect", map[string]string{"connected": strconv.FormatBool(err == nil)})
 	resp := map[string]any{"connected": err == nil, "fallback_mode": app.redis.FallbackMode()}
 	if err != nil {
 		resp["error"] = err.Error()
@@ -197,6 +200,16 @@ func (a *adminAPI) cachePurge(w http.ResponseWriter, r *http.Request, app *App) 
 		what = "pattern"
 	}
 	a.log.Info("cache purged through the admin API", zap.String("by", what), zap.Int("entries", purged))
+	shown := req.Pattern
+	if what != "pattern" {
+		v := req.Key + req.Tag
+		shown = store.KeyPattern(v) + " " + app.audit().hash(v)
+	}
+	detail := map[string]string{"by": what, what: shown, "entries": strconv.Itoa(purged)}
+	if req.Cache != "" {
+		detail["cache"] = req.Cache
+	}
+	app.audit().record(ctx, "admin", "cache_purge", detail)
 	return writeJSON(w, http.StatusOK, map[string]any{"purged": purged})
 }
 
@@ -236,11 +249,13 @@ func (a *adminAPI) sessions(w http.ResponseWriter, r *http.Request, app *App, re
 			total += n
 		}
 		a.log.Info("all sessions of a user destroyed through the admin API", zap.Int("sessions", total))
+		app.audit().record(ctx, "admin", "sessions_destroy_user", map[string]string{"user": app.audit().hash(userID), "sessions": strconv.Itoa(total)})
 		return writeJSON(w, http.StatusOK, map[string]any{"destroyed": total})
 	case r.Method == http.MethodDelete:
 		for _, s := range handlers {
 			err := s.engine.DestroyHandle(ctx, userID, handle)
 			if err == nil {
+				app.audit().record(ctx, "admin", "session_destroy", map[string]string{"user": app.audit().hash(userID), "handle": app.audit().hash(handle)})
 				return writeJSON(w, http.StatusOK, map[string]any{"destroyed": 1})
 			}
 			if errors.Is(err, sessionauth.ErrBadHandle) {
@@ -316,6 +331,7 @@ func (a *adminAPI) rateLimit(w http.ResponseWriter, r *http.Request, app *App, o
 					return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
 				}
 				a.log.Info("rate limit reset through the admin API", zap.String("tier", req.Tier))
+				app.audit().record(r.Context(), "admin", "ratelimit_reset", map[string]string{"tier": req.Tier, "key": app.audit().hash(req.Key)})
 				return writeJSON(w, http.StatusOK, map[string]any{"reset": true})
 			}
 			res, err := rl.engine.Peek(r.Context(), rt.tier, rl.adminKey(req.Key))

@@ -91,7 +91,15 @@ type dashboardData struct {
 	Stats    statsSnapshot               `json:"stats"`
 	Limiters map[string]limiterDashboard `json:"limiters"`
 	Redis    *redisLatency               `json:"redis_latency,omitempty"`
+	// Audit is the newest audit entries, from AuditSource ("redis" or
+	// "memory"), or AuditError why they could not be read.
+	Audit       []auditEvent `json:"audit"`
+	AuditSource string       `json:"audit_source,omitempty"`
+	AuditError  string       `json:"audit_error,omitempty"`
 }
+
+// uiAuditEntries is how many audit entries the dashboard shows.
+const uiAuditEntries = 20
 
 type limiterDashboard struct {
 	Top any `json:"top"`
@@ -126,6 +134,10 @@ func (a *App) dashboardData(ctx context.Context) dashboardData {
 	if a.redis != nil && a.metrics != nil {
 		lat := a.metrics.redisLatency()
 		d.Redis = &lat
+	}
+	var err error
+	if d.Audit, d.AuditSource, err = a.audit().recent(ctx, uiAuditEntries); err != nil {
+		d.Audit, d.AuditError = []auditEvent{}, err.Error()
 	}
 	return d
 }

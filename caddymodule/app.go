@@ -64,6 +64,7 @@ type App struct {
 	log             *zap.Logger
 	stopping        chan struct{}
 	flushWG         *sync.WaitGroup
+	auditLog        *auditTrail // audit.go
 }
 
 // RedisConfig configures a Redis connection. String fields accept Caddy
@@ -134,6 +135,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.handlers = newHandlerRegistry()
 	a.flushWG = new(sync.WaitGroup)
 	a.stopping = make(chan struct{})
+	a.auditLog = new(auditTrail)
 	var err error
 	if a.metrics, err = newMetrics(ctx.GetMetricsRegistry(), a); err != nil {
 		return err

@@ -111,7 +111,21 @@ for its /64 unless the tier says otherwise) or the user id.
 	limits.Flags().String("key", "", "The key the tier counts by (client IP or user id)")
 	limits.Flags().Int("top", 20, "With stats: how many offenders to show")
 
-	return []*cobra.Command{stats, purge, sessions, limits, edgeUICommand()}
+	audit := &cobra.Command{
+		Use:   "audit [--limit N]",
+		Short: "Shows the audit trail: admin actions and abuse signals, newest first",
+		Long: `
+Every admin action (purge, session destroy, limit reset, reconnect) and every
+abuse signal (a key that starts being rate limited) is kept in a capped Redis
+Stream shared by the fleet, or in this edge's memory on the embedded default
+and while Redis is unreachable. User ids and keys appear hashed.
+`,
+		Args: cobra.NoArgs,
+		RunE: edgeRun(cmdEdgeAudit),
+	}
+	audit.Flags().Int("limit", 50, "How many entries to show (1 to 1000)")
+
+	return []*cobra.Command{stats, purge, sessions, limits, audit, edgeUICommand()}
 }
 
 // edgeRun adapts a subcommand to cobra the way Caddy's commands are
@@ -397,4 +411,19 @@ func cmdEdgeLimits(c *edgeCLI, args []string) error {
 		return renderLimits(c.out, res)
 	}
 	return fmt.Errorf("unknown limits action %q; want reset, remaining or stats", args[0])
+}
+
+func cmdEdgeAudit(c *edgeCLI, _ []string) error {
+	limit := c.fl.Int("limit")
+	if limit < 1 || limit > auditReadMax {
+		return fmt.Errorf("--limit must be 1 to %d", auditReadMax)
+	}
+	var res struct {
+		Source string       `json:"source"`
+		Events []auditEvent `json:"events"`
+	}
+	if printed, err := c.call(http.MethodGet, fmt.Sprintf("/edge/audit?limit=%d", limit), nil, &res); printed || err != nil {
+		return err
+	}
+	return renderAudit(c.out, res.Source, res.Events)
 }

@@ -239,3 +239,24 @@ func renderSessions(w io.Writer, list []sessionView) error {
 	}
 	return t.Flush()
 }
+
+func renderAudit(w io.Writer, source string, events []auditEvent) error {
+	where := "the fleet's Redis Stream"
+	if source != "redis" {
+		where = "this edge's memory"
+	}
+	fmt.Fprintf(w, "%d entries from %s, newest first\n", len(events), where)
+	if len(events) == 0 {
+		return nil
+	}
+	t := newTable(w)
+	fmt.Fprintln(t, "TIME\tEDGE\tKIND\tACTION\tDETAIL")
+	for _, e := range events {
+		var parts []string
+		for _, k := range sortedKeys(e.Detail) {
+			parts = append(parts, k+"="+strings.ReplaceAll(e.Detail[k], "\t", " "))
+		}
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\n", e.Time.UTC().Format(time.RFC3339), e.Edge, e.Kind, e.Action, strings.Join(parts, " "))
+	}
+	return t.Flush()
+}

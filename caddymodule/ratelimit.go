@@ -164,7 +164,7 @@ func (rl *RateLimit) Provision(ctx caddy.Context) error {
 		TopK:             rl.TopK,
 		KeyDisplay:       rl.KeyDisplay,
 		HashSalt:         caddy.NewReplacer().ReplaceKnown(rl.HashSalt, ""),
-		Logger:           rl.log,
+		Logger:           rl.app.auditAbuse(rl.log), // abuse lines also go to the audit trail
 	}
 	if rl.Penalty != nil {
 		opts.Penalty = ratelimit.Penalty{Factor: rl.Penalty.Factor, Max: time.Duration(rl.Penalty.Max), Memory: time.Duration(rl.Penalty.Memory)}

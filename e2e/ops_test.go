@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -251,6 +252,42 @@ func TestEdgeCommand(t *testing.T) {
 	}
 	if errOut := e.cliFails(t, "limits", "reset"); !strings.Contains(errOut, "needs --tier and --key") {
 		t.Errorf("limits reset without flags: %s", errOut)
+	}
+
+	// audit: every action above and the abuse signal, from the Redis
+	// Stream, with no raw key, IP or user id.
+	var trail struct {
+		Source string `json:"source"`
+		Events []struct {
+			Kind, Action string
+			Detail       map[string]string
+		} `json:"events"`
+	}
+	Eventually(t, 5*time.Second, func() error { // the abuse entry is written off the request path
+		raw := e.cli(t, "audit", "--json", "--limit", "100")
+		trail.Events = nil
+		if err := json.Unmarshal([]byte(raw), &trail); err != nil {
+			return stopPolling{err}
+		}
+		if strings.Contains(raw, "127.0.0.1") || strings.Contains(raw, "event:1") || strings.Contains(raw, `"user": "1"`) {
+			return stopPolling{fmt.Errorf("audit trail shows a raw key, IP or user id:\n%s", raw)}
+		}
+		seen := map[string]int{}
+		for _, ev := range trail.Events {
+			seen[ev.Kind+" "+ev.Action+" "+ev.Detail["by"]+ev.Detail["tier"]]++
+		}
+		for _, want := range []string{"admin cache_purge key", "admin cache_purge tag", "admin cache_purge pattern", "admin sessions_destroy_user ", "admin ratelimit_reset api", "abuse rate_limited auth"} {
+			if seen[want] == 0 {
+				return fmt.Errorf("no %q in the audit trail (source %s): %v", want, trail.Source, seen)
+			}
+		}
+		if trail.Source != "redis" {
+			return stopPolling{fmt.Errorf("audit source %q, want redis", trail.Source)}
+		}
+		return nil
+	})
+	if out := e.cli(t, "audit", "--limit", "5"); !strings.Contains(out, "entries from the fleet's Redis Stream") || !strings.Contains(out, "ACTION") {
+		t.Errorf("audit table:\n%s", out)
 	}
 
 	// The default address is Caddy's: $CADDY_ADMIN when set.

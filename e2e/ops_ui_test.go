@@ -154,6 +154,23 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("origin reads of /api/events/{id} after the page's purge: %d → %d, want one more", before, after)
 	}
 
+	// The purge shows in the page's audit trail, hashed.
+	Eventually(t, 10*time.Second, func() error {
+		var rows [][]string
+		b.eval(t, `[...document.querySelectorAll('#audit tbody tr')].map(r => [...r.cells].map(c => c.textContent))`, &rows)
+		if !hasRow(rows, func(r []string) bool {
+			return len(r) == 5 && r[2] == "admin" && r[3] == "cache_purge" && strings.Contains(r[4], "by=key")
+		}) {
+			return fmt.Errorf("audit table %v: no cache_purge", rows)
+		}
+		for _, r := range rows {
+			if strings.Contains(r[4], "event:1") || strings.Contains(r[4], "127.0.0.1") {
+				return stopPolling{fmt.Errorf("audit row shows a raw key: %v", r)}
+			}
+		}
+		return nil
+	})
+
 	// Look up alice's sessions and end them from the page.
 	b.eval(t, `(() => {
 		document.getElementById('session-user').value = '1';

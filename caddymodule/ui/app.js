@@ -246,6 +246,14 @@ function renderSessions(m) {
 	fillTable('session-results', Object.keys(totals).sort().map((k) => [k, fmtInt(totals[k])]));
 }
 
+function renderAudit(d) {
+	setText('audit-source', d.audit_error ? 'error: ' + d.audit_error : d.audit_source === 'redis' ? "the fleet's Redis Stream" : "this edge's memory");
+	fillTable('audit', (d.audit || []).map((e) => [
+		fmtTime(Date.parse(e.time)), e.edge, e.kind, e.action,
+		Object.keys(e.detail || {}).sort().map((k) => k + '=' + e.detail[k]).join(' '),
+	]));
+}
+
 function render(d) {
 	lastData = d;
 	const m = modules(d.stats);
@@ -253,6 +261,7 @@ function render(d) {
 	renderCache(d, m);
 	renderLimits(d, m);
 	renderSessions(m);
+	renderAudit(d);
 	setText('updated', new Date(Date.parse(d.time)).toLocaleTimeString());
 	document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
 }
