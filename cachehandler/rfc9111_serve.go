@@ -290,7 +290,9 @@ func (c *Cache) stdWrite(w http.ResponseWriter, r *http.Request, v *stdVariant, 
 		return nil
 	}
 	for name, vs := range v.Header {
-		h[name] = append([]string(nil), vs...)
+		if name != "Surrogate-Control" {
+			h[name] = append([]string(nil), vs...)
+		}
 	}
 	h["Age"] = one(formatAge(v.age(now)))
 	h["Cache-Status"] = one(status)
@@ -456,7 +458,7 @@ func excludedFromStorage(name string) bool {
 	switch name {
 	case "Connection", "Keep-Alive", "Proxy-Connection", "Te", "Transfer-Encoding", "Upgrade", "Trailer",
 		"Proxy-Authenticate", "Proxy-Authentication-Info", "Cache-Status", "Set-Cookie", "Set-Cookie2",
-		"Surrogate-Key", "Surrogate-Control", "Ratelimit", "Ratelimit-Policy", "Retry-After":
+		"Surrogate-Key", "Ratelimit", "Ratelimit-Policy", "Retry-After":
 		return true
 	}
 	return false
@@ -486,6 +488,7 @@ type stdRecorder struct {
 	body           bytes.Buffer
 	tags           []string
 	varyNames      []string
+	surrogate      []string
 }
 
 func (sr *stdRecorder) Header() http.Header         { return sr.w.Header() }
@@ -513,9 +516,12 @@ func (sr *stdRecorder) WriteHeader(code int) {
 		sr.upstreamHeader = h.Clone()
 		return
 	}
-	delete(h, "Surrogate-Control")
 	sr.upstreamHeader = h
 	reason := sr.storable(code, h)
+	// Surrogate-Control is for this cache only: stored (freshness is
+	// derived from it again on every decode), never sent on.
+	sr.surrogate = h["Surrogate-Control"]
+	delete(h, "Surrogate-Control")
 	sr.keep = reason == ""
 	status := sr.c.cfg.StatusName + "; fwd=" + sr.fwd + "; fwd-status=" + strconv.Itoa(code)
 	if sr.keep {
@@ -653,6 +659,9 @@ func (sr *stdRecorder) variant(responseTime time.Time) *stdVariant {
 			break
 		}
 		v.Header[k] = append([]string(nil), vs...)
+	}
+	if len(sr.surrogate) > 0 {
+		v.Header["Surrogate-Control"] = sr.surrogate
 	}
 	for _, f := range sr.upstreamHeader["Connection"] {
 		for _, name := range strings.Split(f, ",") {
