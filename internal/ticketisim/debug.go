@@ -26,6 +26,10 @@ func (s *Sim) debugStats(w http.ResponseWriter, r *http.Request) {
 	for _, n := range routes {
 		total += n
 	}
+	// A test may ask for a cacheable echo, to see what a cache stored.
+	if cc := r.Header.Get(HeaderEchoCacheControl); cc != "" {
+		w.Header().Set("Cache-Control", cc)
+	}
 	writeRaw(w, http.StatusOK, struct {
 		Routes map[string]int64 `json:"routes"`
 		Total  int64            `json:"total"`
@@ -40,6 +44,10 @@ func (s *Sim) debugReset(w http.ResponseWriter, r *http.Request) {
 	case "1", "true":
 		s.Reseed()
 		reseeded = true
+	}
+	// A test may ask for a cacheable echo, to see what a cache stored.
+	if cc := r.Header.Get(HeaderEchoCacheControl); cc != "" {
+		w.Header().Set("Cache-Control", cc)
 	}
 	writeRaw(w, http.StatusOK, struct {
 		OK       bool `json:"ok"`
@@ -90,6 +98,10 @@ func (s *Sim) debugEcho(w http.ResponseWriter, r *http.Request) {
 	headers := r.Header
 	if headers == nil {
 		headers = http.Header{}
+	}
+	// A test may ask for a cacheable echo, to see what a cache stored.
+	if cc := r.Header.Get(HeaderEchoCacheControl); cc != "" {
+		w.Header().Set("Cache-Control", cc)
 	}
 	writeRaw(w, http.StatusOK, struct {
 		Method        string      `json:"method"`

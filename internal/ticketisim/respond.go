@@ -21,6 +21,9 @@ const (
 	// HeaderInvalidate names, comma-separated, the cache tags a successful
 	// mutation made stale.
 	HeaderInvalidate = "X-Ticketi-Invalidate"
+	// HeaderEchoCacheControl, on a request to /__sim/echo, is the
+	// Cache-Control of the echo (no-store otherwise).
+	HeaderEchoCacheControl = "X-Sim-Cache-Control"
 )
 
 const (
@@ -82,7 +85,9 @@ func writeRaw(w http.ResponseWriter, status int, v any) {
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{"error":"internal error"}`)
 	}
-	w.Header().Set("Cache-Control", ccNoStore)
+	if w.Header().Get("Cache-Control") == "" {
+		w.Header().Set("Cache-Control", ccNoStore)
+	}
 	writeBody(w, status, b)
 }
 
