@@ -16,8 +16,13 @@ import (
 // breaker, queue and bus), noticing a restarted Redis within maxBackoff.
 func edgeConn(t *testing.T, srv *redistest.Server, maxBackoff time.Duration) *store.Redis {
 	t.Helper()
+	return edgeConnURL(t, srv.URL(), maxBackoff)
+}
+
+func edgeConnURL(t *testing.T, url string, maxBackoff time.Duration) *store.Redis {
+	t.Helper()
 	r, err := store.New(store.Options{
-		URL: srv.URL(), KeyPrefix: "test_",
+		URL: url, KeyPrefix: "test_",
 		Heartbeat: 20 * time.Millisecond, MaxBackoff: maxBackoff,
 	}, zap.NewNop())
 	if err != nil {
@@ -49,9 +54,10 @@ func stopAndWait(t *testing.T, srv *redistest.Server, conns ...*store.Redis) {
 // request reaching A.
 func TestLogoutDuringOutageRefusedOnOtherInstanceWithinGrace(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{Persistent: true})
-	// A notices the restart late (up to ~1.7 s), B at once: B comes back
-	// while A still holds the logout.
-	rA, rB := edgeConn(t, srv, 1500*time.Millisecond), edgeConn(t, srv, 50*time.Millisecond)
+	// A reaches Redis through a proxy that can hold its replies, so A stays
+	// cut off after the restart until the test lets it through.
+	proxyA := redistest.StartProxy(t, srv)
+	rA, rB := edgeConnURL(t, proxyA.URL(), 50*time.Millisecond), edgeConn(t, srv, 50*time.Millisecond)
 	clk := newClock()
 	const grace = time.Minute
 	a := newManager(t, Options{Redis: rA, Now: clk.Now, Bus: edgeBus(t, rA), OutageGrace: grace})
@@ -69,10 +75,20 @@ func TestLogoutDuringOutageRefusedOnOtherInstanceWithinGrace(t *testing.T) {
 	clk.Advance(grace + time.Millisecond)
 	wantResult(t, b, tok, Unavailable) // the bound: outage_grace
 
+	proxyA.SetDelay(1500 * time.Millisecond) // longer than any probe waits
 	if err := srv.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "B reconnected", rB.Available)
+	// Redis is back for B and still has the session; A has not replayed.
+	for range 3 {
+		wantResult(t, b, tok, Unavailable) // settling: not trusted afresh
+		clk.Advance(100 * time.Millisecond)
+	}
+	if rA.Available() || !a.pending.Pending() || b.Stats().SettleRefused != 3 {
+		t.Fatalf("the settling was not exercised: A available %v, pending %v, refused %d", rA.Available(), a.pending.Pending(), b.Stats().SettleRefused)
+	}
+	proxyA.SetDelay(0)
 	// From here on no request reaches A: its replay must not need one.
 	eventually(t, 10*time.Second, "A's queued logout lands and B refuses the session as logged out", func() bool {
 		_, res := b.Validate(ctx, tok, Meta{})
