@@ -409,10 +409,29 @@ type cacheStats struct {
 // cacheStats is each cache handler's L1 figures and per-rule counts.
 func (a *App) cacheStats() map[string]any {
 	out := map[string]any{}
+	fleet := a.fleetStats()
 	for name, c := range a.handlers.caches.all() {
-		out[name] = map[string]any{"engine": c.engine.Stats(), "rules": c.obs.stats()}
+		st := map[string]any{"engine": c.engine.Stats(), "rules": c.obs.stats()}
+		if fleet != nil {
+			st["fleet"] = fleet
+		}
+		out[name] = st
 	}
 	return out
+}
+
+// fleetStats reports the cache bus (members, acknowledgement timeouts,
+// resynchronisations); nil without Redis.
+func (a *App) fleetStats() *store.BusStats {
+	h := a.handlers
+	h.mu.Lock()
+	b := h.buses[cacheBusChannel]
+	h.mu.Unlock()
+	if b == nil {
+		return nil
+	}
+	st := b.Stats()
+	return &st
 }
 
 // handlerStats gathers every edge handler's own figures for /edge/stats.

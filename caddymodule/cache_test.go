@@ -121,7 +121,7 @@ func TestExampleConfigCaches(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		code, body := e.admin(t, http.MethodGet, "/edge/cache/stats", "")
-		if code == 200 && strings.Contains(string(body), `"hearing":true`) {
+		if code == 200 && strings.Contains(string(body), `"hearing":true`) && strings.Contains(string(body), `"fleet":{"fleet":true`) {
 			break
 		}
 		if time.Now().After(deadline) {
