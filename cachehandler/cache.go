@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -149,6 +150,10 @@ type Cache struct {
 	unsub   func()
 
 	origin string
+
+	// Rate limit for the acknowledgement-timeout warning.
+	ackWarnedAt atomic.Int64
+	ackTimeouts atomic.Int64
 
 	// Invalidations that could not reach Redis; kept on the connection so
 	// a config reload during an outage does not lose them. nil without Redis.

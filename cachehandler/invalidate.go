@@ -345,8 +345,16 @@ func (c *Cache) broadcast(ctx context.Context, m busMessage) {
 		result = "alone"
 	case res.Acked < res.Expected:
 		result = "timeout"
-		c.log.Info("cache invalidation not acknowledged by every edge in time",
-			zap.Int("edges", res.Expected), zap.Int("acked", res.Acked), zap.Duration("waited", res.Waited))
+		// A hung or departed edge makes every write time out until it leaves
+		// the member set (≤ 1 s): one line per 10 s, with the count.
+		if now := time.Now().UnixNano(); now-c.ackWarnedAt.Load() >= int64(10*time.Second) {
+			c.ackWarnedAt.Store(now)
+			c.log.Warn("cache invalidation not acknowledged by every edge in time; the write waited the bound",
+				zap.Int("edges", res.Expected), zap.Int("acked", res.Acked), zap.Duration("waited", res.Waited),
+				zap.Int64("timeouts_since_last_line", c.ackTimeouts.Swap(0)+1))
+		} else {
+			c.ackTimeouts.Add(1)
+		}
 	}
 	c.obs.Acknowledged(result, res.Waited)
 }
