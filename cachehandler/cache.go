@@ -115,6 +115,10 @@ type Bus interface {
 	// Hearing reports whether every message sent more than a small bound
 	// ago has been delivered here.
 	Hearing() bool
+	// Now and WaitHeard let a request that could not rely on Hearing wait
+	// (bounded) until every message sent before it started was handled.
+	Now() store.Mark
+	WaitHeard(ctx context.Context, m store.Mark, max time.Duration) bool
 }
 
 // Observer receives the cache's events for metrics. rule is a configured

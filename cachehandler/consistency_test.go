@@ -334,3 +334,117 @@ func TestFollowersAfterRemoteWriteDoNotJoinOlderFill(t *testing.T) {
 	<-leaderDone
 	_ = leader
 }
+
+// An edge that never counts as hearing (here: its proof is never fresh
+// enough, as on a CPU-starved machine) still coalesces misses: followers
+// wait until the bus proves it missed nothing since they arrived. A write
+// acknowledged (by timeout) before a follower arrived still keeps the
+// fill's older answer from it.
+func TestLateEdgeStillCoalescesButNotAcrossAWrite(t *testing.T) {
+	late := fastFleet
+	late.DeafAfter = time.Nanosecond
+	p := newPairWith(t, nil, fastFleet, late)
+	if p.bus[1].Hearing() {
+		t.Fatal("edge b should never count as hearing")
+	}
+	hold := make(chan struct{})
+	started := make(chan struct{})
+	var once sync.Once
+	inner := p.b.next
+	p.b.next = func(w2 http.ResponseWriter, r *http.Request) error {
+		first := false
+		once.Do(func() { first = true })
+		if !first {
+			return inner(w2, r)
+		}
+		rec := httptest.NewRecorder()
+		err := inner(rec, r)
+		close(started)
+		<-hold
+		for k, v := range rec.Header() {
+			w2.Header()[k] = v
+		}
+		w2.WriteHeader(rec.Code)
+		_, _ = w2.Write(rec.Body.Bytes())
+		return err
+	}
+	before := p.b.origin(eventRoute)
+	_, leaderDone := getAsync(p.b, "/api/events/48")
+	<-started
+	var followers []<-chan struct{}
+	for range 5 {
+		_, done := getAsync(p.b, "/api/events/48")
+		followers = append(followers, done)
+	}
+	waitFollowersOf(t, p.b, "event:48", 5)
+	close(hold)
+	<-leaderDone
+	for _, d := range followers {
+		<-d
+	}
+	if n := p.b.origin(eventRoute) - before; n != 1 {
+		t.Fatalf("a late edge made %d origin requests for 6 concurrent misses, want 1", n)
+	}
+
+	// Now a fill in flight on b, a write on a, then a follower on b.
+	p.b.cache.l1.remove("event:49")
+	hold2 := make(chan struct{})
+	started2 := make(chan struct{})
+	var once2 sync.Once
+	p.b.next = func(w2 http.ResponseWriter, r *http.Request) error {
+		first := false
+		once2.Do(func() { first = true })
+		if !first {
+			return inner(w2, r)
+		}
+		rec := httptest.NewRecorder()
+		err := inner(rec, r)
+		close(started2)
+		<-hold2
+		for k, v := range rec.Header() {
+			w2.Header()[k] = v
+		}
+		w2.WriteHeader(rec.Code)
+		_, _ = w2.Write(rec.Body.Bytes())
+		return err
+	}
+	_, leader2 := getAsync(p.b, "/api/events/49")
+	<-started2
+	// b's bus is stuck on an earlier message: it hears the write's
+	// invalidation only later (the PUT's wait for b times out).
+	blocking, unblock := make(chan struct{}), make(chan struct{})
+	unsub := p.bus[1].Subscribe(func(msg string) {
+		if msg == "block" {
+			close(blocking)
+			<-unblock
+		}
+	})
+	defer unsub()
+	if err := p.bus[0].Publish(context.Background(), "block"); err != nil {
+		t.Fatal(err)
+	}
+	<-blocking
+	if w := putEvent(p.a, 49, "Changed while b was late"); w.Code != 200 {
+		t.Fatalf("PUT: %d", w.Code)
+	}
+	follower, fdone := getAsync(p.b, "/api/events/49")
+	waitFollowersOf(t, p.b, "event:49", 1) // joined the fill that began before the write
+	close(unblock)
+	close(hold2)
+	<-leader2
+	<-fdone
+	if got := titleOf(t, follower); got != "Changed while b was late" {
+		t.Fatalf("follower after the write: %q (%s)", got, follower.Header().Get("Cache-Status"))
+	}
+}
+
+// waitFollowersOf polls until key's flight has n followers.
+func waitFollowersOf(t *testing.T, g *rig, key string, n int32) {
+	t.Helper()
+	waitFor(t, 5*time.Second, "followers to join", func() bool {
+		g.cache.flights.mu.Lock()
+		defer g.cache.flights.mu.Unlock()
+		fl := g.cache.flights.m[key]
+		return fl != nil && fl.waiters.Load() >= n
+	})
+}

@@ -16,6 +16,10 @@ import (
 	"github.com/ticketi/edge/internal/store"
 )
 
+// followerCatchUp bounds how long a follower that joined while the edge
+// was not hearing waits for the bus to prove it missed nothing.
+const followerCatchUp = 25 * time.Millisecond
+
 // flights coalesces concurrent misses: one upstream request per key.
 type flights struct {
 	mu sync.Mutex
@@ -31,14 +35,13 @@ type flight struct {
 	p           *prepared
 	stale       *prepared
 	staleStatus string
+	// snap is the local clock when the leader began (set before done
+	// closes): a follower that could not rely on hearing checks it.
+	snap uint64
 }
 
-// join returns the key's flight, or a new one with leader true. Without
-// share the new flight is private: nobody can join it, and it joins none.
-func (f *flights) join(key string, tags []string, share bool) (*flight, bool) {
-	if !share {
-		return &flight{tags: tags, done: make(chan struct{})}, true
-	}
+// join returns the key's flight, or a new one with leader true.
+func (f *flights) join(key string, tags []string) (*flight, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if fl, ok := f.m[key]; ok {
@@ -125,15 +128,27 @@ func (c *Cache) upstreamIdentity(r *http.Request, rule *Rule) *http.Request {
 func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Rule, ps params,
 	key string, stale *prepared, noCache bool) error {
 	tags := renderTags(rule.tags, ps, r, c.cfg.Resolve)
-	// An edge that is not sure it hears invalidations cannot tell whether a
-	// fill in flight started before a write another edge acknowledged, so
-	// it neither joins nor shares one.
-	fl, leader := c.flights.join(key, tags, c.hearing())
+	// A follower that joins while this edge is not sure it hears
+	// invalidations cannot tell yet whether the fill started before a write
+	// another edge acknowledged: it notes where the bus was, and uses the
+	// fill's answer only once the bus has caught up past that point with
+	// no invalidation of the fill's tags (bounded wait; else it asks the
+	// upstream itself). A CPU-starved edge keeps coalescing that way.
+	mustCatchUp := !c.hearing()
+	var mark store.Mark
+	if mustCatchUp {
+		mark = c.cfg.Bus.Now()
+	}
+	fl, leader := c.flights.join(key, tags)
 	if !leader {
 		select {
 		case <-fl.done:
 		case <-r.Context().Done():
 			return r.Context().Err()
+		}
+		if mustCatchUp && (!c.cfg.Bus.WaitHeard(r.Context(), mark, followerCatchUp) || c.clock.changedSince(fl.tags, fl.snap)) {
+			w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=uri-miss; detail=not-shareable")
+			return next.ServeHTTP(c.stripWriter(w), c.upstreamIdentity(r, rule))
 		}
 		if now := c.now(); fl.p != nil && now.Before(fl.p.freshUntil) {
 			if err := c.writeHit(w, r, fl.p, c.status.collapsed, now); !errors.Is(err, errUnservable) {
@@ -160,6 +175,7 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 	ctx, stop := detachContext(r.Context(), fillDetachBound)
 	defer stop()
 	localSnap := c.clock.snapshot()
+	fl.snap = localSnap
 	var redisSnap []int64
 	redisOK := false
 	if c.l2 != nil && c.cfg.Redis.Available() {

@@ -36,6 +36,13 @@ var fastFleet = store.BusOptions{Fleet: true, Heartbeat: 20 * time.Millisecond, 
 
 func newPair(t *testing.T, mutate func(*Config)) *edgePair {
 	t.Helper()
+	return newPairWith(t, mutate, fastFleet, fastFleet)
+}
+
+// newPairWith is newPair with each edge's bus options.
+func newPairWith(t *testing.T, mutate func(*Config), busA, busB store.BusOptions) *edgePair {
+	t.Helper()
+	busOpts := [2]store.BusOptions{busA, busB}
 	srv := redistest.Start(t, redistest.Options{})
 	p := &edgePair{srv: srv}
 	sim := ticketisim.New(ticketisim.Options{Instant: true})
@@ -49,7 +56,7 @@ func newPair(t *testing.T, mutate func(*Config)) *edgePair {
 		p.gates[i] = [2]*redisGate{{}, {}}
 		rdb.Client().AddHook(p.gates[i][0])
 		rdb.Client().AddHook(p.gates[i][1])
-		bus := store.NewBusWith(rdb, busChannel, nil, fastFleet)
+		bus := store.NewBusWith(rdb, busChannel, nil, busOpts[i])
 		t.Cleanup(bus.Close)
 		p.rdb[i], p.bus[i] = rdb, bus
 		rigs[i] = newRig(t, func(c *Config) {
@@ -69,7 +76,8 @@ func newPair(t *testing.T, mutate func(*Config)) *edgePair {
 	// each counts the other as a live member.
 	waitBus(t, p)
 	waitFor(t, 5*time.Second, "both edges hearing with each other as members", func() bool {
-		return p.bus[0].Hearing() && p.bus[1].Hearing() && p.bus[0].Stats().Members == 1 && p.bus[1].Stats().Members == 1
+		return p.bus[0].Stats().Members == 1 && p.bus[1].Stats().Members == 1 &&
+			(p.bus[0].Hearing() || busA.DeafAfter < time.Millisecond) && (p.bus[1].Hearing() || busB.DeafAfter < time.Millisecond)
 	})
 	return p
 }

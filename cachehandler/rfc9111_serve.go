@@ -204,7 +204,7 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, next Next
 	if v == nil && !req.noCache && r.Method == http.MethodGet && !isConditional(r) {
 		// Coalesce plain misses: followers wait for the leader, then look
 		// again (the leader's answer may be a variant they cannot use).
-		fl, leader := c.flights.join(key, nil, c.hearing())
+		fl, leader := c.flights.join(key, nil)
 		if !leader {
 			select {
 			case <-fl.done:

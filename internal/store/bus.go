@@ -67,6 +67,9 @@ type Bus struct {
 	seq        atomic.Uint64
 	acks       chan ack
 
+	heardMu sync.Mutex
+	heard   chan struct{} // closed at the next answered ping (WaitHeard)
+
 	// Figures for stats.
 	resyncCount atomic.Int64
 	ackTimeouts atomic.Int64
@@ -296,6 +299,12 @@ func (b *Bus) receive(ctx context.Context) {
 						break
 					}
 				}
+				b.heardMu.Lock()
+				if b.heard != nil {
+					close(b.heard)
+					b.heard = nil
+				}
+				b.heardMu.Unlock()
 			}
 		case *redis.Message:
 			if len(m.Payload) > maxBusMessage {
@@ -482,6 +491,52 @@ func (b *Bus) Hearing() bool {
 		return false
 	}
 	return now-b.confirmed.Load() <= int64(b.opts.DeafAfter)
+}
+
+// Mark is a point in the bus's history, for WaitHeard.
+type Mark struct {
+	at      int64
+	resyncs int64
+}
+
+// Now marks the present.
+func (b *Bus) Now() Mark { return Mark{at: b.mono(), resyncs: b.resyncCount.Load()} }
+
+// WaitHeard waits, at most max, until every message published before m
+// has been handled here (an answered ping sent after m, on the same
+// subscription). It reports false when that could not be proven in time or
+// the subscription broke since m (messages may have been lost). A plain
+// bus proves nothing and returns false.
+func (b *Bus) WaitHeard(ctx context.Context, m Mark, max time.Duration) bool {
+	if !b.opts.Fleet {
+		return false
+	}
+	var timer *time.Timer
+	for {
+		if b.resyncCount.Load() != m.resyncs || !b.subscribed.Load() {
+			return false
+		}
+		if b.confirmed.Load() >= m.at {
+			return b.resyncCount.Load() == m.resyncs
+		}
+		b.heardMu.Lock()
+		if b.heard == nil {
+			b.heard = make(chan struct{})
+		}
+		ch := b.heard
+		b.heardMu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(max)
+			defer timer.Stop()
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 // AckResult says how a Broadcast went.
