@@ -21,7 +21,7 @@ const refreshBound = 30 * time.Second
 // claimRefresh reports whether this edge may run the refresh of key now.
 // release must be called when the refresh is over.
 func (c *Cache) claimRefresh(ctx context.Context, key string) (release func(), ok bool) {
-	fl, leader := c.flights.join(refreshPrefix+key, nil, true)
+	fl, leader := c.flights.join(refreshPrefix+key, nil)
 	if !leader {
 		fl.waiters.Add(-1)
 		return nil, false
