@@ -1,7 +1,9 @@
 package cachehandler
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"hash/crc32"
 	"net/http"
 	"sort"
@@ -191,9 +193,12 @@ func sameStrings(a, b []string) bool {
 	return true
 }
 
-// tags is the union of the variants' tags.
-func (rec *stdRecord) tags() []string {
-	var out []string
+// tagsFor is the record's tags: the URL's own tag and the mode's (so a
+// URL invalidation and a whole-mode purge use the tag machinery, with its
+// race checks and its replay after a Redis outage), then the union of the
+// variants' tags.
+func (rec *stdRecord) tagsFor(key string) []string {
+	out := []string{stdURLTag(key), stdModeTag}
 	for _, v := range rec.variants {
 		for _, t := range v.Tags {
 			if !containsString(out, t) && len(out) < maxTagCount {
@@ -213,6 +218,17 @@ func (rec *stdRecord) size() int64 {
 }
 
 const stdMagic = "TS1"
+
+// stdModeTag is carried by every standards-mode entry, as each rule's
+// entries carry edge:rule:<name>.
+const stdModeTag = "edge:rule:" + StandardRuleName
+
+// stdURLTag names one URL's entry in the tag machinery; hashed, so a long
+// URL still makes a bounded tag.
+func stdURLTag(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return "edge:url:" + hex.EncodeToString(sum[:16])
+}
 
 // encode serialises the record (same framing and CRC32C as Entry).
 func (rec *stdRecord) encode() []byte {

@@ -134,14 +134,14 @@ func (c *Cache) stdLookup(ctx context.Context, key string, now time.Time) (*stdR
 	}
 	// Into L1 only if no invalidation of the URL or its tags ran since the
 	// read began (see l1.add).
-	guard := append([]string{key}, rec.tags()...)
+	guard := rec.tagsFor(key)
 	c.l1.add(c.stdPrepared(key, rec, now), func() bool { return !c.clock.changedSince(guard, snap) })
 	return rec, "hit-l2"
 }
 
 // stdPrepared wraps a record for L1 (whose tag index reads entry.Tags).
 func (c *Cache) stdPrepared(key string, rec *stdRecord, now time.Time) *prepared {
-	p := &prepared{key: key, entry: &Entry{Tags: rec.tags()}, std: rec, size: rec.size() + int64(len(key))}
+	p := &prepared{key: key, entry: &Entry{Tags: rec.tagsFor(key)}, std: rec, size: rec.size() + int64(len(key))}
 	p.l1Until = now.Add(c.l1TTL())
 	if p.l1Until.Before(now) {
 		p.l1Until = now.Add(c.stdLife(rec, now))
@@ -336,6 +336,10 @@ func (c *Cache) stdFetch(w http.ResponseWriter, r *http.Request, next Next, key 
 	rec *stdRecord, v *stdVariant, req requestPolicy) error {
 	ctx := r.Context()
 	localSnap := c.clock.snapshot()
+	var upfront []int64
+	if c.l2 != nil && c.cfg.Redis.Available() {
+		upfront, _ = c.l2.versions(ctx, []string{stdURLTag(key), stdModeTag})
+	}
 	up := r
 	revalidating := v != nil && v.hasValidator() && v.Status == http.StatusOK
 	if revalidating || r.Method == http.MethodHead {
@@ -385,7 +389,7 @@ func (c *Cache) stdFetch(w http.ResponseWriter, r *http.Request, next Next, key 
 		// §4.3.4: freshen the stored variant with the 304's headers, then
 		// answer the client from it.
 		nv := v.freshened(sr.upstreamHeader, sr.requestTime, c.now(), c.cfg.Standard)
-		c.stdStore(ctx, key, rec, nv, localSnap)
+		c.stdStore(ctx, key, rec, nv, localSnap, upfront)
 		sr.restorePreset()
 		return c.stdWrite(w, r, nv, c.cfg.StatusName+"; fwd=stale; fwd-status=304", c.now())
 	}
@@ -393,17 +397,21 @@ func (c *Cache) stdFetch(w http.ResponseWriter, r *http.Request, next Next, key 
 		return err
 	}
 	nv := sr.variant(c.now())
-	c.stdStore(ctx, key, rec, nv, localSnap)
+	c.stdStore(ctx, key, rec, nv, localSnap, upfront)
 	return nil
 }
 
 // stdStore adds a variant to the URL's record in L1 and Redis, unless the
 // URL or one of its tags was invalidated since the fill began.
-func (c *Cache) stdStore(ctx context.Context, key string, rec *stdRecord, v *stdVariant, localSnap uint64) {
+//
+// upfront are the Redis versions of the URL's and the mode's tags read
+// when the fill began (nil: read now); the origin's own tags are known
+// only from its answer, so theirs are read now.
+func (c *Cache) stdStore(ctx context.Context, key string, rec *stdRecord, v *stdVariant, localSnap uint64, upfront []int64) {
 	if c.testHookBeforeStore != nil {
 		c.testHookBeforeStore()
 	}
-	guard := append([]string{key}, v.Tags...)
+	guard := append([]string{stdURLTag(key), stdModeTag}, v.Tags...)
 	if c.clock.changedSince(guard, localSnap) {
 		return
 	}
@@ -413,7 +421,16 @@ func (c *Cache) stdStore(ctx context.Context, key string, rec *stdRecord, v *std
 	tags := p.entry.Tags
 	if c.l2 != nil && c.cfg.Redis.Available() {
 		sctx := context.WithoutCancel(ctx)
-		snap, err := c.l2.versions(sctx, tags)
+		var snap []int64
+		var err error
+		if len(upfront) == 2 {
+			var rest []int64
+			if rest, err = c.l2.versions(sctx, tags[2:]); err == nil {
+				snap = append(append([]int64(nil), upfront...), rest...)
+			}
+		} else {
+			snap, err = c.l2.versions(sctx, tags)
+		}
 		if err == nil {
 			err = c.l2.store(sctx, key, nrec.encode(), c.stdLife(nrec, now), tags, snap)
 		}
@@ -782,16 +799,11 @@ func (c *Cache) stdInvalidateURLs(r *http.Request, h http.Header) {
 			keys = append(keys, k)
 		}
 	}
-	c.clock.bump(keys)
-	for _, k := range keys {
-		c.l1.remove(k)
+	// Through the tag machinery: here, in Redis, on the other edges, and
+	// replayed when Redis is back if it is down now.
+	tags := make([]string, len(keys))
+	for i, k := range keys {
+		tags[i] = stdURLTag(k)
 	}
-	if c.l2 != nil && c.cfg.Redis.Available() {
-		ctx := context.WithoutCancel(r.Context())
-		if err := c.l2.del(ctx, keys...); err != nil {
-			c.log.Warn("rfc9111: could not invalidate in redis", zap.Int("urls", len(keys)), zap.Error(err))
-		}
-		c.publish(ctx, busMessage{Keys: keys})
-	}
-	c.obs.Invalidated(len(keys))
+	c.Invalidate(context.WithoutCancel(r.Context()), tags)
 }
