@@ -37,7 +37,7 @@ func readmeACL(t *testing.T) string {
 func aclConn(t *testing.T, srv *redistest.Server, user string) *store.Redis {
 	t.Helper()
 	r, err := store.New(store.Options{
-		URL: srv.URL(), Username: user, Password: "edge-pass", KeyPrefix: "test_",
+		URL: srv.URL(), Username: user, Password: "edge-pass", KeyPrefix: "test_", CallTimeout: testCallTimeout,
 		Heartbeat: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
 	}, zap.NewNop())
 	if err != nil {

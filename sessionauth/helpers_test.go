@@ -30,13 +30,19 @@ var (
 // newClock is the injected clock: tests move it, nothing sleeps on it.
 func newClock() *testclock.Clock { return testclock.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)) }
 
+// testCallTimeout is the request-path budget in these tests: 5x the
+// production 50 ms, because the tests share 2 cores with other test
+// processes under -race, and a budget overrun here is load, not a finding.
+// (store tests the budget itself.)
+const testCallTimeout = 250 * time.Millisecond
+
 // startRedis starts a private redis-server and the shared connection the
 // engines use (key prefix "test_", fast heartbeat and reconnect).
 func startRedis(t *testing.T) (*redistest.Server, *store.Redis) {
 	t.Helper()
 	srv := redistest.Start(t, redistest.Options{})
 	r, err := store.New(store.Options{
-		URL: srv.URL(), KeyPrefix: "test_",
+		URL: srv.URL(), KeyPrefix: "test_", CallTimeout: testCallTimeout,
 		Heartbeat: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
 	}, zap.NewNop())
 	if err != nil {

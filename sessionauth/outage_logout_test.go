@@ -22,7 +22,7 @@ func edgeConn(t *testing.T, srv *redistest.Server, maxBackoff time.Duration) *st
 func edgeConnURL(t *testing.T, url string, maxBackoff time.Duration) *store.Redis {
 	t.Helper()
 	r, err := store.New(store.Options{
-		URL: url, KeyPrefix: "test_",
+		URL: url, KeyPrefix: "test_", CallTimeout: testCallTimeout,
 		Heartbeat: 20 * time.Millisecond, MaxBackoff: maxBackoff,
 	}, zap.NewNop())
 	if err != nil {

@@ -145,7 +145,7 @@ func TestRedisDownRecentSessionsKeepWorking(t *testing.T) {
 	wantResult(t, m, recent, Valid)        // confirmed just now
 	clk.Advance(time.Minute)               // past LocalTTL: the store would be asked
 
-	if err := srv.Pause(); err != nil { // hung Redis: calls run into the 50 ms budget
+	if err := srv.Pause(); err != nil { // hung Redis: calls run into the call budget
 		t.Fatal(err)
 	}
 	start := time.Now()
