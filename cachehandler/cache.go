@@ -64,6 +64,9 @@ type Config struct {
 	Grace time.Duration
 	// DisableStale turns stale serving off (entries live exactly their TTL).
 	DisableStale bool
+	// StaleWhileRevalidate is the rules' default stale-while-revalidate
+	// window (swr.go); at most Grace, since entries live TTL+Grace.
+	StaleWhileRevalidate time.Duration
 	// CompressMin: bodies at least this long are stored gzip-compressed.
 	CompressMin int
 	// NegativeTTL caps the TTL of cached 404/410 answers.
@@ -220,6 +223,13 @@ func New(cfg Config) (*Cache, error) {
 			return nil, fmt.Errorf("cache rule name %q is used twice", r.Name)
 		}
 		names[r.Name] = true
+		swr := r.StaleWhileRevalidate
+		if swr == 0 {
+			swr = cfg.StaleWhileRevalidate
+		}
+		if swr > cfg.Grace || swr < 0 {
+			return nil, fmt.Errorf("cache rule %q: stale_while_revalidate %v exceeds grace %v (entries live ttl+grace)", r.Name, swr, cfg.Grace)
+		}
 		maxLife = max(maxLife, r.TTL+cfg.Grace)
 	}
 	for _, ir := range cfg.Invalidations {
@@ -367,6 +377,11 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 	}
 	if !noCache {
 		stale = p // expired but within grace, or nil
+	}
+	if stale != nil {
+		if served, err := c.serveWhileRevalidating(w, r, next, rule, ps, key, stale, now); served {
+			return err
+		}
 	}
 	c.obs.Lookup(rule.Name, "miss")
 	return c.fill(w, r, next, rule, ps, key, stale, noCache)

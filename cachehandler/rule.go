@@ -55,6 +55,10 @@ type Rule struct {
 	// cache, so a cache-buster or an unknown filter never gets someone
 	// else's response.
 	IgnoreQuery []string
+	// StaleWhileRevalidate: for this long after expiry the stored entry is
+	// served at once while one background fill refreshes it. Zero: the
+	// handler's Config.StaleWhileRevalidate.
+	StaleWhileRevalidate time.Duration
 
 	path  pattern
 	key   template

@@ -54,6 +54,37 @@ const refreshPrefix = "refresh:"
 
 var releaseClaim = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], 1000) end return 0`)
 
+// serveWhileRevalidating answers with the expired entry at once when the
+// rule's stale-while-revalidate window allows, and starts one background
+// fill for the key (the fill stores under the usual race checks; the
+// other edges then drop their L1 copies so none of them refreshes again).
+func (c *Cache) serveWhileRevalidating(w http.ResponseWriter, r *http.Request, next Next, rule *Rule, ps params,
+	key string, stale *prepared, now time.Time) (bool, error) {
+	window := rule.StaleWhileRevalidate
+	if window == 0 {
+		window = c.cfg.StaleWhileRevalidate
+	}
+	if window <= 0 || !now.Before(stale.freshUntil.Add(window)) {
+		return false, nil
+	}
+	ps = append(params(nil), ps...) // the caller's are on its stack
+	refreshing := c.refreshInBackground(r, key, func(w http.ResponseWriter, r2 *http.Request) error {
+		err := c.fill(w, r2, next, rule, ps, key, stale, false)
+		c.publish(r2.Context(), busMessage{Keys: []string{key}})
+		return err
+	})
+	status := c.cfg.StatusName + "; fwd=stale; detail=stale-while-revalidate"
+	if !refreshing {
+		status += "-refresh-running"
+	}
+	err := c.writeHit(w, r, stale, status, now)
+	if errors.Is(err, errUnservable) {
+		return false, nil
+	}
+	c.obs.Lookup(rule.Name, "stale")
+	return true, err
+}
+
 // refreshInBackground runs fetch with a request detached from the client
 // (its values, not its cancellation), into a writer nobody reads.
 func (c *Cache) refreshInBackground(r *http.Request, key string, fetch func(w http.ResponseWriter, r *http.Request) error) bool {

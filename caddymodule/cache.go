@@ -36,6 +36,10 @@ type Cache struct {
 	Grace caddy.Duration `json:"grace,omitempty"`
 	// Never serve stale entries.
 	DisableStale bool `json:"disable_stale,omitempty"`
+	// For this long after expiry an entry is served at once while one
+	// background fill per key (per fleet with Redis) refreshes it; the
+	// rules' default, at most grace. Default: 0 (off).
+	StaleWhileRevalidate caddy.Duration `json:"stale_while_revalidate,omitempty"`
 	// Bodies at least this long are stored gzip-compressed. Default: 1024.
 	CompressMin int `json:"compress_min,omitempty"`
 	// TTL cap for cached 404/410 answers. Default: 30s.
@@ -95,6 +99,8 @@ type CacheRule struct {
 	IgnoreQuery []string `json:"ignore_query,omitempty"`
 	// The seed's per-endpoint feature flag.
 	Disabled bool `json:"disabled,omitempty"`
+	// Stale-while-revalidate window of this rule (overrides the handler's).
+	StaleWhileRevalidate caddy.Duration `json:"stale_while_revalidate,omitempty"`
 }
 
 // CacheInvalidation drops tags when a mutation succeeds.
@@ -120,23 +126,24 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 		return err
 	}
 	cfg := cachehandler.Config{
-		L1Bytes:           c.L1Size,
-		L1TTL:             time.Duration(c.L1TTL),
-		MaxEntryBytes:     c.MaxEntrySize,
-		Grace:             time.Duration(c.Grace),
-		DisableStale:      c.DisableStale,
-		CompressMin:       c.CompressMin,
-		NegativeTTL:       time.Duration(c.NegativeTTL),
-		StatusName:        c.StatusName,
-		InvalidateHeader:  c.InvalidateHeader,
-		CredentialCookies: c.CredentialCookies,
-		Paths:             cachehandler.PathMatching{CaseSensitive: c.CaseSensitiveRouting, Strict: c.StrictRouting},
-		FixedUpstreamHost: c.FixedUpstreamHost,
-		Standard:          c.RFC9111.engine(),
-		Redis:             c.app.redis,
-		Now:               time.Now,
-		Logger:            c.log,
-		Resolve:           resolvePlaceholder,
+		L1Bytes:              c.L1Size,
+		L1TTL:                time.Duration(c.L1TTL),
+		MaxEntryBytes:        c.MaxEntrySize,
+		Grace:                time.Duration(c.Grace),
+		DisableStale:         c.DisableStale,
+		StaleWhileRevalidate: time.Duration(c.StaleWhileRevalidate),
+		CompressMin:          c.CompressMin,
+		NegativeTTL:          time.Duration(c.NegativeTTL),
+		StatusName:           c.StatusName,
+		InvalidateHeader:     c.InvalidateHeader,
+		CredentialCookies:    c.CredentialCookies,
+		Paths:                cachehandler.PathMatching{CaseSensitive: c.CaseSensitiveRouting, Strict: c.StrictRouting},
+		FixedUpstreamHost:    c.FixedUpstreamHost,
+		Standard:             c.RFC9111.engine(),
+		Redis:                c.app.redis,
+		Now:                  time.Now,
+		Logger:               c.log,
+		Resolve:              resolvePlaceholder,
 	}
 	if cfg.InvalidateHeader == "" {
 		cfg.InvalidateHeader = "X-Ticketi-Invalidate"
@@ -148,6 +155,7 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 		cfg.Rules = append(cfg.Rules, &cachehandler.Rule{
 			Name: r.Name, Path: r.Path, Key: r.Key, TTL: time.Duration(r.TTL), Tags: r.Tags,
 			PerUser: r.PerUser, Public: r.Public, IgnoreQuery: r.IgnoreQuery, Disabled: r.Disabled,
+			StaleWhileRevalidate: time.Duration(r.StaleWhileRevalidate),
 		})
 	}
 	for _, inv := range c.Invalidations {

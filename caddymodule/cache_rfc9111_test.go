@@ -63,3 +63,20 @@ func TestRFC9111CaddyfileErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestStaleWhileRevalidateCaddyfile(t *testing.T) {
+	var c Cache
+	if err := c.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`edge_cache {
+		stale_while_revalidate 30s
+		rule event /api/events/{id} {
+			key event:{id}
+			ttl 60s
+			stale_while_revalidate 2m
+		}
+	}`)); err != nil {
+		t.Fatal(err)
+	}
+	if c.StaleWhileRevalidate != caddy.Duration(30*time.Second) || c.Rules[0].StaleWhileRevalidate != caddy.Duration(2*time.Minute) {
+		t.Fatalf("%v %v", c.StaleWhileRevalidate, c.Rules[0].StaleWhileRevalidate)
+	}
+}

@@ -29,6 +29,7 @@ func init() {
 //			public
 //			ignore_query <name...>
 //			enabled      on|off
+//			stale_while_revalidate <duration>
 //		}
 //		invalidate <METHOD[,METHOD...]> <path> <tag...>
 //		rfc9111 [<path pattern...>] {    # standards mode for paths no rule matches
@@ -40,6 +41,7 @@ func init() {
 //		l1_ttl             <duration>
 //		max_entry          <size>        # e.g. 1MiB
 //		grace              <duration>|off
+//		stale_while_revalidate <duration>  # rules' default, at most grace
 //		compress_min       <size>
 //		negative_ttl       <duration>
 //		status_name        <name>
@@ -96,6 +98,8 @@ func (c *Cache) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			c.Grace, err = requiredDuration(d)
 		case "compress_min":
 			c.CompressMin, err = requiredSize(d)
+		case "stale_while_revalidate":
+			c.StaleWhileRevalidate, err = requiredDuration(d)
 		case "negative_ttl":
 			c.NegativeTTL, err = requiredDuration(d)
 		case "status_name":
@@ -168,6 +172,8 @@ func (c *Cache) parseRule(d *caddyfile.Dispenser) error {
 			var on bool
 			on, err = requiredOnOff(d)
 			r.Disabled = !on
+		case "stale_while_revalidate":
+			r.StaleWhileRevalidate, err = requiredDuration(d)
 		default:
 			return d.Errf("unrecognized rule option '%s'", sub)
 		}
