@@ -27,6 +27,7 @@ func TestRateLimitDirectiveParses(t *testing.T) {
 		dry_run
 		penalty 2 max 10m memory 1h
 		local_deny off
+		leases off
 		key_display truncate
 		hash_salt fleet-salt
 		top_k 50
@@ -45,7 +46,7 @@ func TestRateLimitDirectiveParses(t *testing.T) {
 	if !rl.DryRun || rl.Penalty.Factor != 2 || time.Duration(rl.Penalty.Max) != 10*time.Minute ||
 		time.Duration(rl.Penalty.Memory) != time.Hour || !rl.DisableLocalDeny || rl.KeyDisplay != "truncate" ||
 		rl.HashSalt != "fleet-salt" || rl.TopK != 50 || rl.Redis == nil || rl.Redis.URL != "redis://limits:6379" ||
-		rl.IPv4Prefix != 24 || rl.IPv6Prefix != 56 {
+		rl.IPv4Prefix != 24 || rl.IPv6Prefix != 56 || !rl.DisableLeases {
 		t.Fatalf("options %+v", rl)
 	}
 	for src, want := range map[string]string{

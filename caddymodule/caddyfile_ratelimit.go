@@ -30,6 +30,7 @@ func init() {
 //		dry_run
 //		penalty     <factor> [max <duration>] [memory <duration>]
 //		local_deny  on|off
+//		leases      on|off                         # default on
 //		key_display hash|truncate
 //		hash_salt   <salt>
 //		top_k       <n>
@@ -65,6 +66,10 @@ func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			var on bool
 			on, err = requiredOnOff(d)
 			rl.DisableLocalDeny = !on
+		case "leases":
+			var on bool
+			on, err = requiredOnOff(d)
+			rl.DisableLeases = !on
 		case "key_display":
 			if rl.KeyDisplay, err = requiredArg(d); err == nil && rl.KeyDisplay != "hash" && rl.KeyDisplay != "truncate" {
 				return d.Errf("key_display: expected hash or truncate, got %q", rl.KeyDisplay)

@@ -65,7 +65,7 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 		}, []string{"result"}),
 		limitDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: "ratelimit", Name: "decisions_total",
-			Help: "Rate-limit outcomes by tier, result (allowed, denied; dry-run denials count as denied) and source (redis, local_deny, memory, invalid).",
+			Help: "Rate-limit outcomes by tier, result (allowed, denied; dry-run denials count as denied) and source (redis, lease, local_deny, memory, invalid).",
 		}, []string{"tier", "result", "source"}),
 		sessionLogins: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: "session", Name: "created_total",

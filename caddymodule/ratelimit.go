@@ -32,6 +32,10 @@ type RateLimit struct {
 	// Turn off the local deny cache (repeat offenders denied in-process
 	// until their reset, without asking Redis).
 	DisableLocalDeny bool `json:"disable_local_deny,omitempty"`
+	// Decide every window-tier request in Redis instead of spending quota
+	// reserved for this edge (leases): no early refusals caused by quota
+	// reserved at other edges, but one (coalesced) Redis call per request.
+	DisableLeases bool `json:"disable_leases,omitempty"`
 	// How keys appear in logs and admin stats: hash (default) or truncate.
 	KeyDisplay string `json:"key_display,omitempty"`
 	// Salt for hashed keys; give every edge the same one to correlate logs.
@@ -161,6 +165,7 @@ func (rl *RateLimit) Provision(ctx caddy.Context) error {
 		Redis:            rl.conn.redis,
 		DryRun:           rl.DryRun,
 		DisableLocalDeny: rl.DisableLocalDeny,
+		DisableLeases:    rl.DisableLeases,
 		TopK:             rl.TopK,
 		KeyDisplay:       rl.KeyDisplay,
 		HashSalt:         caddy.NewReplacer().ReplaceKnown(rl.HashSalt, ""),
@@ -287,7 +292,7 @@ func (rl *RateLimit) adminKey(key string) string {
 
 // tierMetric holds a tier's counters resolved once: [allowed][source].
 type tierMetric struct {
-	c [2][4]prometheus.Counter
+	c [2][5]prometheus.Counter
 }
 
 func (m *metrics) limitCounters(tiers []RateLimitTier) map[string]*tierMetric {
@@ -295,7 +300,7 @@ func (m *metrics) limitCounters(tiers []RateLimitTier) map[string]*tierMetric {
 	for _, t := range tiers {
 		tm := &tierMetric{}
 		for a, result := range []string{"denied", "allowed"} {
-			for s := ratelimit.SourceRedis; s <= ratelimit.SourceInvalid; s++ {
+			for s := ratelimit.SourceRedis; s <= ratelimit.SourceLease; s++ {
 				tm.c[a][s] = m.limitDecisions.WithLabelValues(t.Name, result, s.String())
 			}
 		}

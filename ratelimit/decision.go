@@ -17,6 +17,10 @@ const (
 	// SourceInvalid: a check was unusable (invalid tier, empty key) and the
 	// request was denied without consulting any state.
 	SourceInvalid
+	// SourceLease: every check was decided from quota this edge had
+	// reserved in Redis (see lease.go), without a round trip; as exact as
+	// SourceRedis.
+	SourceLease
 )
 
 func (s Source) String() string {
@@ -29,6 +33,8 @@ func (s Source) String() string {
 		return "memory"
 	case SourceInvalid:
 		return "invalid"
+	case SourceLease:
+		return "lease"
 	}
 	return "unknown"
 }

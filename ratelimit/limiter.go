@@ -16,17 +16,22 @@ var ErrEmptyKey = errors.New("ratelimit: empty key")
 
 // Limiter decides requests against tiers. It is safe for concurrent use.
 type Limiter struct {
-	opts  Options
-	pen   penaltyParams
-	mem   *memoryLimiter
-	deny  *denyCache // nil when disabled
-	top   *topK
-	abuse *abuseLog
-	show  keyShower
-	stats counters
-	rds   *redisStore // nil in embedded mode
-	batch *batcher
-	log   *zap.Logger
+	opts   Options
+	pen    penaltyParams
+	mem    *memoryLimiter
+	deny   *denyCache // nil when disabled
+	top    *topK
+	abuse  *abuseLog
+	show   keyShower
+	stats  counters
+	rds    *redisStore // nil in embedded mode
+	batch  *batcher
+	leases *leaseTable // nil in embedded mode or with DisableLeases
+	log    *zap.Logger
+
+	closed   atomic.Bool
+	stopLoop chan struct{}
+	loopDone chan struct{}
 
 	lastWarn       atomic.Int64 // unix seconds of the last Redis-trouble line
 	warnSuppressed atomic.Int64
@@ -57,6 +62,11 @@ func New(opts Options) (*Limiter, error) {
 	if opts.Redis != nil {
 		l.rds = newRedisStore(opts.Redis, l.pen, opts.Now, opts.SendNow, &l.stats)
 		l.batch = &batcher{send: l.rds.decide, maxInFlight: opts.MaxInFlight, maxBatch: opts.MaxBatch}
+		if !opts.DisableLeases {
+			l.leases = newLeaseTable(opts.MaxLeases)
+			l.stopLoop, l.loopDone = make(chan struct{}), make(chan struct{})
+			go l.leaseLoop()
+		}
 	}
 	return l, nil
 }
@@ -105,6 +115,7 @@ func (l *Limiter) Allow(ctx context.Context, checks []Check) Decision {
 	if len(checks) == 0 {
 		return d
 	}
+	l.stats.requests.Add(1)
 	d.Results = make([]TierResult, len(checks))
 	nowT := l.opts.Now()
 	now := nowT.UnixMicro()
@@ -140,11 +151,10 @@ func (l *Limiter) Allow(ctx context.Context, checks []Check) Decision {
 	src := SourceMemory
 	if l.rds != nil {
 		if l.rds.available() {
-			j := &job{checks: prepared, deadline: time.Now().Add(l.opts.Redis.CallTimeout())}
-			if err := l.batch.do(ctx, j); err != nil {
+			var err error
+			if src, err = l.viaRedis(ctx, prepared, out, nowT); err != nil {
 				l.redisTrouble(err)
-			} else {
-				out, src = j.out, SourceRedis
+				src = SourceMemory
 			}
 		}
 		if src == SourceMemory {
@@ -155,6 +165,182 @@ func (l *Limiter) Allow(ctx context.Context, checks []Check) Decision {
 		l.mem.decide(now, l.pen, true, prepared, out)
 	}
 	return l.finish(d, prepared, out, src, now)
+}
+
+// viaRedis decides a request with the shared state: from this edge's
+// leases where every check has one (SourceLease, no round trip), otherwise
+// the checks without a lease go to Redis in one (coalesced) script call,
+// asking for leases for keys seen again. Checks spent from leases are put
+// back if Redis denies the request, so a denied request still consumes
+// nothing. On an error nothing is consumed locally and the caller decides
+// in memory.
+func (l *Limiter) viaRedis(ctx context.Context, prepared []preparedCheck, out []outcome, nowT time.Time) (Source, error) {
+	deadline := time.Now().Add(l.opts.Redis.CallTimeout())
+	lt := l.leases
+	if lt == nil || l.closed.Load() || hasDuplicate(prepared) {
+		j := &job{checks: prepared, deadline: deadline}
+		if err := l.batch.do(ctx, j); err != nil {
+			return SourceMemory, err
+		}
+		copy(out, j.out)
+		return SourceRedis, nil
+	}
+	var takenBuf [4]bool
+	var restBuf [4]int
+	taken := takenBuf[:0]
+	if len(prepared) > len(takenBuf) {
+		taken = make([]bool, 0, len(prepared))
+	}
+	rest := restBuf[:0]
+	for i := range prepared {
+		c := &prepared[i]
+		ok := false
+		if c.lim.kind == kindWindow {
+			out[i], ok = lt.take(c, nowT)
+		}
+		taken = append(taken, ok)
+		if !ok {
+			rest = append(rest, i)
+		}
+	}
+	if len(rest) == 0 {
+		l.stats.leaseDecisions.Add(1)
+		return SourceLease, nil
+	}
+	j := &job{checks: make([]preparedCheck, len(rest)), deadline: deadline}
+	asked := false
+	for n, i := range rest {
+		j.checks[n] = prepared[i]
+		if prepared[i].lim.kind == kindWindow {
+			if w := lt.want(&prepared[i], nowT); w > 0 {
+				if j.wants == nil {
+					j.wants = make([]int64, len(rest))
+				}
+				j.wants[n], asked = w, true
+			}
+		}
+	}
+	err := l.batch.do(ctx, j)
+	allowed := err == nil
+	for n, i := range rest {
+		var o *outcome
+		if err == nil {
+			out[i] = j.out[n]
+			o = &j.out[n]
+			allowed = allowed && o.retry == 0
+			if o.grant > 0 {
+				l.stats.leaseGranted.Add(o.grant)
+			}
+		}
+		if asked && j.wants[n] > 0 {
+			lt.settle(&prepared[i], o, nowT, true, false, 0)
+		}
+	}
+	if !allowed {
+		for i, ok := range taken {
+			if ok {
+				lt.untake(&prepared[i])
+				out[i].remaining++
+			}
+		}
+	}
+	if err != nil {
+		return SourceMemory, err
+	}
+	return SourceRedis, nil
+}
+
+// hasDuplicate reports a tier+key named twice in one request (rare; such
+// a request is decided in Redis without leases, where it counts once).
+func hasDuplicate(p []preparedCheck) bool {
+	for i := 1; i < len(p); i++ {
+		for j := range i {
+			if p[i].tier.Name == p[j].tier.Name && p[i].key == p[j].key {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// leaseLoop gives back the unspent tokens of ended leases and refills
+// leases running low, in the background: one pipelined call for many keys.
+func (l *Limiter) leaseLoop() {
+	defer close(l.loopDone)
+	t := time.NewTicker(leaseSweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stopLoop:
+			l.leases.sweep(l.opts.Now(), true)
+			l.flushLeases()
+			return
+		case <-t.C:
+			l.leases.sweep(l.opts.Now(), false)
+		case <-l.leases.kick:
+		}
+		l.flushLeases()
+	}
+}
+
+// settleLeases gives back the tokens of ended leases now (tests; the
+// background loop does the same every leaseSweepEvery).
+func (l *Limiter) settleLeases() {
+	if l.leases != nil {
+		l.leases.sweep(l.opts.Now(), false)
+		l.flushLeases()
+	}
+}
+
+// flushLeases sends the queued give-backs and refills.
+func (l *Limiter) flushLeases() {
+	returns, refills := l.leases.drain()
+	if len(returns) == 0 && len(refills) == 0 {
+		return
+	}
+	if !l.rds.available() {
+		// Given-back quota stays counted until it leaves the window (strict
+		// side); refills are simply not made.
+		for _, f := range refills {
+			l.leases.settle(&f.check, nil, time.Time{}, false, true, 0)
+		}
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*l.opts.Redis.CallTimeout())
+	defer cancel()
+	if len(returns) > 0 {
+		var n int64
+		for _, g := range returns {
+			n += g.n
+		}
+		l.rds.giveBackItems(ctx, returns)
+		l.stats.leaseReturned.Add(n)
+	}
+	if len(refills) == 0 || l.closed.Load() {
+		for _, f := range refills {
+			l.leases.settle(&f.check, nil, time.Time{}, false, true, 0)
+		}
+		return
+	}
+	sent := l.opts.Now()
+	jobs := make([]*job, len(refills))
+	for i, f := range refills {
+		jobs[i] = &job{checks: []preparedCheck{f.check}, wants: []int64{f.want}}
+	}
+	for start := 0; start < len(jobs); start += l.opts.MaxBatch {
+		l.rds.decideMode(ctx, jobs[start:min(start+l.opts.MaxBatch, len(jobs))], modeRefill)
+	}
+	for i, f := range refills {
+		var o *outcome
+		if jobs[i].err == nil {
+			o = &jobs[i].out[0]
+			if o.retry == 0 {
+				l.stats.leaseGranted.Add(o.grant + 1)
+			}
+		}
+		// The refill's own request was consumed too: it is a token.
+		l.leases.settle(&f.check, o, sent, false, true, 1)
+	}
 }
 
 // invalid denies a request because check i is unusable.
@@ -230,7 +416,14 @@ func (l *Limiter) finish(d Decision, prepared []preparedCheck, out []outcome, sr
 			count := l.top.add(k, now)
 			if src != SourceLocalDeny {
 				if l.deny != nil {
-					l.deny.deny(k, now+out[i].retry)
+					until := now + out[i].retry
+					if c := &prepared[i]; l.leases != nil && src == SourceRedis && c.lim.kind == kindWindow {
+						// Part of what denied may be quota reserved at other
+						// edges, given back when the bucket ends: ask again then.
+						bw := c.lim.interval
+						until = min(until, now+(out[i].now/bw+1)*bw-out[i].now)
+					}
+					l.deny.deny(k, until)
 				}
 				l.abuse.denied(k, r.Tier, now, out[i].retry, count, src, d.DryRun)
 			}
@@ -282,6 +475,9 @@ func (l *Limiter) Reset(ctx context.Context, tier *Tier, key string) error {
 	}
 	k := c.stateKey()
 	l.mem.reset(k)
+	if l.leases != nil {
+		l.leases.forget(k)
+	}
 	if l.deny != nil {
 		l.deny.forget(k)
 	}
@@ -299,25 +495,42 @@ func (l *Limiter) Top(n int) []Offender { return l.top.top(n, l.show.show) }
 // Stats is a snapshot of the counters.
 func (l *Limiter) Stats() Stats {
 	s := Stats{
-		Tiers:           l.stats.snapshot(),
-		MemoryDecisions: l.stats.memoryDecisions.Load(),
-		RedisErrors:     l.stats.redisErrors.Load(),
-		Refunds:         l.stats.refunds.Load(),
-		ScriptCalls:     l.stats.scriptCalls.Load(),
-		BatchedRequests: l.stats.batchedRequests.Load(),
-		MemoryKeys:      l.mem.len(),
-		DryRun:          l.opts.DryRun,
+		Tiers:               l.stats.snapshot(),
+		MemoryDecisions:     l.stats.memoryDecisions.Load(),
+		RedisErrors:         l.stats.redisErrors.Load(),
+		Refunds:             l.stats.refunds.Load(),
+		ScriptCalls:         l.stats.scriptCalls.Load(),
+		BatchedRequests:     l.stats.batchedRequests.Load(),
+		Requests:            l.stats.requests.Load(),
+		LeaseDecisions:      l.stats.leaseDecisions.Load(),
+		LeaseTokensGranted:  l.stats.leaseGranted.Load(),
+		LeaseTokensReturned: l.stats.leaseReturned.Load(),
+		GiveBackCalls:       l.stats.giveBackCalls.Load(),
+		MemoryKeys:          l.mem.len(),
+		DryRun:              l.opts.DryRun,
 	}
 	if l.deny != nil {
 		s.DenyCacheEntries = l.deny.len()
 	}
+	if l.leases != nil {
+		_, s.LeaseTokensHeld = l.leases.outstanding()
+	}
+	if s.Requests > 0 {
+		s.RedisCommandsPerRequest = float64(s.ScriptCalls+s.GiveBackCalls) / float64(s.Requests)
+	}
 	return s
 }
 
-// Close drops this instance's local state (memory limiter, deny cache). It
+// Close gives back this instance's leases and drops its local state
+// (memory limiter, deny cache, leases). It
 // does not close the shared Redis connection, and the Limiter stays usable:
 // a request still in flight during a config reload gets a correct answer.
 func (l *Limiter) Close() {
+	if l.leases != nil && l.closed.CompareAndSwap(false, true) {
+		// Stop leasing and give every unspent token back (bounded wait).
+		close(l.stopLoop)
+		<-l.loopDone
+	}
 	l.mem.purge()
 	if l.deny != nil {
 		l.deny.purge()

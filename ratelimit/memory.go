@@ -45,6 +45,13 @@ func (m *memoryLimiter) shardOf(k stateKey) int {
 // decide decides one request, all checks atomically: the shards involved
 // are locked together, in index order so two requests cannot deadlock.
 func (m *memoryLimiter) decide(now int64, pen penaltyParams, consume bool, checks []preparedCheck, out []outcome) bool {
+	return m.decideWants(now, pen, consume, checks, nil, out)
+}
+
+// decideWants is decide with lease requests (wants[i] for check i), which
+// only the twin test uses: the memory limiter serves one edge and leases
+// nothing, but its arithmetic must grant what the script grants.
+func (m *memoryLimiter) decideWants(now int64, pen penaltyParams, consume bool, checks []preparedCheck, wants []int64, out []outcome) bool {
 	n := len(checks)
 	var shardBuf [4]int
 	shards := shardBuf[:0]
@@ -95,7 +102,7 @@ func (m *memoryLimiter) decide(now int64, pen penaltyParams, consume bool, check
 		}
 		states[i] = st
 	}
-	return decideRequest(now, pen, consume, lims, states, nil, scratch, out)
+	return decideRequest(now, pen, consume, lims, states, wants, scratch, out)
 }
 
 // reset forgets one tier+key.

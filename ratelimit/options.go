@@ -92,6 +92,12 @@ type Options struct {
 	MaxKeys int
 	// DenyCacheSize bounds the local deny cache (default 10000 entries).
 	DenyCacheSize int
+	// DisableLeases makes every request of a window tier go to Redis (see
+	// lease.go): exact with no early refusals from quota reserved at other
+	// edges, but one script call per request (coalesced).
+	DisableLeases bool
+	// MaxLeases bounds the lease table (default 10000 tier+key entries).
+	MaxLeases int
 	// MaxInFlight is how many script calls may run at once before further
 	// decisions are queued and sent together in one call (default 4).
 	MaxInFlight int
@@ -116,6 +122,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxKeys == 0 {
 		o.MaxKeys = DefaultMaxKeys
+	}
+	if o.MaxLeases == 0 {
+		o.MaxLeases = DefaultMaxLeases
 	}
 	if o.DenyCacheSize == 0 {
 		o.DenyCacheSize = DefaultDenyCacheSize
@@ -154,8 +163,8 @@ func (o *Options) validate() error {
 	if o.KeyDisplay != KeyDisplayHash && o.KeyDisplay != KeyDisplayTruncate {
 		errs = append(errs, fmt.Errorf("ratelimit: key display must be %q or %q, got %q", KeyDisplayHash, KeyDisplayTruncate, o.KeyDisplay))
 	}
-	if o.MaxKeys < 0 || o.DenyCacheSize < 0 {
-		errs = append(errs, errors.New("ratelimit: max_keys and deny_cache_size must not be negative"))
+	if o.MaxKeys < 0 || o.DenyCacheSize < 0 || o.MaxLeases < 0 {
+		errs = append(errs, errors.New("ratelimit: max_keys, max_leases and deny_cache_size must not be negative"))
 	}
 	if o.MaxInFlight < 0 {
 		errs = append(errs, errors.New("ratelimit: max_in_flight must not be negative"))

@@ -32,18 +32,33 @@ func hammer(limiters []*Limiter, n int, c Check) int64 {
 	return allowed.Load()
 }
 
+// leaseShortfall is the most requests of a window that can be refused
+// early because quota sits reserved at edges: each holds at most one lease
+// per key of at most (limit-1)/16.
+func leaseShortfall(edges int, limit int64) int64 { return int64(edges) * ((limit - 1) / leaseDivisor) }
+
 func TestExactAcrossThreeInstancesInjectedClock(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	clock := newClock()
 	var limiters []*Limiter
 	for range 3 {
 		// Each instance has its own connection, as three edges would.
-		r := connect(t, store.Options{URL: srv.URL()})
+		// A generous budget: a loaded machine must not send decisions to
+		// memory (per edge, by design), which is not what is measured here.
+		r := connect(t, store.Options{URL: srv.URL(), CallTimeout: 5 * time.Second})
 		limiters = append(limiters, newLimiter(t, Options{Redis: r, SendNow: true, Now: clock.Now}))
 	}
-	if got := hammer(limiters, 300, Check{apiTier(), "203.0.113.9"}); got != 100 {
-		t.Fatalf("300 requests at 100/min through 3 instances: %d allowed, want exactly 100", got)
+	got := hammer(limiters, 300, Check{apiTier(), "203.0.113.9"})
+	if got > 100 || got < 100-leaseShortfall(3, 100) {
+		t.Fatalf("300 requests at 100/min through 3 instances: %d allowed, want 100 at most, at least %d", got, 100-leaseShortfall(3, 100))
 	}
+	// The bucket ends: what sat reserved comes back, and the window's
+	// total becomes exactly 100.
+	clock.Advance(3 * time.Second)
+	for _, l := range limiters {
+		l.settleLeases()
+	}
+	got += hammer(limiters, 300, Check{apiTier(), "203.0.113.9"})
 	var calls, batched int64
 	for _, l := range limiters {
 		st := l.Stats()
@@ -53,6 +68,9 @@ func TestExactAcrossThreeInstancesInjectedClock(t *testing.T) {
 			t.Fatalf("a decision left Redis: %+v", st)
 		}
 	}
+	if got != 100 {
+		t.Fatalf("%d allowed in one window after the reservations came back, want exactly 100", got)
+	}
 	t.Logf("%d requests reached Redis in %d script calls", batched, calls)
 }
 
@@ -60,23 +78,20 @@ func TestExactAcrossThreeInstancesServerClock(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	var limiters []*Limiter
 	for range 3 {
-		r := connect(t, store.Options{URL: srv.URL()})
+		r := connect(t, store.Options{URL: srv.URL(), CallTimeout: 5 * time.Second})
 		limiters = append(limiters, newLimiter(t, Options{Redis: r}))
 	}
 	start := time.Now()
 	got := hammer(limiters, 300, Check{apiTier(), "203.0.113.9"})
-	// GCRA gives one request back every 600 ms; the run takes far less,
-	// but a loaded machine may stretch it.
-	leak := int64(time.Since(start) / (600 * time.Millisecond))
-	if got < 100 || got > 100+leak {
-		t.Fatalf("%d allowed in %v, want 100 (+%d leaked)", got, time.Since(start), leak)
+	if time.Since(start) < time.Minute && (got > 100 || got < 100-leaseShortfall(3, 100)) {
+		t.Fatalf("%d allowed in %v, want at most 100, at least %d", got, time.Since(start), 100-leaseShortfall(3, 100))
 	}
 }
 
 func TestCoalescerBatchesConcurrentDecisions(t *testing.T) {
 	_, r := startRedis(t)
 	clock := newClock()
-	l := newLimiter(t, Options{Redis: r, SendNow: true, Now: clock.Now, MaxInFlight: 1})
+	l := newLimiter(t, Options{Redis: r, SendNow: true, Now: clock.Now, MaxInFlight: 1, DisableLeases: true})
 	tier := &Tier{Name: "big", Limit: 1_000_000, Window: time.Minute}
 	var wg sync.WaitGroup
 	for w := range 8 {
@@ -241,7 +256,7 @@ func TestClusterChecksInDifferentSlots(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
 	clock := newClock()
 	r := connect(t, store.Options{Addrs: cl.Addrs, Cluster: true})
-	l := newLimiter(t, Options{Redis: r, SendNow: true, Now: clock.Now, DisableLocalDeny: true})
+	l := newLimiter(t, Options{Redis: r, SendNow: true, Now: clock.Now, DisableLocalDeny: true, DisableLeases: true})
 	api, pay := apiTier(), paymentTier()
 	ip, user := "203.0.113.9", "user-42"
 	ctx := context.Background()
@@ -301,7 +316,7 @@ func TestScriptMatchesGoTwin(t *testing.T) {
 	_, r := startRedis(t)
 	clock := newClock()
 	pen := Penalty{Factor: 1.7, Max: 40 * time.Second, Memory: 30 * time.Second}
-	viaRedis := newLimiter(t, Options{Redis: r, SendNow: true, Now: clock.Now, Penalty: pen, DisableLocalDeny: true})
+	viaRedis := newLimiter(t, Options{Redis: r, SendNow: true, Now: clock.Now, Penalty: pen, DisableLocalDeny: true, DisableLeases: true})
 	inMemory := newLimiter(t, Options{Now: clock.Now, Penalty: pen, DisableLocalDeny: true})
 	tiers := []*Tier{
 		{Name: "a", Limit: 3, Window: 10 * time.Second},

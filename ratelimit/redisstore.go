@@ -66,7 +66,11 @@ func (s *redisStore) nowArg() string {
 }
 
 // decide runs one batch: it sets out or err on every job.
-func (s *redisStore) decide(ctx context.Context, jobs []*job) {
+func (s *redisStore) decide(ctx context.Context, jobs []*job) { s.decideMode(ctx, jobs, modeConsume) }
+
+// decideMode is decide with a script mode (modeConsume, or modeRefill for
+// background lease refills).
+func (s *redisStore) decideMode(ctx context.Context, jobs []*job, mode string) {
 	for _, j := range jobs {
 		j.out = make([]outcome, len(j.checks))
 	}
@@ -74,7 +78,7 @@ func (s *redisStore) decide(ctx context.Context, jobs []*job) {
 	s.stats.scriptCalls.Add(int64(len(calls)))
 	s.stats.batchedRequests.Add(int64(len(jobs)))
 	now := s.nowArg()
-	replies, errs := s.run(ctx, decideScript, calls, func(c *scriptCall) []any { return c.args(now, s.pen, modeConsume) })
+	replies, errs := s.run(ctx, decideScript, calls, func(c *scriptCall) []any { return c.args(now, s.pen, mode) })
 	for ci, c := range calls {
 		err := errs[ci]
 		if err == nil {
@@ -260,8 +264,32 @@ func (c *scriptCall) addGiveBack(key string, lim limitSpec, bucket, n int64) {
 	c.wants = append(c.wants, bucket, n)
 }
 
+// giveBackItems returns lease tokens: one call per hash tag on a Cluster
+// (pipelined), one call per maxGiveBackBatch entries otherwise.
+func (s *redisStore) giveBackItems(ctx context.Context, items []giveBackItem) {
+	var calls []*scriptCall
+	byTag := make(map[string]*scriptCall)
+	for _, g := range items {
+		tag := ""
+		if s.cluster {
+			tag = g.check.key
+		}
+		c, ok := byTag[tag]
+		if !ok || len(c.keys) >= maxGiveBackBatch {
+			c = newScriptCall()
+			byTag[tag] = c
+			calls = append(calls, c)
+		}
+		c.addGiveBack(g.check.redisKey, g.check.lim, g.bucket, g.n)
+	}
+	if len(calls) > 0 {
+		s.giveBack(ctx, calls, s.nowArg())
+	}
+}
+
 // giveBack runs giveBackLua for each call (built with addGiveBack).
 func (s *redisStore) giveBack(ctx context.Context, calls []*scriptCall, now string) {
+	s.stats.giveBackCalls.Add(int64(len(calls)))
 	_, errs := s.run(ctx, giveBackScript, calls, func(c *scriptCall) []any {
 		args := make([]any, 0, 2+4*len(c.lims))
 		args = append(args, now, s.pen.memory)

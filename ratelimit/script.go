@@ -22,7 +22,9 @@ import (
 //	                        key may repeat; the script keeps one state per key)
 //	ARGV[1]                 now in µs, or "" for the Redis server clock
 //	ARGV[2], [3], [4]       penalty factor (<= 1: off), max µs, memory µs
-//	ARGV[5]                 "a": decide and consume; "p": peek, write nothing
+//	ARGV[5]                 "a": decide and consume; "p": peek, write
+//	                        nothing; "r": consume without penalties (a
+//	                        background lease refill is not a violation)
 //	ARGV[6]                 number of distinct limits nl, then per limit:
 //	                        kind (0 gcra, 1 window), interval µs (gcra:
 //	                        emission interval; window: bucket width), limit
@@ -36,14 +38,15 @@ import (
 // reset µs, retry µs (0 when the check allows), remaining, and the lease
 // granted (requests reserved in the current bucket for the caller).
 const decideLua = `
-local NB, LDIV, LMIN = 20, 8, 2
+local NB, LDIV, LMIN = 20, 16, 2
 local now = tonumber(ARGV[1])
 if not now then
 	local t = redis.call('TIME')
 	now = t[1] * 1000000 + t[2]
 end
 local factor, pmax, pmem = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local consume = ARGV[5] == 'a'
+local consume = ARGV[5] ~= 'p'
+if ARGV[5] == 'r' then factor = 0 end
 local TK, TI, TL, TB = {}, {}, {}, {}
 local nl = tonumber(ARGV[6])
 local a = 7
@@ -408,6 +411,7 @@ var (
 const (
 	modeConsume = "a"
 	modePeek    = "p"
+	modeRefill  = "r"
 )
 
 // scriptCall is one invocation of decideScript: the checks of one Cluster

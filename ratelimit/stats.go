@@ -5,7 +5,7 @@ import (
 	"sync/atomic"
 )
 
-const numSources = 4
+const numSources = 5
 
 // otherTier collects counts for tier names beyond maxTierStats, so a
 // misbehaving caller cannot grow the table without bound.
@@ -39,12 +39,26 @@ type Stats struct {
 	RedisErrors int64 `json:"redis_errors"`
 	// Refunds counts Cluster refunds (see the package doc).
 	Refunds int64 `json:"refunds"`
-	// ScriptCalls and BatchedRequests give the coalescer's average batch.
-	ScriptCalls      int64 `json:"script_calls"`
-	BatchedRequests  int64 `json:"batched_requests"`
-	DenyCacheEntries int   `json:"deny_cache_entries"`
-	MemoryKeys       int   `json:"memory_keys"`
-	DryRun           bool  `json:"dry_run"`
+	// ScriptCalls and BatchedRequests give the coalescer's average batch
+	// (background lease refills included).
+	ScriptCalls     int64 `json:"script_calls"`
+	BatchedRequests int64 `json:"batched_requests"`
+	// Requests counts requests decided with at least one check.
+	Requests int64 `json:"requests"`
+	// LeaseDecisions counts requests decided from leases, without Redis.
+	LeaseDecisions int64 `json:"lease_decisions"`
+	// LeaseTokensGranted / LeaseTokensReturned: requests reserved by this
+	// edge, and unspent ones given back; LeaseTokensHeld are reserved now.
+	LeaseTokensGranted  int64 `json:"lease_tokens_granted"`
+	LeaseTokensReturned int64 `json:"lease_tokens_returned"`
+	LeaseTokensHeld     int64 `json:"lease_tokens_held"`
+	// GiveBackCalls counts give-back script calls (refunds and leases).
+	GiveBackCalls int64 `json:"give_back_calls"`
+	// RedisCommandsPerRequest is (ScriptCalls + GiveBackCalls) / Requests.
+	RedisCommandsPerRequest float64 `json:"redis_commands_per_request"`
+	DenyCacheEntries        int     `json:"deny_cache_entries"`
+	MemoryKeys              int     `json:"memory_keys"`
+	DryRun                  bool    `json:"dry_run"`
 }
 
 type tierCounters struct {
@@ -63,6 +77,11 @@ type counters struct {
 	refunds         atomic.Int64
 	scriptCalls     atomic.Int64
 	batchedRequests atomic.Int64
+	requests        atomic.Int64
+	leaseDecisions  atomic.Int64
+	leaseGranted    atomic.Int64
+	leaseReturned   atomic.Int64
+	giveBackCalls   atomic.Int64
 }
 
 func (c *counters) tier(name string) *tierCounters {

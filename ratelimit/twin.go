@@ -29,7 +29,7 @@ const windowBuckets = 20
 // are not made, so a key near its limit is always decided in Redis. The
 // script has the same constants.
 const (
-	leaseDivisor = 8
+	leaseDivisor = 16
 	leaseMin     = 2
 )
 
