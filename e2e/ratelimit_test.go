@@ -19,7 +19,7 @@ func limitVars(srv *redistest.Server, sim *Sim) map[string]string {
 }
 
 // TestLimitExactAcrossThreeEdges: 300 requests from one IP through three
-// edges sharing Redis at 100/min → exactly 100 allowed (the window tier
+// edges sharing Redis at 100/min → at most 100 allowed (the window tier
 // gives nothing back within the minute). Spoofed X-Forwarded-For headers
 // change nothing: no proxy is trusted.
 func TestLimitExactAcrossThreeEdges(t *testing.T) {
@@ -61,8 +61,10 @@ func TestLimitExactAcrossThreeEdges(t *testing.T) {
 	elapsed := time.Since(start)
 	got := allowed.Load() + 3
 	t.Logf("300 requests in %v: %d allowed, %d denied", elapsed, got, denied.Load())
-	if elapsed < time.Minute && (other.Load() != 0 || got != 100) {
-		t.Fatalf("allowed %d (want exactly 100 within %v), denied %d, other %d", got, elapsed, denied.Load(), other.Load())
+	// Leases may leave up to ⌊99/16⌋ = 6 per edge reserved and unspent
+	// when the burst ends (README: early refusals); never more than 100.
+	if elapsed < time.Minute && (other.Load() != 0 || got > 100 || got < 100-3*6) {
+		t.Fatalf("allowed %d (want at most 100, at least 82, within %v), denied %d, other %d", got, elapsed, denied.Load(), other.Load())
 	}
 }
 
