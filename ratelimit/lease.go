@@ -12,7 +12,8 @@ import (
 // round trip, while the fleet-wide guarantee stays exact.
 //
 // When a window tier's script call admits a request of a key this edge has
-// just seen, it may also reserve up to (quota left)/16 more requests for
+// just seen, and the key has used at most half its quota, it may also
+// reserve up to (quota left)/16 more requests for
 // this edge, counted in Redis in the current bucket as if they had been
 // admitted. The edge then spends them locally, but only until that bucket
 // ends (a deadline computed from the local clock at send time plus the
@@ -22,13 +23,16 @@ import (
 // any number of edges. What a lease does cost is early refusals: quota
 // reserved by one edge and not spent is unavailable to the others until it
 // is given back (at the bucket's end, by the background loop, one
-// pipelined call for many keys) or leaves the window. Grants shrink with
-// the quota left and stop below 2, so a key near its limit is decided in
-// Redis, request by request, exactly as without leases.
+// pipelined call for many keys) or leaves the window. Grants stop at half
+// the quota, so a key in its second half is decided in Redis, request by
+// request, exactly as without leases, while the edges that hold leases
+// spend them; a refill that would get nothing consumes nothing.
 //
-// A refusal may be caused by quota reserved at other edges: each edge
-// holds at most one lease per key, of at most (limit-1)/16 requests, so at
-// most (edges-1)*(limit-1)/16 requests of a window can be refused early
+// A refusal may be caused by quota reserved at edges: each edge holds at
+// most one lease per key, of at most (limit-1)/16 requests, so at most
+// edges*(limit-1)/16 requests of a window can be refused early (none when
+// the client's requests keep reaching the edges that hold its leases, as
+// behind a round-robin balancer, since they are spent in the second half)
 // (plus tokens of a bucket that just ended, until the background loop has
 // given them back: one sweep period plus a round trip). A window tier's
 // local deny entry therefore lasts only to the end of the bucket, so the

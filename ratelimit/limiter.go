@@ -334,12 +334,17 @@ func (l *Limiter) flushLeases() {
 		var o *outcome
 		if jobs[i].err == nil {
 			o = &jobs[i].out[0]
-			if o.retry == 0 {
+			if o.retry == 0 && o.grant > 0 {
 				l.stats.leaseGranted.Add(o.grant + 1)
 			}
 		}
-		// The refill's own request was consumed too: it is a token.
-		l.leases.settle(&f.check, o, sent, false, true, 1)
+		// The refill's own request was consumed too (only with a grant): it
+		// is a token.
+		var extra int64
+		if o != nil && o.grant > 0 {
+			extra = 1
+		}
+		l.leases.settle(&f.check, o, sent, false, true, extra)
 	}
 }
 

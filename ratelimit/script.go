@@ -23,8 +23,9 @@ import (
 //	ARGV[1]                 now in µs, or "" for the Redis server clock
 //	ARGV[2], [3], [4]       penalty factor (<= 1: off), max µs, memory µs
 //	ARGV[5]                 "a": decide and consume; "p": peek, write
-//	                        nothing; "r": consume without penalties (a
-//	                        background lease refill is not a violation)
+//	                        nothing; "r": a background lease refill: no
+//	                        penalties (it is not a violation), and a request
+//	                        granted no lease consumes nothing
 //	ARGV[6]                 number of distinct limits nl, then per limit:
 //	                        kind (0 gcra, 1 window), interval µs (gcra:
 //	                        emission interval; window: bucket width), limit
@@ -46,7 +47,8 @@ if not now then
 end
 local factor, pmax, pmem = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local consume = ARGV[5] ~= 'p'
-if ARGV[5] == 'r' then factor = 0 end
+local refill = ARGV[5] == 'r'
+if refill then factor = 0 end
 local TK, TI, TL, TB = {}, {}, {}, {}
 local nl = tonumber(ARGV[6])
 local a = 7
@@ -235,14 +237,19 @@ for r = 1, tonumber(ARGV[a]) do
 			local j = math.floor(now / bw)
 			local held = s1[c]
 			if ok and consume then
-				if want and want[i] > 0 then
+				if want and want[i] > 0 and 2 * (held + 1) <= TL[ti] then
 					grant = math.floor((TL[ti] - held - 1) / LDIV)
 					if grant > want[i] then grant = want[i] end
 					if grant < LMIN then grant = 0 end
 				end
-				set(st, j, j - NB, s2[c] + 1 + grant)
-				dirty[k] = true
-				rem = TL[ti] - held - 1
+				if refill and grant == 0 then
+					-- A refill that gets nothing takes nothing either.
+					rem = TL[ti] - held
+				else
+					set(st, j, j - NB, s2[c] + 1 + grant)
+					dirty[k] = true
+					rem = TL[ti] - held - 1
+				end
 				reset = wreset(st, j, bw)
 			elseif w == 0 then
 				rem = TL[ti] - held

@@ -23,11 +23,12 @@ package ratelimit
 // counts per key. The script has the same constant.
 const windowBuckets = 20
 
-// Lease sizing (see lease.go): a Redis decision that admits a request may
-// also reserve up to (quota left after it)/leaseDivisor more requests for
-// this edge to spend locally until the bucket ends; grants below leaseMin
-// are not made, so a key near its limit is always decided in Redis. The
-// script has the same constants.
+// Lease sizing (see lease.go): a Redis decision that admits a request of a
+// key that has used at most half its quota may also reserve up to (quota
+// left after it)/leaseDivisor more requests for this edge to spend locally
+// until the bucket ends; grants below leaseMin are not made, so a key in the
+// second half of its quota is always decided in Redis. The script has the
+// same constants.
 const (
 	leaseDivisor = 16
 	leaseMin     = 2
@@ -186,7 +187,7 @@ func decideRequest(now int64, pen penaltyParams, consume bool, lims []limitSpec,
 			switch {
 			case ok && consume:
 				var grant int64
-				if wants != nil && wants[c] > 0 {
+				if wants != nil && wants[c] > 0 && 2*(held+1) <= lim.limit {
 					if grant = min(wants[c], (lim.limit-held-1)/leaseDivisor); grant < leaseMin {
 						grant = 0
 					}
