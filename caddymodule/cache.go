@@ -52,6 +52,11 @@ type Cache struct {
 	// Cookies that mark a request as credentialed (only per-user rules
 	// apply to it). Default: connect.sid and the edge session cookie.
 	CredentialCookies []string `json:"credential_cookies,omitempty"`
+	// Trusted identity headers a session handler sets (matched in any
+	// case, '_' for '-'): a request carrying one is credentialed, and a
+	// public rule's upstream requests go without them. Default:
+	// X-Ticketi-User-Id, X-Ticketi-Username, X-Ticketi-Verified.
+	IdentityHeaders []string `json:"identity_headers,omitempty"`
 	// Compare literal path segments byte for byte. Default: any case, as
 	// Express routes without its "case sensitive routing" setting. Set it
 	// when the upstream app sets that.
@@ -137,6 +142,7 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 		StatusName:           c.StatusName,
 		InvalidateHeader:     c.InvalidateHeader,
 		CredentialCookies:    c.CredentialCookies,
+		IdentityHeaders:      c.IdentityHeaders,
 		Paths:                cachehandler.PathMatching{CaseSensitive: c.CaseSensitiveRouting, Strict: c.StrictRouting},
 		FixedUpstreamHost:    c.FixedUpstreamHost,
 		Standard:             c.RFC9111.engine(),

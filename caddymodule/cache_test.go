@@ -40,6 +40,7 @@ func TestCacheDirectiveParses(t *testing.T) {
 		status_name edge-a
 		invalidate_header X-Purge
 		credential_cookies sid other
+		identity_headers X-User X-Role
 		case_sensitive_routing
 		strict_routing
 		upstream_host fixed
@@ -56,7 +57,7 @@ func TestCacheDirectiveParses(t *testing.T) {
 	}
 	if c.L1Size != 16<<20 || c.MaxEntrySize != 512<<10 || !c.DisableStale || c.CompressMin != 2000 ||
 		c.StatusName != "edge-a" || c.InvalidateHeader != "X-Purge" || len(c.CredentialCookies) != 2 ||
-		!c.CaseSensitiveRouting || !c.StrictRouting || !c.FixedUpstreamHost {
+		strings.Join(c.IdentityHeaders, ",") != "X-User,X-Role" || !c.CaseSensitiveRouting || !c.StrictRouting || !c.FixedUpstreamHost {
 		t.Fatalf("options %+v", c)
 	}
 	for src, want := range map[string]string{
@@ -68,6 +69,7 @@ func TestCacheDirectiveParses(t *testing.T) {
 		"edge_cache {\n rule a /x {\n enabled maybe\n }\n}": "expected on or off",
 		"edge_cache {\n bogus\n}":                           "unrecognized edge_cache option",
 		"edge_cache {\n strict_routing on\n}":               "wrong argument count",
+		"edge_cache {\n identity_headers\n}":                "wrong argument count",
 		"edge_cache {\n upstream_host client-ish\n}":        "expected fixed or client",
 	} {
 		err := new(Cache).UnmarshalCaddyfile(caddyfile.NewTestDispenser(src))

@@ -47,6 +47,7 @@ func init() {
 //		status_name        <name>
 //		invalidate_header  <header>
 //		credential_cookies <name...>
+//		identity_headers   <header...>
 //		case_sensitive_routing           # as Express's "case sensitive routing"
 //		strict_routing                   # as Express's "strict routing"
 //		upstream_host      fixed|client  # default client: keys include the host
@@ -109,6 +110,11 @@ func (c *Cache) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "credential_cookies":
 			c.CredentialCookies = d.RemainingArgs()
 			if len(c.CredentialCookies) == 0 {
+				return d.ArgErr()
+			}
+		case "identity_headers":
+			c.IdentityHeaders = d.RemainingArgs()
+			if len(c.IdentityHeaders) == 0 {
 				return d.ArgErr()
 			}
 		case "case_sensitive_routing":
