@@ -342,3 +342,150 @@ func TestAnonymousRequestsOnAPerUserTier(t *testing.T) {
 		})
 	}
 }
+
+// TestWindowExactOnThreeEdgesManyClients drives three edges on one Redis
+// with many clients at once (some far under their limit, some far over)
+// for several short windows, and counts what was admitted. A request is
+// decided in Redis some time between being sent and answered, so a set of
+// admitted requests that was sent after s and answered before s+window
+// certainly sat within one window: it may never hold more than the limit.
+// Refusals are checked against the stated early-refusal bound: requests
+// certainly admitted in the window (plus one bucket) before a refusal are
+// at least limit − edges·⌊(limit−1)/16⌋, less the requests in flight.
+func TestWindowExactOnThreeEdgesManyClients(t *testing.T) {
+	const (
+		limit   = 60
+		window  = 2 * time.Second
+		bucket  = window / 20
+		clients = 24
+		workers = 12
+		run     = 5 * time.Second
+	)
+	srv := redistest.Start(t, redistest.Options{})
+	sim := StartSim(t)
+	cfg := fmt.Sprintf(`{
+	admin {$EDGE_ADMIN}
+	default_bind 127.0.0.1
+	servers {
+		trusted_proxies static 127.0.0.1/32
+	}
+	edge {
+		redis {env.REDIS_URL}
+		key_prefix exact_
+		call_timeout 2s
+	}
+}
+:{$EDGE_PORT} {
+	edge_rate_limit {
+		tier api %d %v
+		local_deny off
+	}
+	respond "ok" 200
+}
+`, limit, window)
+	var edges []*Edge
+	for range 3 {
+		edges = append(edges, StartEdge(t, cfg, limitVars(srv, sim)))
+	}
+	type sample struct {
+		sent, done time.Time
+		ok         bool
+	}
+	var mu sync.Mutex
+	byClient := make([][]sample, clients)
+	stop := time.Now().Add(run)
+	var wg sync.WaitGroup
+	var other atomic.Int64
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(stop); i++ {
+				// Clients 0-7 are heavy (far over the limit), the rest light
+				// (a tenth of the traffic: well under theirs).
+				c := 8 + (w*31+i*7)%(clients-8)
+				if i%10 != 0 {
+					c = (w + i) % 8
+				}
+				e := edges[(w+i)%3]
+				req, _ := http.NewRequest(http.MethodGet, e.URL("/x"), nil)
+				req.Header.Set("X-Forwarded-For", fmt.Sprintf("198.51.100.%d", c+1))
+				sent := time.Now()
+				code, _, _ := e.Do(t, req)
+				done := time.Now()
+				if code != 200 && code != 429 {
+					other.Add(1)
+				}
+				mu.Lock()
+				byClient[c] = append(byClient[c], sample{sent, done, code == 200})
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if other.Load() != 0 {
+		t.Fatalf("%d answers neither 200 nor 429", other.Load())
+	}
+	bound := 3 * ((limit - 1) / 16)
+	var admitted, refused, worstShort int
+	for c, ss := range byClient {
+		for _, a := range ss {
+			if !a.ok {
+				continue
+			}
+			admitted++
+			n := 0
+			for _, b := range ss {
+				if b.ok && !b.sent.Before(a.sent) && b.done.Before(a.sent.Add(window)) {
+					n++
+				}
+			}
+			if n > limit {
+				t.Fatalf("client %d: %d requests admitted within one %v window (limit %d)", c, n, window, limit)
+			}
+		}
+		for _, r := range ss {
+			if r.ok {
+				continue
+			}
+			refused++
+			certain, inFlight := 0, 0
+			for _, b := range ss {
+				switch {
+				case b.ok && b.sent.After(r.done.Add(-window-bucket)) && b.done.Before(r.sent):
+					certain++
+				case b.ok && b.done.After(r.sent.Add(-window-bucket)) && b.sent.Before(r.done):
+					inFlight++ // may or may not have counted: overlaps an edge of the span
+				}
+			}
+			if short := limit - certain - inFlight; short > worstShort {
+				worstShort = short
+			}
+		}
+	}
+	var cmds float64
+	for _, e := range edges {
+		_, _, body := e.Admin(t, http.MethodGet, "/edge/ratelimit/stats", "", "")
+		var st map[string]struct {
+			Stats struct {
+				Requests    float64 `json:"requests"`
+				PerRequest  float64 `json:"redis_commands_per_request"`
+				LeaseDecide float64 `json:"lease_decisions"`
+			} `json:"stats"`
+		}
+		if err := json.Unmarshal(body, &st); err != nil {
+			t.Fatalf("stats: %v %s", err, body)
+		}
+		for _, v := range st {
+			cmds += v.Stats.PerRequest / 3
+		}
+	}
+	t.Logf("%d admitted, %d refused over %v on 3 edges, %d clients; worst refusal %d short of the limit (bound %d); %.3f Redis commands per request",
+		admitted, refused, run, clients, worstShort, bound, cmds)
+	if refused == 0 || admitted < clients*limit/2 {
+		t.Fatalf("the load did not exercise the limit: %d admitted, %d refused", admitted, refused)
+	}
+	if worstShort > bound {
+		t.Fatalf("a refusal came %d requests short of the limit (bound %d)", worstShort, bound)
+	}
+}

@@ -39,6 +39,16 @@
 // penalty is remembered), so Redis holds only clients seen within a window.
 // The script needs Redis 5 or later (it writes after reading TIME).
 //
+// # Leases
+//
+// A busy client far from its limits is decided without a round trip: the
+// script call that admits one of its requests may also reserve requests of
+// the current bucket for this edge, which it then spends locally until the
+// bucket ends (lease.go states the rules and the early-refusal bound). The
+// reserved requests are counted in Redis in the bucket they are spent in,
+// so the fleet-wide guarantee above is unchanged. Keys seen once reserve
+// nothing; keys past half their quota are decided in Redis.
+//
 // # Redis away
 //
 // Every call is bounded by the store's budget and breaker. While Redis is
