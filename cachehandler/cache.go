@@ -165,10 +165,20 @@ type Cache struct {
 	// Invalidations that could not reach Redis; kept on the connection so
 	// a config reload during an outage does not lose them. nil without Redis.
 	pending *store.ReplayQueue
+	// Large tag sets detached by invalidations, drained in the background
+	// (tagset.go); on the connection too. nil without Redis.
+	drains *store.ReplayQueue
+	// The rule tags of this cache's rules, registered on the connection so
+	// a post-outage purge covers every cache's rules.
+	ruleTags    *ruleTags
+	ruleTagList []string
 
 	// testHookBeforeStore runs between the upstream response and the
 	// store, so tests can interleave an invalidation deterministically.
 	testHookBeforeStore func()
+	// testHookDrainChunk runs before each chunk of a background tag-set
+	// drain, so tests can hold or cut a drain.
+	testHookDrainChunk func(context.Context)
 }
 
 const maxPendingTags = 10000
@@ -259,8 +269,14 @@ func New(cfg Config) (*Cache, error) {
 	c.flights.m = map[string]*flight{}
 	if cfg.Redis != nil {
 		// Tag sets must outlive every entry they index.
-		c.l2 = newL2(cfg.Redis, maxLife+time.Hour)
+		c.l2 = newL2(cfg.Redis, maxLife+time.Hour, cfg.Now)
 		c.pending = store.ReplayQueueOn(cfg.Redis, "cachehandler.invalidations", maxPendingTags)
+		c.drains = store.ReplayQueueOn(cfg.Redis, "cachehandler.tagdrain", maxPendingDrains)
+		for _, r := range cfg.Rules {
+			c.ruleTagList = append(c.ruleTagList, ruleTag(r.Name))
+		}
+		c.ruleTags = ruleTagsOn(cfg.Redis)
+		c.ruleTags.add(c.ruleTagList)
 	}
 	if cfg.Bus != nil {
 		unsub := cfg.Bus.Subscribe(c.onBusMessage)
@@ -274,6 +290,9 @@ func New(cfg Config) (*Cache, error) {
 func (c *Cache) Close() {
 	if c.unsub != nil {
 		c.unsub()
+	}
+	if c.ruleTags != nil {
+		c.ruleTags.remove(c.ruleTagList)
 	}
 }
 

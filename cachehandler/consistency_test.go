@@ -103,16 +103,25 @@ func hasCmd(name, key string) func([]redis.Cmder) bool {
 	}
 }
 
-// nthOnly matches the nth pipeline (or command) made only of name on key.
-func nthOnly(n int, name, key string) func([]redis.Cmder) bool {
+// nthOnly matches the nth pipeline (or command) made only of name on keys
+// starting with within, one of them key (a version read also reads the
+// rule's tag, edge:rule:<name>).
+func nthOnly(n int, name, within, key string) func([]redis.Cmder) bool {
 	var seen atomic.Int32
 	return func(cmds []redis.Cmder) bool {
+		found := false
 		for _, c := range cmds {
-			if a := c.Args(); !strings.EqualFold(c.Name(), name) || len(a) < 2 || a[1] != key {
+			a := c.Args()
+			if !strings.EqualFold(c.Name(), name) || len(a) < 2 {
 				return false
 			}
+			k, _ := a[1].(string)
+			if !strings.HasPrefix(k, within) {
+				return false
+			}
+			found = found || k == key
 		}
-		return seen.Add(1) == int32(n)
+		return found && seen.Add(1) == int32(n)
 	}
 }
 
@@ -189,7 +198,7 @@ func TestRacedFillIsNeverServedFromRedis(t *testing.T) {
 	before, after := p.gates[0][0], p.gates[0][1]
 	// a's second read of event 12's version is the store's pre-check
 	// (the first is the fill's snapshot): b's write lands right after it.
-	before.arm(nthOnly(2, "get", "test_tagver:{event:12}"))
+	before.arm(nthOnly(2, "get", "test_tagver:", "test_tagver:{event:12}"))
 	// Then a's SET is answered: hold a before it re-reads the version and
 	// deletes its entry.
 	after.arm(hasCmd("set", "test_event:12"))

@@ -200,12 +200,15 @@ func (c *Cache) Invalidate(ctx context.Context, tags []string) int {
 	// The same entry is usually in L1 and Redis: count it once.
 	dropped := map[string]struct{}{}
 	c.forget(tags, dropped)
+	pendingInRedis := 0
 	if c.l2 != nil {
 		c.kickReplay()
 		msg := busMessage{Tags: tags}
 		// Tried even while this edge's breaker is open: other edges may
 		// still reach Redis and would serve the old entry until the replay.
-		if keys, err := c.l2.invalidate(store.PastBreaker(ctx), tags); err != nil {
+		inv, err := c.l2.invalidate(store.PastBreaker(ctx), tags, c.now())
+		c.queueDrains(inv)
+		if err != nil {
 			c.pending.Add(tags...)
 			level := zap.WarnLevel
 			if !c.cfg.Redis.Available() {
@@ -214,10 +217,13 @@ func (c *Cache) Invalidate(ctx context.Context, tags []string) int {
 			c.log.Log(level, "invalidation could not reach redis; will retry when it is back",
 				zap.Strings("tags", tagPatterns(tags)), zap.Error(err))
 		} else {
-			for _, k := range keys {
+			for _, k := range inv.keys {
 				dropped[k] = struct{}{}
 			}
-			msg.Keys = keys
+			// A large tag's keys are not listed (the drain unlinks them);
+			// the other edges drop its entries by tag.
+			msg.Keys = inv.keys
+			pendingInRedis = inv.pending
 			// Once more, now that the versions are bumped in Redis: a read
 			// that began between the first drop and the bump saw the old
 			// versions and may have put the old entry back into L1.
@@ -228,7 +234,7 @@ func (c *Cache) Invalidate(ctx context.Context, tags []string) int {
 		// notice before the client gets its answer.
 		c.broadcast(ctx, msg)
 	}
-	n := len(dropped)
+	n := len(dropped) + pendingInRedis
 	c.obs.Invalidated(n)
 	c.log.Debug("cache invalidated", zap.Strings("tags", tagPatterns(tags)), zap.Int("entries", n))
 	return n
@@ -269,12 +275,13 @@ func dedupe(list []string) []string {
 }
 
 // kickReplay starts the background replay of invalidations queued while
-// Redis was unreachable, once it is back; on the request path it costs an
-// atomic load.
+// Redis was unreachable, once it is back, and the drain of large tag sets
+// left by an earlier run; on the request path it costs two atomic loads.
 func (c *Cache) kickReplay() {
 	if c.pending != nil {
 		c.pending.Kick(c.replayPending)
 	}
+	c.kickDrain()
 }
 
 const replayBatch = 200
@@ -284,22 +291,34 @@ const replayBatch = 200
 // purges the whole cache namespace instead.
 func (c *Cache) replayPending(ctx context.Context, tags []string, overflowed bool) (done []string, overflowHandled bool) {
 	if overflowed {
-		n, err := c.PurgePattern(ctx, "*")
-		if err != nil {
-			c.log.Warn("purging the cache after an outage failed; will retry", zap.Error(err))
-			return nil, false
+		// Too much changed to track tag by tag: drop everything every cache
+		// rule on this connection stored, by the rule tags (no SCAN; the
+		// entries become unservable at once and are unlinked in the
+		// background). Edges of one fleet run the same rules.
+		all := c.ruleTags.all()
+		for i := 0; i < len(all); i += replayBatch {
+			batch := all[i:min(i+replayBatch, len(all))]
+			inv, err := c.l2.invalidate(ctx, batch, c.now())
+			c.queueDrains(inv)
+			if err != nil {
+				c.log.Warn("purging the cache after an outage failed; will retry", zap.Error(err))
+				return nil, false
+			}
+			c.publish(ctx, busMessage{Tags: batch})
 		}
-		c.log.Warn("purged the whole cache after an outage with too many changes to track", zap.Int("entries", n))
+		c.log.Warn("purged every cache rule's entries after an outage with too many changes to track",
+			zap.Int("rules", len(all)))
 		return tags, true // the purge covered every queued tag too
 	}
 	for i := 0; i < len(tags); i += replayBatch {
 		batch := tags[i:min(i+replayBatch, len(tags))]
-		keys, err := c.l2.invalidate(ctx, batch)
+		inv, err := c.l2.invalidate(ctx, batch, c.now())
+		c.queueDrains(inv)
 		if err != nil {
 			c.log.Warn("replaying invalidations failed; will retry", zap.Int("tags", len(tags)-i), zap.Error(err))
 			return done, true
 		}
-		c.publish(ctx, busMessage{Tags: batch, Keys: keys})
+		c.publish(ctx, busMessage{Tags: batch, Keys: inv.keys})
 		done = append(done, batch...)
 	}
 	if len(done) > 0 {

@@ -14,8 +14,9 @@ import (
 
 // l2 is the Redis layer. Entries live under the rule's key (with the
 // environment prefix): the seed's event:{id}, events:published:page:{n}...
-// Each tag has a set of its entries' keys (tag:{t}) and a version counter
-// (tagver:{t}); the hash tag {t} keeps both in one Cluster slot.
+// Each tag has a sorted set of its entries' keys (tag:z:{t}, see tagset.go)
+// and a version counter (tagver:{t}); the hash tag {t} keeps both in one
+// Cluster slot.
 //
 // A fill and an invalidation can interleave. The rule that keeps a stale
 // fill out: the fill writes the entry, then adds it to its tag sets, then
@@ -28,15 +29,15 @@ type l2 struct {
 	rdb     *store.Redis
 	tagTTL  time.Duration // how long tag sets and versions live: ≥ every entry's lifetime
 	cluster bool
+	now     func() time.Time // scores tag-set members by expiry
 }
 
-func newL2(rdb *store.Redis, tagTTL time.Duration) *l2 {
+func newL2(rdb *store.Redis, tagTTL time.Duration, now func() time.Time) *l2 {
 	_, cluster := rdb.Client().(*redis.ClusterClient)
-	return &l2{rdb: rdb, tagTTL: tagTTL, cluster: cluster}
+	return &l2{rdb: rdb, tagTTL: tagTTL, cluster: cluster, now: now}
 }
 
 func (s *l2) entryKey(key string) string { return s.rdb.Prefix() + key }
-func (s *l2) tagSet(tag string) string   { return s.rdb.Prefix() + "tag:{" + tag + "}" }
 func (s *l2) tagVer(tag string) string   { return s.rdb.Prefix() + "tagver:{" + tag + "}" }
 
 // get returns the stored value, nil on a miss.
@@ -170,10 +171,8 @@ func (s *l2) store(ctx context.Context, key string, value []byte, life time.Dura
 	if !s.cluster {
 		pipe.Set(ctx, ek, value, life)
 	}
-	for _, t := range tags {
-		pipe.SAdd(ctx, s.tagSet(t), ek)
-		pipe.PExpire(ctx, s.tagSet(t), s.tagTTL)
-	}
+	now := s.now()
+	s.indexEntry(ctx, pipe, ek, tags, now.Add(life), now)
 	vers := make([]*redis.StringCmd, len(tags))
 	for i, t := range tags {
 		vers[i] = pipe.Get(ctx, s.tagVer(t))
@@ -189,50 +188,6 @@ func (s *l2) store(ctx context.Context, key string, value []byte, life time.Dura
 		}
 	}
 	return nil
-}
-
-// invalidate bumps each tag's version and deletes its entries, returning
-// the entry keys (without prefix) that were dropped.
-func (s *l2) invalidate(ctx context.Context, tags []string) ([]string, error) {
-	if len(tags) == 0 {
-		return nil, nil
-	}
-	c := s.rdb.Client()
-	pipe := c.Pipeline()
-	members := make([]*redis.StringSliceCmd, len(tags))
-	for i, t := range tags {
-		pipe.Incr(ctx, s.tagVer(t))
-		pipe.PExpire(ctx, s.tagVer(t), s.tagTTL)
-		members[i] = pipe.SMembers(ctx, s.tagSet(t))
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, err
-	}
-	seen := map[string]bool{}
-	var keys []string
-	for _, m := range members {
-		for _, k := range m.Val() {
-			if !seen[k] {
-				seen[k] = true
-				keys = append(keys, k)
-			}
-		}
-	}
-	// The sets go last: if unlinking fails half-way, a replay still finds
-	// the members. A fill that joins a set in between sees the bumped
-	// version and removes its own entry.
-	sets := make([]string, len(tags))
-	for i, t := range tags {
-		sets[i] = s.tagSet(t)
-	}
-	if err := s.unlink(ctx, append(keys, sets...)); err != nil {
-		return nil, err
-	}
-	out := make([]string, len(keys))
-	for i, k := range keys {
-		out[i] = strings.TrimPrefix(k, s.rdb.Prefix())
-	}
-	return out, nil
 }
 
 // unlink deletes full keys, one command each so Cluster can route them.

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/ticketi/edge/internal/redistest"
@@ -138,10 +139,10 @@ func TestSecondEdgeHitsFromRedis(t *testing.T) {
 	if ttl <= 1800*time.Second || ttl > 1800*time.Second+DefaultGrace {
 		t.Fatalf("entry TTL %v, want the rule's 1800s plus grace", ttl)
 	}
-	if !raw.SIsMember(ctx, "test_tag:{event:42}", "test_event:42").Val() {
+	if raw.ZScore(ctx, "test_tag:z:{event:42}", "test_event:42").Err() != nil {
 		t.Fatal("entry missing from its tag set")
 	}
-	if raw.PTTL(ctx, "test_tag:{event:42}").Val() <= 0 {
+	if raw.PTTL(ctx, "test_tag:z:{event:42}").Val() <= 0 {
 		t.Fatal("tag set without TTL")
 	}
 }
@@ -238,7 +239,7 @@ func TestRedisDownServesFromL1AndUpstreamAndReplaysInvalidations(t *testing.T) {
 		StoredAt: p.a.clock.Now(), TTL: time.Hour, Tags: []string{"event:30"}, Body: []byte(`{"event":{"title":"OLD"}}`)}
 	ctx := context.Background()
 	raw.Set(ctx, "test_event:30", old.Encode(), time.Hour)
-	raw.SAdd(ctx, "test_tag:{event:30}", "test_event:30")
+	raw.ZAdd(ctx, "test_tag:z:{event:30}", redis.Z{Score: float64(p.a.clock.Now().Add(time.Hour).UnixMilli()), Member: "test_event:30"})
 	for !p.rdb[0].Available() {
 		if time.Now().After(deadline.Add(5 * time.Second)) {
 			t.Fatal("no recovery")

@@ -15,6 +15,8 @@ const (
 	maxParamLen = 128
 	maxKeyLen   = 512
 	maxTagLen   = 256
+	// A rule's name is in its rule tag, edge:rule:<name>.
+	maxRuleNameLen = 128
 )
 
 // reservedKeyPrefixes are key spaces other parts of the edge own; a cache
@@ -123,14 +125,27 @@ func (r *Rule) compile(m PathMatching) error {
 			return fmt.Errorf("cache rule %q: key %q is in the reserved %q space", r.Name, r.Key, p)
 		}
 	}
+	if len(r.Name) > maxRuleNameLen {
+		return fmt.Errorf("cache rule %q: name longer than %d bytes", r.Name[:maxRuleNameLen], maxRuleNameLen)
+	}
+	if len(r.Tags) > maxTagCount-1 {
+		return fmt.Errorf("cache rule %q: at most %d tags", r.Name, maxTagCount-1)
+	}
 	r.tags = r.tags[:0]
 	for _, t := range r.Tags {
+		if strings.HasPrefix(t, "edge:") {
+			return fmt.Errorf("cache rule %q: tag %q: edge: tags are the edge's own", r.Name, t)
+		}
 		tt, err := compileTemplate(t, r.path)
 		if err != nil {
 			return fmt.Errorf("cache rule %q: tag: %w", r.Name, err)
 		}
 		r.tags = append(r.tags, tt)
 	}
+	// Every entry also carries its rule's tag (tagset.go), so everything a
+	// rule stored can be dropped without a SCAN.
+	rt := ruleTag(r.Name)
+	r.tags = append(r.tags, template{raw: rt, parts: []part{{kind: partLiteral, text: rt}}})
 	r.query = map[string]bool{}
 	for _, name := range r.IgnoreQuery {
 		r.query[name] = true

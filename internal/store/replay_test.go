@@ -89,7 +89,11 @@ func TestReplayQueueKeepsItemsQueuedAgainDuringTheirReplay(t *testing.T) {
 		}
 		return items, true // a and b done, and "the" overflow handled
 	})
-	<-finished
+	select {
+	case <-finished:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the replay never ran")
+	}
 	eventually(t, time.Second, "replay done", func() bool { return !q.running.Load() })
 	if !q.Has("a") {
 		t.Fatal("the item queued again during its replay was lost")
