@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -456,4 +457,36 @@ func waitFollowersOf(t *testing.T, g *rig, key string, n int32) {
 		fl := g.cache.flights.m[key]
 		return fl != nil && fl.waiters.Load() >= n
 	})
+}
+
+// BenchmarkInvalidateWithFleet measures what the acknowledged invalidation
+// costs a write: Invalidate on an edge whose bus has no other member
+// (nothing to wait for) and on one of two edges (waits for the other's
+// acknowledgement), side by side, with p50/p99 per write.
+func BenchmarkInvalidateWithFleet(b *testing.B) {
+	for _, tc := range []struct {
+		name  string
+		edges int
+	}{{"one-edge", 1}, {"two-edges", 2}} {
+		b.Run(tc.name, func(b *testing.B) {
+			p := newPair(b, nil)
+			if tc.edges == 1 {
+				p.bus[1].Close() // leaves the member set
+				waitFor(b, 5*time.Second, "edge b to leave", func() bool { return p.bus[0].Stats().Members == 0 })
+			}
+			ctx := context.Background()
+			tags := []string{"event:1", "events:lists"}
+			lat := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for range b.N {
+				start := time.Now()
+				p.a.cache.Invalidate(ctx, tags)
+				lat = append(lat, time.Since(start))
+			}
+			b.StopTimer()
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+		})
+	}
 }

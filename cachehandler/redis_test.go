@@ -35,13 +35,13 @@ type edgePair struct {
 // of milliseconds instead of hundreds.
 var fastFleet = store.BusOptions{Fleet: true, Heartbeat: 20 * time.Millisecond, MemberTTL: 200 * time.Millisecond}
 
-func newPair(t *testing.T, mutate func(*Config)) *edgePair {
+func newPair(t testing.TB, mutate func(*Config)) *edgePair {
 	t.Helper()
 	return newPairWith(t, mutate, fastFleet, fastFleet)
 }
 
 // newPairWith is newPair with each edge's bus options.
-func newPairWith(t *testing.T, mutate func(*Config), busA, busB store.BusOptions) *edgePair {
+func newPairWith(t testing.TB, mutate func(*Config), busA, busB store.BusOptions) *edgePair {
 	t.Helper()
 	busOpts := [2]store.BusOptions{busA, busB}
 	srv := redistest.Start(t, redistest.Options{})
@@ -60,7 +60,7 @@ func newPairWith(t *testing.T, mutate func(*Config), busA, busB store.BusOptions
 		bus := store.NewBusWith(rdb, busChannel, nil, busOpts[i])
 		t.Cleanup(bus.Close)
 		p.rdb[i], p.bus[i] = rdb, bus
-		rigs[i] = newRig(t, func(c *Config) {
+		rigs[i] = newRigTB(t, func(c *Config) {
 			c.Redis, c.Bus = rdb, bus
 			if mutate != nil {
 				mutate(c)
@@ -96,7 +96,7 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 }
 
 // waitBus publishes probes until each cache has seen one from the other.
-func waitBus(t *testing.T, p *edgePair) {
+func waitBus(t testing.TB, p *edgePair) {
 	t.Helper()
 	seen := make(chan struct{}, 16)
 	for _, g := range []*rig{p.a, p.b} {

@@ -25,10 +25,10 @@ import (
 // acknowledged before it started: each event in the answer must be at
 // least at the version the last such write returned.
 //
-// Runs: five on two edges, five on one edge, and one on two edges with
-// Redis stopped and restarted half-way (the README's bound for that case:
-// every edge stops using L1 and answers from the upstream, so still no
-// stale read). CONSISTENCY_SECONDS, CONSISTENCY_RATE and CONSISTENCY_RUNS
+// Runs: five on two edges, five on one edge, one on two edges with Redis
+// stopped and restarted half-way (the README's bound for that case: every
+// edge stops using L1 and answers from the upstream, so still no stale
+// read), and two on the embedded default (one edge, no Redis). CONSISTENCY_SECONDS, CONSISTENCY_RATE and CONSISTENCY_RUNS
 // lengthen it for measurements.
 func TestZeroStaleReads(t *testing.T) {
 	seconds := envFloat(t, "CONSISTENCY_SECONDS", 2.5)
@@ -69,6 +69,13 @@ func TestZeroStaleReads(t *testing.T) {
 		}
 	}, restartDur)
 	total.add(res)
+
+	// The embedded default: one edge, no Redis, L1 only.
+	solo := StartEdge(t, cfg, map[string]string{"TICKETI_UPSTREAM": sim.Addr})
+	ws := &workload{t: t, sim: sim, cookie: login(t, solo, "alice", "secret1"), rate: rate, writeShare: 0.05, dur: dur, acked: w.acked}
+	for i := range min(runs, 2) {
+		total.add(ws.run(fmt.Sprintf("embedded default, run %d", i+1), uint64(200+i), []*Edge{solo}, nil))
+	}
 	if total.stale > 0 {
 		t.Errorf("%d stale reads in all runs", total.stale)
 	}
@@ -94,6 +101,7 @@ type workload struct {
 type workloadResult struct {
 	reads, writes, writesFailed, stale, errors int
 	originReads                                int64
+	failedStatus                               map[string]int
 	hit, miss, write                           []time.Duration
 	samples                                    []string
 }
@@ -105,6 +113,14 @@ func (r *workloadResult) add(o workloadResult) {
 	r.stale += o.stale
 	r.errors += o.errors
 	r.originReads += o.originReads
+}
+
+// failed records a write that was not acknowledged, by status.
+func (r *workloadResult) failed(status string) {
+	if r.failedStatus == nil {
+		r.failedStatus = map[string]int{}
+	}
+	r.failedStatus[status]++
 }
 
 const simEvents = 200
@@ -175,8 +191,11 @@ func (w *workload) run(name string, seed uint64, edges []*Edge, fault func(), du
 			case "write":
 				res.writes++
 				res.write = append(res.write, d)
-			case "write-failed":
-				res.writesFailed++
+			default:
+				if status, ok := strings.CutPrefix(kind, "write-failed "); ok {
+					res.writesFailed++
+					res.failed(status)
+				}
 			}
 		}()
 	}
@@ -189,9 +208,9 @@ func (w *workload) run(name string, seed uint64, edges []*Edge, fault func(), du
 	if res.reads > 0 {
 		saved = 100 * (1 - float64(res.originReads)/float64(res.reads))
 	}
-	t.Logf("%s: %d reads, %d writes (%d failed), %d stale, %d read errors, origin reads %d (%.1f%% saved), dropped ticks %d; "+
+	t.Logf("%s: %d reads, %d writes (%d failed: %v), %d stale, %d read errors, origin reads %d (%.1f%% saved), dropped ticks %d; "+
 		"hit p50/p99 %s/%s, miss p50/p99 %s/%s, write p50/p99 %s/%s",
-		name, res.reads, res.writes, res.writesFailed, res.stale, res.errors, res.originReads, saved, dropped,
+		name, res.reads, res.writes, res.writesFailed, res.failedStatus, res.stale, res.errors, res.originReads, saved, dropped,
 		pct(res.hit, 50), pct(res.hit, 99), pct(res.miss, 50), pct(res.miss, 99), pct(res.write, 50), pct(res.write, 99))
 	for _, s := range res.samples {
 		t.Logf("  stale: %s", s)
@@ -214,8 +233,11 @@ func (w *workload) write(e *Edge, id int, title string) (string, time.Duration) 
 	start := time.Now()
 	code, _, body, err := do(e.Client(), req)
 	took := time.Since(start)
-	if err != nil || code != http.StatusOK {
-		return "write-failed", took
+	if err != nil {
+		return "write-failed transport", took
+	}
+	if code != http.StatusOK {
+		return "write-failed " + strconv.Itoa(code), took
 	}
 	var v struct {
 		Event struct {
@@ -224,7 +246,7 @@ func (w *workload) write(e *Edge, id int, title string) (string, time.Duration) 
 		} `json:"event"`
 	}
 	if json.Unmarshal(body, &v) != nil || v.Event.ID != id {
-		return "write-failed", took
+		return "write-failed body", took
 	}
 	acked := time.Now()
 	w.mu.Lock()
