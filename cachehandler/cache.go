@@ -275,6 +275,9 @@ func New(cfg Config) (*Cache, error) {
 		for _, r := range cfg.Rules {
 			c.ruleTagList = append(c.ruleTagList, ruleTag(r.Name))
 		}
+		if cfg.Standard != nil {
+			c.ruleTagList = append(c.ruleTagList, stdModeTag)
+		}
 		c.ruleTags = ruleTagsOn(cfg.Redis)
 		c.ruleTags.add(c.ruleTagList)
 	}

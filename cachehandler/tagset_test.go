@@ -276,6 +276,15 @@ func TestPostOutagePurgeCoversEveryCacheAndOnlyCacheKeys(t *testing.T) {
 	if cs := p.b.get("/api/events/5").Header().Get("Cache-Status"); cs == "ticketi-edge; hit" {
 		t.Fatal("edge b still serves a purged entry")
 	}
+	// A cache in standards mode registers its mode's tag too.
+	std, err := New(Config{Standard: &Standard{}, Redis: p.rdb[0], Now: p.a.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer std.Close()
+	if !containsString(std.ruleTags.all(), stdModeTag) {
+		t.Fatalf("the post-outage purge would miss standards-mode entries: %v", std.ruleTags.all())
+	}
 }
 
 // commandCalls reads a command's call count from INFO commandstats.
