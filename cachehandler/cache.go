@@ -531,6 +531,9 @@ type Stats struct {
 	PendingRetries bool  `json:"invalidations_pending"`
 	// Hearing: this edge is sure it hears every invalidation, so L1 is used.
 	Hearing bool `json:"hearing"`
+	// TagDrainsPending: large invalidated tag sets still being unlinked in
+	// the background on this connection (their entries are unservable).
+	TagDrainsPending bool `json:"tag_drains_pending"`
 }
 
 // Stats reports L1 size and work in progress.
@@ -539,7 +542,8 @@ func (c *Cache) Stats() Stats {
 	c.flights.mu.Lock()
 	inFlight := len(c.flights.m)
 	c.flights.mu.Unlock()
-	return Stats{L1Entries: entries, L1Bytes: bytes, FillsInFlight: inFlight, PendingRetries: c.pending != nil && c.pending.Pending(), Hearing: c.hearing()}
+	return Stats{L1Entries: entries, L1Bytes: bytes, FillsInFlight: inFlight, PendingRetries: c.pending != nil && c.pending.Pending(), Hearing: c.hearing(),
+		TagDrainsPending: c.drains != nil && c.drains.Pending()}
 }
 
 // l1TTL is how long an L1 copy is trusted. Without Redis, L1 is the only
