@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ticketi/edge/internal/redistest"
+	sharedwl "github.com/ticketi/edge/internal/workload"
 )
 
 // TestZeroStaleReads is issue #15's "must show": a Ticketi-shaped mixed
@@ -46,7 +46,7 @@ func TestZeroStaleReads(t *testing.T) {
 	b.WaitHearing(t)
 	cookie := login(t, a, "alice", "secret1")
 
-	w := &workload{t: t, sim: sim, cookie: cookie, rate: rate, writeShare: 0.05, dur: dur, acked: map[int][]ackRecord{}}
+	w := &workload{t: t, sim: sim, cookie: cookie, rate: rate, writeShare: 0.05, dur: dur, acked: sharedwl.NewChecker()}
 	var total workloadResult
 	for i := range runs {
 		res := w.run(fmt.Sprintf("two edges, run %d", i+1), uint64(i+1), []*Edge{a, b}, nil)
@@ -81,11 +81,6 @@ func TestZeroStaleReads(t *testing.T) {
 	}
 }
 
-type ackRecord struct {
-	at      time.Time
-	version int
-}
-
 type workload struct {
 	t          *testing.T
 	sim        *Sim
@@ -94,8 +89,7 @@ type workload struct {
 	writeShare float64
 	dur        time.Duration
 
-	mu    sync.Mutex
-	acked map[int][]ackRecord // event id → acknowledged writes
+	acked *sharedwl.Checker // "event:<id>" → acknowledged versions (shared with bench/cmd/edgebench)
 }
 
 type workloadResult struct {
@@ -248,10 +242,7 @@ func (w *workload) write(e *Edge, id int, title string) (string, time.Duration) 
 	if json.Unmarshal(body, &v) != nil || v.Event.ID != id {
 		return "write-failed body", took
 	}
-	acked := time.Now()
-	w.mu.Lock()
-	w.acked[id] = append(w.acked[id], ackRecord{at: acked, version: v.Event.Version})
-	w.mu.Unlock()
+	w.acked.Ack("event:"+strconv.Itoa(id), time.Now(), v.Event.Version)
 	return "write", took
 }
 
@@ -287,7 +278,7 @@ func (w *workload) read(e *Edge, path string, mu *sync.Mutex, res *workloadResul
 	}
 	status := h.Get("Cache-Status")
 	for _, ev := range got {
-		if want := w.ackedBefore(ev.ID, start); ev.Version < want {
+		if want, stale := w.acked.StaleIncreasing("event:"+strconv.Itoa(ev.ID), start, ev.Version); stale {
 			mu.Lock()
 			res.stale++
 			if len(res.samples) < 10 {
@@ -302,27 +293,11 @@ func (w *workload) read(e *Edge, path string, mu *sync.Mutex, res *workloadResul
 	return "miss", took
 }
 
-// ackedBefore is the newest version of event id acknowledged before t.
-func (w *workload) ackedBefore(id int, t time.Time) int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	best := 0
-	for _, a := range w.acked[id] {
-		if a.at.Before(t) && a.version > best {
-			best = a.version
-		}
-	}
-	return best
-}
-
 func pct(ds []time.Duration, p int) string {
 	if len(ds) == 0 {
 		return "-"
 	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	i := min(len(s)-1, (len(s)*p)/100)
-	return s[i].Round(10 * time.Microsecond).String()
+	return sharedwl.Percentile(ds, float64(p)).Round(10 * time.Microsecond).String()
 }
 
 func envFloat(t *testing.T, name string, def float64) float64 {
