@@ -141,13 +141,15 @@ func (t *leaseTable) take(c *preparedCheck, now time.Time) (outcome, bool) {
 	le.lastSeen = now
 	o := outcome{remaining: max(le.rem0-le.spent, 0), reset: max(le.resetAt.Sub(now).Microseconds(), 0)}
 	refill := !le.refill && !le.asking && le.tokens*4 < le.grant && le.expires.Sub(now) > bucketDuration(c)/4
+	var item refillItem
 	if refill {
 		le.refill = true
+		item = refillItem{le.check, nextWant(le.grant)} // le.check has its Redis key
 	}
 	s.mu.Unlock()
 	if refill {
 		t.mu.Lock()
-		t.refills = append(t.refills, refillItem{*c, nextWant(le.grant)})
+		t.refills = append(t.refills, item)
 		t.mu.Unlock()
 		select {
 		case t.kick <- struct{}{}:

@@ -89,10 +89,18 @@ func (l *Limiter) prepare(t *Tier, key string) (preparedCheck, error) {
 		return preparedCheck{}, ErrEmptyKey
 	}
 	c := preparedCheck{tier: t, key: normalizeKey(key), lim: t.spec()}
-	if l.rds != nil {
-		c.redisKey = l.rds.key(t.Name, c.key)
+	if l.leases == nil {
+		l.fillRedisKey(&c)
 	}
 	return c, nil
+}
+
+// fillRedisKey sets c.redisKey. With leases it is built only for checks
+// that go to Redis: a request decided from leases needs no key string.
+func (l *Limiter) fillRedisKey(c *preparedCheck) {
+	if l.rds != nil && c.redisKey == "" {
+		c.redisKey = l.rds.key(c.tier.Name, c.key)
+	}
 }
 
 // Allow decides a request: every check is evaluated, and the request is
@@ -178,6 +186,9 @@ func (l *Limiter) viaRedis(ctx context.Context, prepared []preparedCheck, out []
 	deadline := time.Now().Add(l.opts.Redis.CallTimeout())
 	lt := l.leases
 	if lt == nil || l.closed.Load() || hasDuplicate(prepared) {
+		for i := range prepared {
+			l.fillRedisKey(&prepared[i])
+		}
 		j := &job{checks: prepared, deadline: deadline}
 		if err := l.batch.do(ctx, j); err != nil {
 			return SourceMemory, err
@@ -210,6 +221,7 @@ func (l *Limiter) viaRedis(ctx context.Context, prepared []preparedCheck, out []
 	j := &job{checks: make([]preparedCheck, len(rest)), deadline: deadline}
 	asked := false
 	for n, i := range rest {
+		l.fillRedisKey(&prepared[i])
 		j.checks[n] = prepared[i]
 		if prepared[i].lim.kind == kindWindow {
 			if w := lt.want(&prepared[i], nowT); w > 0 {
@@ -449,6 +461,7 @@ func (l *Limiter) Peek(ctx context.Context, tier *Tier, key string) (TierResult,
 	if err != nil {
 		return TierResult{Tier: tier}, err
 	}
+	l.fillRedisKey(&c)
 	var o outcome
 	if l.rds != nil && l.rds.available() {
 		if o, err = l.rds.peek(ctx, c); err != nil {
@@ -478,6 +491,7 @@ func (l *Limiter) Reset(ctx context.Context, tier *Tier, key string) error {
 	if err != nil {
 		return err
 	}
+	l.fillRedisKey(&c)
 	k := c.stateKey()
 	l.mem.reset(k)
 	if l.leases != nil {

@@ -41,6 +41,11 @@ func (p IPPrefixes) ClientKey(ip string) (key string, ok bool) {
 	if err != nil {
 		return ip, false
 	}
+	if addr.Is4() && (p.V4 == 0 || p.V4 >= 32) {
+		// ParseAddr takes only canonical dotted quads: the input is the
+		// key, and the common case allocates nothing.
+		return ip, true
+	}
 	addr = addr.WithZone("").Unmap()
 	bits := p.V6
 	if bits == 0 {
