@@ -257,27 +257,52 @@ func (c *Cluster) WaitFailover(ctx context.Context, slot int, dead *Server, time
 }
 
 // WaitReplicated waits until every running replica has acknowledged what
-// its master holds (WAIT on every running master).
+// its master holds: WAIT on every running master for the number of running
+// nodes that say they replicate it. (Counting the replicas the master lists
+// as online instead would let a replica still finishing its sync be
+// skipped, and WAIT return at once.)
 func (c *Cluster) WaitReplicated(ctx context.Context, timeout time.Duration) error {
+	replicasOf := map[string]int{} // master address → replicas that follow it
 	for _, n := range c.nodes() {
-		if n.Process() == nil || hasRole(ctx, n, "master") != nil {
+		if n.Process() == nil {
 			continue
 		}
 		cl := redis.NewClient(n.ClientOptions())
 		info, err := cl.Info(ctx, "replication").Result()
-		if err == nil {
-			want := int64(strings.Count(info, ",state=online,"))
-			var got int64
-			if got, err = cl.Wait(ctx, int(want), timeout).Result(); err == nil && got < want {
-				err = fmt.Errorf("%d of %d replicas acknowledged", got, want)
-			}
-		}
 		_ = cl.Close()
+		if err != nil {
+			return fmt.Errorf("%s: INFO replication: %w", n.Addr, err)
+		}
+		if strings.Contains(info, "role:slave\r\n") {
+			replicasOf[net.JoinHostPort(infoField(info, "master_host"), infoField(info, "master_port"))]++
+		}
+	}
+	for _, n := range c.nodes() {
+		want := replicasOf[n.Addr]
+		if n.Process() == nil || want == 0 {
+			continue
+		}
+		cl := redis.NewClient(n.ClientOptions())
+		got, err := cl.Wait(ctx, want, timeout).Result()
+		_ = cl.Close()
+		if err == nil && int(got) < want {
+			err = fmt.Errorf("%d of %d replicas acknowledged within %v", got, want, timeout)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: WAIT: %w", n.Addr, err)
 		}
 	}
 	return nil
+}
+
+// infoField returns the value of "name:value" in an INFO reply.
+func infoField(info, name string) string {
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, name+":"); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // SlotMigration moves one slot from one master to another the way
