@@ -400,6 +400,21 @@ func TestRFC9111Vary(t *testing.T) {
 			t.Fatalf("origin saw %d requests: a different Foo was served a stored variant", n)
 		}
 	})
+	t.Run("Accept-Language order of equal weights, case and spaces", func(t *testing.T) {
+		g := newStdRig(t, nil)
+		g.headers("Cache-Control", "max-age=100", "Vary", "Accept-Language")
+		g.get("Accept-Language", "en, de")
+		for _, v := range []string{"de, en", "eN, De", " en ,   de", "de;q=1, en"} {
+			if !g.reused(0, "Accept-Language", v) {
+				t.Fatalf("%q did not select the stored en, de variant", v)
+			}
+		}
+		for _, v := range []string{"en;q=0.5, de", "en", "fr, de"} {
+			if g.reused(0, "Accept-Language", v) {
+				t.Fatalf("%q selected the en, de variant", v)
+			}
+		}
+	})
 	t.Run("whitespace and line folding normalised", func(t *testing.T) {
 		g := newStdRig(t, nil)
 		g.headers("Cache-Control", "max-age=100", "Vary", "Foo")

@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -129,6 +130,9 @@ func normalisedVaryValue(h http.Header, name string) string {
 	if !ok {
 		return "\x00"
 	}
+	if name == "Accept-Language" || name == "Accept-Encoding" {
+		return normalisedPreferences(lines)
+	}
 	var b strings.Builder
 	for _, line := range lines {
 		for _, m := range strings.Split(line, ",") {
@@ -144,6 +148,62 @@ func normalisedVaryValue(h http.Header, name string) string {
 				m = strings.ToLower(m)
 			}
 			b.WriteString(m)
+		}
+	}
+	return b.String()
+}
+
+// normalisedPreferences normalises a list of weighted tokens
+// (Accept-Language, Accept-Encoding; RFC 9110 §12.4.2): tokens in lower
+// case, whitespace gone, q=1 implied, and members ordered by weight then
+// name, since members of equal weight are equally preferred whatever
+// their order. "en, de" and "De , EN;q=1" are then one variant.
+func normalisedPreferences(lines []string) string {
+	type pref struct {
+		token string
+		q     float64
+		qs    string
+	}
+	var prefs []pref
+	for _, line := range lines {
+		for _, m := range strings.Split(line, ",") {
+			token, params, _ := strings.Cut(m, ";")
+			token = strings.ToLower(strings.TrimSpace(token))
+			if token == "" || len(prefs) >= 32 {
+				continue
+			}
+			p := pref{token: token, q: 1}
+			params = strings.ReplaceAll(strings.ToLower(params), " ", "")
+			if v, ok := strings.CutPrefix(params, "q="); ok {
+				if q, err := strconv.ParseFloat(v, 64); err == nil && q >= 0 && q <= 1 {
+					p.q = q
+					p.qs = strconv.FormatFloat(q, 'f', -1, 64)
+				} else {
+					p.qs = v // not a weight: kept as sent, so it never matches a valid one
+				}
+			} else if params != "" {
+				p.qs = params
+			}
+			if p.qs == "1" {
+				p.qs = ""
+			}
+			prefs = append(prefs, p)
+		}
+	}
+	sort.SliceStable(prefs, func(i, j int) bool {
+		if prefs[i].q != prefs[j].q {
+			return prefs[i].q > prefs[j].q
+		}
+		return prefs[i].token < prefs[j].token
+	})
+	var b strings.Builder
+	for i, p := range prefs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(p.token)
+		if p.qs != "" {
+			b.WriteString(";q=" + p.qs)
 		}
 	}
 	return b.String()

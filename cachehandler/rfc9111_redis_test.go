@@ -173,3 +173,34 @@ func TestRFC9111URLInvalidationReplayedAfterOutage(t *testing.T) {
 		t.Fatalf("edge b served the entry from before the PUT: %q", w.Body.String())
 	}
 }
+
+// A Vary: Accept-Language origin gets one stored variant per language,
+// shared by the fleet through Redis.
+func TestRFC9111VaryAcceptLanguageAcrossEdges(t *testing.T) {
+	p, origin := stdPair(t, func(n int, r *http.Request, h http.Header) (int, string) {
+		h.Set("Cache-Control", "max-age=100")
+		h.Set("Vary", "Accept-Language")
+		return http.StatusOK, "page in " + r.Header.Get("Accept-Language")
+	})
+	langs := []string{"en", "fr", "de", "pt-BR"}
+	for _, l := range langs {
+		r := newReq(http.MethodGet, "/pages/home")
+		r.Header.Set("Accept-Language", l)
+		p.a.do(r)
+	}
+	for _, l := range langs {
+		r := newReq(http.MethodGet, "/pages/home")
+		r.Header.Set("Accept-Language", strings.ToUpper(l))
+		w := p.b.do(r)
+		if w.Body.String() != "page in "+l || w.Header().Get("Cache-Status") != "ticketi-edge; hit" {
+			t.Fatalf("%s on edge b: %q %q", l, w.Body.String(), w.Header().Get("Cache-Status"))
+		}
+	}
+	if n := origin.Load(); n != int32(len(langs)) {
+		t.Fatalf("origin saw %d requests, want one per language", n)
+	}
+	rec, _ := p.b.cache.stdLookup(context.Background(), stdKeyFor("http", "edge.test", "/pages/home", ""), p.b.clock.Now())
+	if rec == nil || len(rec.variants) != len(langs) {
+		t.Fatalf("stored record: %v", rec)
+	}
+}
