@@ -19,6 +19,16 @@ import (
 // invalidating a URL (§4.4) one DEL.
 type stdRecord struct {
 	variants []*stdVariant
+	// stamp: the Redis versions of the record's tags (tagsFor) when it was
+	// stored. A reader serves the record from Redis only while every tag is
+	// still at its stamp: a large tag's invalidation leaves its entries in
+	// Redis for the background drain (tagset.go), unservable meanwhile.
+	stamp []tagStamp
+}
+
+type tagStamp struct {
+	tag string
+	ver int64
 }
 
 // stdVariant is one stored response.
@@ -269,6 +279,24 @@ func (rec *stdRecord) tagsFor(key string) []string {
 	return out
 }
 
+// stamped is the record's tags with the versions it was stored under, as
+// an Entry for l2.current; a tag without a stamp gets -1, which no version
+// equals, so an unstamped record is never current.
+func (rec *stdRecord) stamped(key string) *Entry {
+	tags := rec.tagsFor(key)
+	vers := make([]int64, len(tags))
+	for i, t := range tags {
+		vers[i] = -1
+		for _, st := range rec.stamp {
+			if st.tag == t {
+				vers[i] = st.ver
+				break
+			}
+		}
+	}
+	return &Entry{Tags: tags, TagVersions: vers}
+}
+
 func (rec *stdRecord) size() int64 {
 	var n int64
 	for _, v := range rec.variants {
@@ -277,7 +305,12 @@ func (rec *stdRecord) size() int64 {
 	return n
 }
 
-const stdMagic = "TS1"
+// stdMagic starts a record with its version stamp; stdMagicV1 records
+// (before stamps) decode without one and are never served from Redis.
+const (
+	stdMagic   = "TS2"
+	stdMagicV1 = "TS1"
+)
 
 // stdModeTag is carried by every standards-mode entry, as each rule's
 // entries carry edge:rule:<name>.
@@ -290,7 +323,8 @@ func stdURLTag(key string) string {
 	return "edge:url:" + hex.EncodeToString(sum[:16])
 }
 
-// encode serialises the record (same framing and CRC32C as Entry).
+// encode serialises the record (same framing and CRC32C as Entry), its
+// version stamp last.
 func (rec *stdRecord) encode() []byte {
 	b := make([]byte, 0, 64+rec.size())
 	b = append(b, stdMagic...)
@@ -319,13 +353,22 @@ func (rec *stdRecord) encode() []byte {
 		b = binary.BigEndian.AppendUint32(b, uint32(len(v.Body)))
 		b = append(b, v.Body...)
 	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(rec.stamp)))
+	for _, st := range rec.stamp {
+		b = appendStr(b, st.tag)
+		b = binary.BigEndian.AppendUint64(b, uint64(st.ver))
+	}
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 }
 
 // decodeStdRecord parses a stored record, bounding every count so a
 // corrupt value cannot make it allocate wildly or panic.
 func decodeStdRecord(b []byte, s *Standard) (*stdRecord, error) {
-	if len(b) < len(stdMagic)+4 || string(b[:len(stdMagic)]) != stdMagic {
+	if len(b) < len(stdMagic)+4 {
+		return nil, ErrCorrupt
+	}
+	stamped := string(b[:len(stdMagic)]) == stdMagic
+	if !stamped && string(b[:len(stdMagicV1)]) != stdMagicV1 {
 		return nil, ErrCorrupt
 	}
 	payload, sum := b[:len(b)-4], binary.BigEndian.Uint32(b[len(b)-4:])
@@ -381,6 +424,16 @@ func decodeStdRecord(b []byte, s *Standard) (*stdRecord, error) {
 		}
 		v.derive(s)
 		rec.variants = append(rec.variants, v)
+	}
+	if stamped {
+		ns := int(r.u16())
+		if ns > maxTagCount {
+			return nil, ErrCorrupt
+		}
+		for range ns {
+			tag := r.str()
+			rec.stamp = append(rec.stamp, tagStamp{tag, int64(r.u64())})
+		}
 	}
 	if r.err || len(r.b) != 0 {
 		return nil, ErrCorrupt

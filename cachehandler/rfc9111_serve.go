@@ -122,7 +122,8 @@ func (c *Cache) stdLookup(ctx context.Context, key string, now time.Time) (*stdR
 		return nil, ""
 	}
 	snap := c.clock.snapshot()
-	raw, err := c.l2.get(ctx, key)
+	// The URL's and the mode's versions come in the same round trip.
+	raw, vers, err := c.l2.getWithVersions(ctx, key, []string{stdURLTag(key), stdModeTag})
 	if err != nil || raw == nil {
 		return nil, ""
 	}
@@ -130,6 +131,11 @@ func (c *Cache) stdLookup(ctx context.Context, key string, now time.Time) (*stdR
 	if err != nil {
 		c.log.Warn("corrupt cache entry deleted", zap.String("key_pattern", store.KeyPattern(key)), zap.Int("bytes", len(raw)))
 		_ = c.l2.del(context.WithoutCancel(ctx), key)
+		return nil, ""
+	}
+	if ok, err := c.l2.current(ctx, rec.stamped(key), vers); !ok || err != nil {
+		// A tag was invalidated since the record was stored (its drain may
+		// not have reached it yet), or it carries no stamp: a miss.
 		return nil, ""
 	}
 	// Into L1 only if no invalidation of the URL or its tags ran since the
@@ -432,6 +438,10 @@ func (c *Cache) stdStore(ctx context.Context, key string, rec *stdRecord, v *std
 			snap, err = c.l2.versions(sctx, tags)
 		}
 		if err == nil {
+			nrec.stamp = make([]tagStamp, len(tags))
+			for i, t := range tags {
+				nrec.stamp[i] = tagStamp{t, snap[i]}
+			}
 			err = c.l2.store(sctx, key, nrec.encode(), c.stdLife(nrec, now), tags, snap)
 		}
 		if errors.Is(err, errRaced) {

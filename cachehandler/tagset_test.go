@@ -2,7 +2,10 @@ package cachehandler
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"hash/crc32"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -345,5 +348,54 @@ func TestLargeTagDrainOnRedisCluster(t *testing.T) {
 		if raw.Exists(ctx, fmt.Sprintf("test_events:published:page:x%d", i)).Val() != 0 {
 			t.Fatalf("entry x%d survived the drain", i)
 		}
+	}
+}
+
+// Standards-mode entries are stamped with their tags' versions too: one
+// whose large tag was invalidated is not served from Redis while the drain
+// has not reached it.
+func TestStandardsModeEntryOfALargeTagIsUnservableAtOnce(t *testing.T) {
+	p, origin := stdPair(t, func(n int, r *http.Request, h http.Header) (int, string) {
+		h.Set("Cache-Control", "max-age=100")
+		h.Set("Surrogate-Key", "group:static")
+		return http.StatusOK, fmt.Sprint("v", n)
+	})
+	raw := p.srv.Client(t)
+	ctx := context.Background()
+	p.a.get("/static/app.js")
+	if cs := p.b.get("/static/app.js").Header().Get("Cache-Status"); cs != "ticketi-edge; hit" {
+		t.Fatalf("edge b: %q", cs)
+	}
+	hugeTag(t, raw, "group:static", 2*inlineUnlinkMax, p.a.clock.Now().Add(time.Hour))
+	release := make(chan struct{})
+	defer close(release)
+	p.a.cache.testHookDrainChunk = func(context.Context) { <-release }
+	p.a.cache.Invalidate(ctx, []string{"group:static"})
+	if raw.Exists(ctx, "test_std:http://edge.test/static/app.js").Val() != 1 {
+		t.Fatal("the entry was deleted in the request; this test needs it still in Redis")
+	}
+	pollUntil(t, 5*time.Second, "edge b to drop its L1 copy", func() bool {
+		return p.b.cache.l1.get("std:http://edge.test/static/app.js", p.b.clock.Now()) == nil
+	})
+	before := origin.Load()
+	if w := p.b.get("/static/app.js"); w.Header().Get("Cache-Status") == "ticketi-edge; hit" || origin.Load() != before+1 {
+		t.Fatalf("edge b served the invalidated standards-mode entry from Redis: %q %q", w.Header().Get("Cache-Status"), w.Body.String())
+	}
+}
+
+// Records written before stamps (TS1) still decode, unstamped: never
+// current, so never served from Redis.
+func TestUnstampedStandardsRecordDecodes(t *testing.T) {
+	rec := &stdRecord{variants: []*stdVariant{{Status: 200, Header: http.Header{}, Body: []byte("x"),
+		RequestTime: time.UnixMilli(1), ResponseTime: time.UnixMilli(2)}}}
+	b := rec.encode()
+	v1 := append([]byte(stdMagicV1), b[len(stdMagic):len(b)-6]...) // no stamp count, no CRC
+	v1 = binary.BigEndian.AppendUint32(v1, crc32.Checksum(v1, castagnoli))
+	got, err := decodeStdRecord(v1, &Standard{MaxVariants: 4})
+	if err != nil || len(got.variants) != 1 || got.stamp != nil {
+		t.Fatalf("TS1 record: %+v %v", got, err)
+	}
+	if e := got.stamped("std:x"); e.TagVersions[0] != -1 {
+		t.Fatalf("an unstamped record must not look current: %v", e.TagVersions)
 	}
 }
