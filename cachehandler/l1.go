@@ -3,6 +3,7 @@ package cachehandler
 import (
 	"hash/maphash"
 	"path"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -160,6 +161,13 @@ func (c *l1) dropTag(tag string) []string {
 	return dropped
 }
 
+// globMatch matches like Redis's SCAN MATCH, where * also spans '/'
+// (standards-mode keys are URLs): path.Match with '/' taken out of play.
+func globMatch(glob, key string) bool {
+	ok, _ := path.Match(strings.ReplaceAll(glob, "/", "\x01"), strings.ReplaceAll(key, "/", "\x01"))
+	return ok
+}
+
 // dropMatching removes entries whose key matches a glob (admin purge).
 func (c *l1) dropMatching(glob string) int {
 	n := 0
@@ -167,7 +175,7 @@ func (c *l1) dropMatching(glob string) int {
 		s := &c.shards[i]
 		s.mu.Lock()
 		for _, key := range s.lru.Keys() {
-			if ok, _ := path.Match(glob, key); ok && s.lru.Remove(key) {
+			if globMatch(glob, key) && s.lru.Remove(key) {
 				n++
 			}
 		}

@@ -1,12 +1,16 @@
 package caddymodule
 
 import (
+	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/ticketi/edge/internal/redistest"
 )
 
 func TestRFC9111CaddyfileParses(t *testing.T) {
@@ -78,5 +82,75 @@ func TestStaleWhileRevalidateCaddyfile(t *testing.T) {
 	}
 	if c.StaleWhileRevalidate != caddy.Duration(30*time.Second) || c.Rules[0].StaleWhileRevalidate != caddy.Duration(2*time.Minute) {
 		t.Fatalf("%v %v", c.StaleWhileRevalidate, c.Rules[0].StaleWhileRevalidate)
+	}
+}
+
+// Caddyfile.example's standards mode on a real Caddy and redis-server:
+// a path no rule matches is stored from the origin's own Cache-Control,
+// lands in Redis under its std: key, counts under rule="rfc9111" in the
+// metrics, and purges by pattern.
+func TestExampleConfigStandardsMode(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	upstream := startSim(t)
+	src, err := os.ReadFile("../Caddyfile.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &testEdge{httpAddr: freeAddr(t), adminAddr: freeAddr(t), client: &http.Client{Timeout: 5 * time.Second}}
+	t.Setenv("EDGE_PORT", strings.Split(e.httpAddr, ":")[1])
+	t.Setenv("TICKETI_UPSTREAM", upstream)
+	t.Setenv("REDIS_URL", srv.URL())
+	t.Setenv("REDIS_KEY_PREFIX", "test_")
+	t.Setenv("EDGE_SESSION_KEYS", testSigningKey)
+	cfg := strings.Replace(string(src), "{\n\t# Let in-flight", "{\n\tadmin "+e.adminAddr+"\n\tauto_https off\n\tpersist_config off\n\t# Let in-flight", 1)
+	if err := loadCaddyfile(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopCaddy() })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body := e.admin(t, http.MethodGet, "/edge/cache/stats", "")
+		if code == 200 && strings.Contains(string(body), `"hearing":true`) && strings.Contains(string(body), `"fleet":{"fleet":true`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the edge never said it hears invalidations: %d %s", code, body)
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval
+	}
+	get := func() http.Header {
+		req, err := http.NewRequest(http.MethodGet, "http://"+e.httpAddr+"/__sim/stats", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("X-Sim-Cache-Control", "public, max-age=60") // the sim answers with this Cache-Control
+		resp, err := e.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.Header
+	}
+	h1, h2 := get(), get()
+	if !strings.Contains(h1.Get("Cache-Status"), "fwd=uri-miss") || !strings.Contains(h1.Get("Cache-Status"), "stored") ||
+		h2.Get("Cache-Status") != "ticketi-edge; hit" {
+		t.Fatalf("miss then hit: %q, %q", h1.Get("Cache-Status"), h2.Get("Cache-Status"))
+	}
+	raw := srv.Client(t)
+	if keys := raw.Keys(t.Context(), "test_std:*").Val(); len(keys) != 1 || !strings.HasSuffix(keys[0], "/__sim/stats") {
+		t.Fatalf("redis std keys: %v", keys)
+	}
+	_, metrics := e.admin(t, http.MethodGet, "/metrics", "")
+	if !strings.Contains(string(metrics), `ticketi_edge_cache_lookups_total{result="hit_l1",rule="rfc9111"} 1`) {
+		t.Fatalf("standards-mode metrics missing:\n%s", grepLines(string(metrics), "ticketi_edge_cache_lookups"))
+	}
+	if code, body := e.admin(t, http.MethodPost, "/edge/cache/purge", `{"pattern":"std:*"}`); code != 200 || !strings.Contains(string(body), `"purged":`) {
+		t.Fatalf("purge std:*: %d %s", code, body)
+	}
+	if keys := raw.Keys(t.Context(), "test_std:*").Val(); len(keys) != 0 {
+		t.Fatalf("left after purge: %v", keys)
+	}
+	if h := get(); !strings.Contains(h.Get("Cache-Status"), "fwd=uri-miss") {
+		t.Fatalf("after purge: %q", h.Get("Cache-Status"))
 	}
 }
