@@ -411,7 +411,7 @@ func (a *App) cacheStats() map[string]any {
 	out := map[string]any{}
 	fleet := a.fleetStats()
 	for name, c := range a.handlers.caches.all() {
-		st := map[string]any{"engine": c.engine.Stats(), "rules": c.obs.stats()}
+		st := map[string]any{"engine": c.engine.Stats(), "rules": c.obs.stats(), "ttl_advice": c.ttlAdvice(time.Now())}
 		if fleet != nil {
 			st["fleet"] = fleet
 		}

@@ -36,8 +36,9 @@ type moduleKind struct {
 }
 
 type cacheModuleView struct {
-	Engine cachehandler.Stats   `json:"engine"`
-	Rules  map[string]ruleStats `json:"rules"`
+	Engine    cachehandler.Stats   `json:"engine"`
+	Rules     map[string]ruleStats `json:"rules"`
+	TTLAdvice map[string]ttlAdvice `json:"ttl_advice"`
 }
 
 type limiterStatsView struct {
@@ -162,6 +163,20 @@ func renderCacheModule(w io.Writer, name string, v cacheModuleView) error {
 	for _, rule := range sortedKeys(v.Rules) {
 		r := v.Rules[rule]
 		fmt.Fprintf(t, "%s\t%d\t%d\t%s\t%d\t%d\t%d\n", rule, r.Hits, r.Misses, ratio(r.Hits, r.Misses), r.Stale, r.Bypass, r.Stored)
+	}
+	if err := t.Flush(); err != nil {
+		return err
+	}
+	if len(v.TTLAdvice) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w, "\nTTL advice (from this edge's counts since its config loaded):")
+	t = newTable(w)
+	fmt.Fprintln(t, "RULE\tTTL\tSUGGESTED\tLOOKUPS/MIN\tFILLS/MIN\tREASON")
+	for _, rule := range sortedKeys(v.TTLAdvice) {
+		a := v.TTLAdvice[rule]
+		secs := func(s float64) string { return (time.Duration(s) * time.Second).String() }
+		fmt.Fprintf(t, "%s\t%s\t%s\t%.1f\t%.1f\t%s\n", rule, secs(a.TTLSeconds), secs(a.SuggestedSeconds), a.LookupsPerMin, a.FillsPerMin, a.Reason)
 	}
 	return t.Flush()
 }

@@ -222,6 +222,9 @@ type cacheObserver struct {
 	app     *App
 	m       *metrics
 	perRule map[string]*ruleCounters
+	// since and invalidated feed the TTL advice (ttl_advice.go).
+	since       time.Time
+	invalidated atomic.Int64
 }
 
 type ruleCounters struct {
@@ -231,7 +234,7 @@ type ruleCounters struct {
 }
 
 func (m *metrics) cacheObserver(app *App, rules []CacheRule) *cacheObserver {
-	o := &cacheObserver{app: app, m: m, perRule: map[string]*ruleCounters{}}
+	o := &cacheObserver{app: app, m: m, perRule: map[string]*ruleCounters{}, since: time.Now()}
 	for _, r := range rules {
 		o.perRule[r.Name] = &ruleCounters{
 			hitL1:       m.cacheLookups.WithLabelValues(r.Name, "hit_l1"),
@@ -289,7 +292,10 @@ func (o *cacheObserver) Acknowledged(result string, waited time.Duration) {
 }
 
 // Invalidated implements cachehandler.Observer.
-func (o *cacheObserver) Invalidated(entries int) { o.m.cacheDropped.Add(float64(entries)) }
+func (o *cacheObserver) Invalidated(entries int) {
+	o.m.cacheDropped.Add(float64(entries))
+	o.invalidated.Add(int64(entries))
+}
 
 // ruleStats is one rule's figures for the admin API.
 type ruleStats struct {

@@ -111,6 +111,7 @@ func TestEdgeCommand(t *testing.T) {
 	e := StartEdge(t, exampleCaddyfile(t, ""), map[string]string{
 		"TICKETI_UPSTREAM": sim.Addr, "REDIS_URL": srv.URL(), "REDIS_KEY_PREFIX": "test_", "EDGE_SESSION_KEYS": testSigningKeys,
 	})
+	e.WaitHearing(t) // until then the edge does not trust its L1 copies (read-your-writes)
 
 	for range 3 {
 		if code, _, body := e.Get(t, "/api/events/1"); code != 200 {
@@ -137,6 +138,9 @@ func TestEdgeCommand(t *testing.T) {
 	// RULE HITS MISSES HIT-RATIO STALE BYPASS STORED
 	if row := tableRow(t, out, "event"); row[1] != "2" || row[2] != "1" || row[3] != "66.7%" || row[6] != "1" {
 		t.Errorf("event rule row %v, want 2 hits, 1 miss, 66.7%%, 1 stored\n%s", row, out)
+	}
+	if !regexp.MustCompile(`(?m)^event +30m0s +30m0s +[\d.]+ +[\d.]+ +keep: \d+ lookups since the config loaded are too few`).MatchString(out) {
+		t.Errorf("stats: no TTL advice row for rule event:\n%s", out)
 	}
 	var st struct {
 		Store   string `json:"store"`

@@ -67,6 +67,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	e := StartEdge(t, exampleCaddyfile(t, ""), map[string]string{
 		"TICKETI_UPSTREAM": sim.Addr, "REDIS_URL": srv.URL(), "REDIS_KEY_PREFIX": "test_", "EDGE_SESSION_KEYS": testSigningKeys,
 	})
+	e.WaitHearing(t) // until then the edge does not trust its L1 copies (read-your-writes)
 	url := startDashboard(t, e)
 	b := startBrowser(t)
 	b.navigate(t, url+"?refresh=300")
@@ -135,6 +136,13 @@ func TestDashboardInBrowser(t *testing.T) {
 		return nil
 	})
 	t.Logf("after traffic the page showed %v", shown)
+	var advice [][]string
+	b.eval(t, `[...document.querySelectorAll('#ttl-advice tbody tr')].map(r => [...r.cells].map(c => c.textContent))`, &advice)
+	if !hasRow(advice, func(r []string) bool {
+		return len(r) == 6 && r[0] == "event" && r[1] == "1800 s" && strings.HasPrefix(r[5], "keep: ")
+	}) {
+		t.Errorf("TTL advice table %v: no row for rule event", advice)
+	}
 
 	// Purge from the page: the next read goes to the origin.
 	before := sim.Stats(t).Routes["GET /api/events/{id}"]

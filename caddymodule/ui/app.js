@@ -153,6 +153,15 @@ function renderCache(d, m) {
 	}
 	rows.sort((a, b) => a[0] < b[0] ? -1 : 1);
 	fillTable('rules', rows);
+	const advice = [];
+	for (const [cname, c] of Object.entries(m.caches)) {
+		for (const [rule, a] of Object.entries(c.ttl_advice || {})) {
+			const label = Object.keys(m.caches).length > 1 ? cname + '/' + rule : rule;
+			advice.push([label, a.ttl_seconds + ' s', a.suggested_ttl_seconds + ' s', a.lookups_per_min.toFixed(1), a.fills_per_min.toFixed(1), a.reason]);
+		}
+	}
+	advice.sort((a, b) => a[0] < b[0] ? -1 : 1);
+	fillTable('ttl-advice', advice);
 	setText('l1-entries', fmtInt(l1));
 	setText('l1-bytes', fmtBytes(l1b));
 	setText('fills-in-flight', fmtInt(fills));
