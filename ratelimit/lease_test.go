@@ -275,3 +275,36 @@ func TestLeasesRedisPausedFallsBack(t *testing.T) {
 		return d.Source == SourceRedis || d.Source == SourceLease
 	})
 }
+
+// BenchmarkLeaseDecision is the request path of a busy client far under
+// its limit: every decision from this edge's lease, run from all Ps at
+// once on one key (the bench rows' single wrk client).
+func BenchmarkLeaseDecision(b *testing.B) {
+	_, r := startRedis(b)
+	for _, tiers := range []int{1, 3} {
+		b.Run(fmt.Sprintf("tiers=%d", tiers), func(b *testing.B) {
+			l := newLimiter(b, Options{Redis: r})
+			var checks []Check
+			for i := range tiers {
+				checks = append(checks, Check{&Tier{Name: fmt.Sprintf("t%d", i), Limit: 10_000_000, Window: time.Hour}, "127.0.0.1"})
+			}
+			for range 3000 {
+				l.Allow(context.Background(), checks)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if !l.Allow(context.Background(), checks).Allowed {
+						b.Error("denied")
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			st := l.Stats()
+			b.ReportMetric(float64(st.LeaseDecisions)/float64(st.Requests), "lease/req")
+			b.ReportMetric(st.RedisCommandsPerRequest, "cmds/req")
+		})
+	}
+}
