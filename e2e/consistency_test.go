@@ -90,6 +90,33 @@ type workload struct {
 	dur        time.Duration
 
 	acked *sharedwl.Checker // "event:<id>" → acknowledged versions (shared with bench/cmd/edgebench)
+
+	cookieMu sync.Mutex // guards cookie: a Redis restart loses the session, writers log in again
+}
+
+func (w *workload) session() string {
+	w.cookieMu.Lock()
+	defer w.cookieMu.Unlock()
+	return w.cookie
+}
+
+// relogin replaces a session that Redis lost (restart without persistence),
+// once per lost cookie.
+func (w *workload) relogin(e *Edge, lost string) {
+	w.cookieMu.Lock()
+	defer w.cookieMu.Unlock()
+	if w.cookie != lost {
+		return
+	}
+	req, _ := http.NewRequest(http.MethodPost, e.URL("/api/auth/login"), strings.NewReader(`{"username":"alice","password":"secret1"}`))
+	req.Header.Set("Content-Type", "application/json")
+	if code, h, _, err := do(e.Client(), req); err == nil && code == http.StatusOK {
+		for _, c := range (&http.Response{Header: h}).Cookies() {
+			if c.Name == "ticketi_session" && c.Value != "" {
+				w.cookie = c.Name + "=" + c.Value
+			}
+		}
+	}
 }
 
 type workloadResult struct {
@@ -223,12 +250,16 @@ func (w *workload) run(name string, seed uint64, edges []*Edge, fault func(), du
 func (w *workload) write(e *Edge, id int, title string) (string, time.Duration) {
 	req, _ := http.NewRequest(http.MethodPut, e.URL("/api/events/"+strconv.Itoa(id)), strings.NewReader(`{"title":"`+title+`"}`))
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Cookie", w.cookie)
+	cookie := w.session()
+	req.Header.Set("Cookie", cookie)
 	start := time.Now()
 	code, _, body, err := do(e.Client(), req)
 	took := time.Since(start)
 	if err != nil {
 		return "write-failed transport", took
+	}
+	if code == http.StatusUnauthorized {
+		w.relogin(e, cookie)
 	}
 	if code != http.StatusOK {
 		return "write-failed " + strconv.Itoa(code), took
