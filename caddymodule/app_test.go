@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -41,13 +42,50 @@ func freeAddr(t *testing.T) string {
 // global option body.
 func startEdge(t *testing.T, edgeOption, site string) *testEdge {
 	t.Helper()
-	e := &testEdge{httpAddr: freeAddr(t), adminAddr: freeAddr(t), client: &http.Client{Timeout: 5 * time.Second}}
-	src := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n%s\n}\n\nhttp://%s {\n%s\n}\n", e.adminAddr, edgeOption, e.httpAddr, site)
-	if err := loadCaddyfile(src); err != nil {
-		t.Fatalf("%v\n%s", err, src)
+	return loadOnFreePorts(t, func(e *testEdge) string {
+		return fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n%s\n}\n\nhttp://%s {\n%s\n}\n", e.adminAddr, edgeOption, e.httpAddr, site)
+	})
+}
+
+// startExampleEdge loads Caddyfile.example itself in-process, with its
+// environment variables from env (EDGE_PORT is set here) and the admin
+// endpoint on a free port.
+func startExampleEdge(t *testing.T, env map[string]string) *testEdge {
+	t.Helper()
+	src, err := os.ReadFile("../Caddyfile.example")
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(stopCaddy)
-	return e
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	return loadOnFreePorts(t, func(e *testEdge) string {
+		t.Setenv("EDGE_PORT", strings.Split(e.httpAddr, ":")[1])
+		return strings.Replace(string(src), "{\n\t# Let in-flight", "{\n\tadmin "+e.adminAddr+"\n\tauto_https off\n\tpersist_config off\n\t# Let in-flight", 1)
+	})
+}
+
+// loadOnFreePorts loads the config render makes for two free ports, and
+// tries again with new ports when one was taken in between: freeAddr only
+// proves a port free at one instant, and Caddyfile.example listens on every
+// interface, where another process's outgoing connection on a loaded
+// machine can hold the same port number ("address already in use").
+func loadOnFreePorts(t *testing.T, render func(e *testEdge) string) *testEdge {
+	t.Helper()
+	const attempts = 5
+	for i := 1; ; i++ {
+		e := &testEdge{httpAddr: freeAddr(t), adminAddr: freeAddr(t), client: &http.Client{Timeout: 5 * time.Second}}
+		src := render(e)
+		err := loadCaddyfile(src)
+		if err == nil {
+			t.Cleanup(stopCaddy)
+			return e
+		}
+		if i == attempts || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatalf("%v\n%s", err, src)
+		}
+		stopCaddy()
+	}
 }
 
 // loadCaddyfile adapts and loads a Caddyfile into this process.

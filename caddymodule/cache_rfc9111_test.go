@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -92,21 +91,12 @@ func TestStaleWhileRevalidateCaddyfile(t *testing.T) {
 func TestExampleConfigStandardsMode(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	upstream := startSim(t)
-	src, err := os.ReadFile("../Caddyfile.example")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &testEdge{httpAddr: freeAddr(t), adminAddr: freeAddr(t), client: &http.Client{Timeout: 5 * time.Second}}
-	t.Setenv("EDGE_PORT", strings.Split(e.httpAddr, ":")[1])
-	t.Setenv("TICKETI_UPSTREAM", upstream)
-	t.Setenv("REDIS_URL", srv.URL())
-	t.Setenv("REDIS_KEY_PREFIX", "test_")
-	t.Setenv("EDGE_SESSION_KEYS", testSigningKey)
-	cfg := strings.Replace(string(src), "{\n\t# Let in-flight", "{\n\tadmin "+e.adminAddr+"\n\tauto_https off\n\tpersist_config off\n\t# Let in-flight", 1)
-	if err := loadCaddyfile(cfg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stopCaddy() })
+	e := startExampleEdge(t, map[string]string{
+		"TICKETI_UPSTREAM":  upstream,
+		"REDIS_URL":         srv.URL(),
+		"REDIS_KEY_PREFIX":  "test_",
+		"EDGE_SESSION_KEYS": testSigningKey,
+	})
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		code, body := e.admin(t, http.MethodGet, "/edge/cache/stats", "")

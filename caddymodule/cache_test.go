@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -104,21 +103,12 @@ func TestBadCacheRuleFailsProvisioning(t *testing.T) {
 func TestExampleConfigCaches(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	upstream := startSim(t)
-	src, err := os.ReadFile("../Caddyfile.example")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &testEdge{httpAddr: freeAddr(t), adminAddr: freeAddr(t), client: &http.Client{Timeout: 5 * time.Second}}
-	t.Setenv("EDGE_PORT", strings.Split(e.httpAddr, ":")[1])
-	t.Setenv("TICKETI_UPSTREAM", upstream)
-	t.Setenv("REDIS_URL", srv.URL())
-	t.Setenv("REDIS_KEY_PREFIX", "test_")
-	t.Setenv("EDGE_SESSION_KEYS", testSigningKey)
-	cfg := strings.Replace(string(src), "{\n\t# Let in-flight", "{\n\tadmin "+e.adminAddr+"\n\tauto_https off\n\tpersist_config off\n\t# Let in-flight", 1)
-	if err := loadCaddyfile(cfg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stopCaddy() })
+	e := startExampleEdge(t, map[string]string{
+		"TICKETI_UPSTREAM":  upstream,
+		"REDIS_URL":         srv.URL(),
+		"REDIS_KEY_PREFIX":  "test_",
+		"EDGE_SESSION_KEYS": testSigningKey,
+	})
 	// A new edge uses L1 once every writer counts it as a fleet member.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -210,19 +200,10 @@ func TestExampleConfigFixesTheUpstreamHost(t *testing.T) {
 		sim.ServeHTTP(w, r)
 	}))
 	t.Cleanup(upstream.Close)
-	src, err := os.ReadFile("../Caddyfile.example")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &testEdge{httpAddr: freeAddr(t), adminAddr: freeAddr(t), client: &http.Client{Timeout: 5 * time.Second}}
-	t.Setenv("EDGE_PORT", strings.Split(e.httpAddr, ":")[1])
-	t.Setenv("TICKETI_UPSTREAM", strings.TrimPrefix(upstream.URL, "http://"))
-	t.Setenv("REDIS_URL", "")
-	cfg := strings.Replace(string(src), "{\n\t# Let in-flight", "{\n\tadmin "+e.adminAddr+"\n\tauto_https off\n\tpersist_config off\n\t# Let in-flight", 1)
-	if err := loadCaddyfile(cfg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stopCaddy() })
+	e := startExampleEdge(t, map[string]string{
+		"TICKETI_UPSTREAM": strings.TrimPrefix(upstream.URL, "http://"),
+		"REDIS_URL":        "",
+	})
 	get := func(host string) http.Header {
 		req, _ := http.NewRequest(http.MethodGet, "http://"+e.httpAddr+"/api/events/7", nil)
 		req.Host = host
