@@ -92,7 +92,7 @@ func TestScenarioTable(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"respond", "proxy", "varnish", "edge_l1", "edge_l1_gzip", "edge_l1_encode", "edge_l2",
-		"limiter", "limiter3", "edge_l1_api", "edge_l1_3tiers", "peer_cache_handler", "peer_ratelimit", "session", "write_edge", "write_origin", "swr"} {
+		"limiter", "limiter3", "edge_l1_api", "edge_l1_3tiers", "peer_cache_handler", "peer_ratelimit", "session", "write_edge", "write_origin", "swr_rule", "swr_rfc9111"} {
 		if !names[want] {
 			t.Errorf("row %s missing", want)
 		}

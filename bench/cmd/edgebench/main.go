@@ -56,7 +56,7 @@ func main() {
 	log.SetFlags(0)
 	log.SetPrefix("[edgebench] ")
 	cfg := &config{}
-	rows := flag.String("rows", "", "comma-separated rows to run (default: all; -list names them)")
+	rows := flag.String("rows", "", "comma-separated rows to run (default: all; none: only the workload and scale; -list names them)")
 	list := flag.Bool("list", false, "print the scenario table and exit")
 	flag.DurationVar(&cfg.duration, "duration", 10*time.Second, "measured wrk time per row")
 	flag.DurationVar(&cfg.warmup, "warmup", 2*time.Second, "unmeasured wrk warm-up per row")
@@ -82,7 +82,9 @@ func main() {
 		}
 		return
 	}
-	if *rows != "" {
+	if *rows == "none" {
+		cfg.rows = []string{"none"} // the workload and scale only
+	} else if *rows != "" {
 		known := map[string]bool{}
 		for _, s := range scenarios() {
 			known[s.Name] = true

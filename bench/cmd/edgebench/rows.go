@@ -134,7 +134,12 @@ func scenarios() []scenario {
 					edgeCacheSite("\n\t\tinvalidate PUT,PATCH,DELETE /api/events/{id} event:{id} events:lists")(e)
 			},
 			Compare: []compare{{Base: "write_origin"}}},
-		{Name: "swr", What: "rfc9111 mode, origin max-age=1, stale-while-revalidate=3600: hits, one background refresh per stale second", Server: "caddy", Redis: true,
+		{Name: "swr_rule", What: "rule event with ttl 1s, stale_while_revalidate 4m: after each second the stale entry is served while one refresh runs", Server: "caddy", Redis: true,
+			Site: func(e *env) string {
+				return "\tedge_cache {\n\t\trule event /api/events/{id} {\n\t\t\tkey event:{id}\n\t\t\tttl 1s\n\t\t\ttags event:{id}\n\t\t\tstale_while_revalidate 4m\n\t\t}\n\t}\n" + proxySite(e)
+			},
+			Compare: []compare{{Base: "edge_l1_redis"}, {Base: "respond"}}},
+		{Name: "swr_rfc9111", What: "rfc9111 mode, origin max-age=1, stale-while-revalidate=3600: hits, one background refresh per stale second", Server: "caddy", Redis: true,
 			Path: "/__sim/echo/swr", NoBodyCheck: true, Headers: []string{"X-Sim-Cache-Control: public, max-age=1, stale-while-revalidate=3600"},
 			Site: func(e *env) string {
 				return "\tedge_cache {\n\t\trfc9111 /__sim/echo/{rest...}\n\t}\n" + proxySite(e)
