@@ -34,7 +34,7 @@ type report struct {
 
 // fill computes every ratio from rows of this run and the verdicts.
 func (rep *report) fill(cfg *config) {
-	rep.Command = strings.Join(os.Args, " ")
+	rep.Command = strings.TrimSpace("go run ./bench/cmd/edgebench " + strings.Join(os.Args[1:], " "))
 	rep.Machine = machine()
 	out, _ := exec.Command("git", "-C", cfg.root, "rev-parse", "--short=12", "HEAD").Output()
 	rep.Commit = strings.TrimSpace(string(out))
