@@ -237,6 +237,13 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 		p = prepare(key, entry, 0, 0, c.now())
 		cs += "; detail=not-stored"
 	}
+	if entry.Gzipped && isIdentity(fw.header.Get("Content-Encoding")) {
+		// The edge compressed this body itself: the plain representation is
+		// the one just read, so neither this leader nor a later plain hit
+		// has to inflate it (prepare counts its size already).
+		plain := fw.body.Bytes()
+		p.plainOnce.Do(func() { p.plainBody, p.plainLen = plain, strconv.Itoa(len(plain)) })
+	}
 	if werr := c.writeHit(w, r, p, cs, c.now()); !errors.Is(werr, errUnservable) {
 		return werr
 	}
@@ -248,6 +255,8 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 // the leading client has gone (the proxy's own timeouts usually end it
 // sooner); followers are still waiting for it.
 const fillDetachBound = 30 * time.Second
+
+func isIdentity(coding string) bool { return coding == "" || strings.EqualFold(coding, "identity") }
 
 // caddyErrorLike returns the upstream's failure when even the stale entry
 // could not be sent.
