@@ -593,6 +593,10 @@ func (e *Edge) Load(t testing.TB, caddyfile string) {
 	if code != http.StatusOK {
 		t.Fatalf("POST /load: %d %s", code, body)
 	}
+	// The old config's server closes its idle keep-alive connections as it
+	// shuts down; one the client reuses at that moment answers EOF. The
+	// tests ask the new config, so start from fresh connections.
+	e.client.CloseIdleConnections()
 }
 
 // Logs returns everything the edge has written so far (Caddy's JSON log
