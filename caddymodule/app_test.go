@@ -220,16 +220,27 @@ func TestHealthFollowsRedisDownAndBack(t *testing.T) {
 	e := startEdge(t, "\tedge {\n\t\tredis "+srv.URL()+"\n\t\tkey_prefix test_\n\t}",
 		"edge_health /api/health/cache\nreverse_proxy "+upstream)
 
-	code, rep, raw := e.health(t)
+	// The first report asks Redis (INFO) within the 50 ms budget; on a
+	// starved machine that one call may time out, so wait for the healthy
+	// state rather than assume the first answer has it.
+	var (
+		code int
+		rep  healthReport
+		raw  map[string]any
+	)
+	poll(t, 10*time.Second, "healthy with redis up", func() bool {
+		code, rep, raw = e.health(t)
+		return code == 200 && rep.Status == "healthy" && rep.Redis.Connected && rep.Store == "redis" && rep.Redis.Memory.Used != ""
+	})
 	assertSeedShape(t, raw)
-	if code != 200 || rep.Status != "healthy" || !rep.Redis.Connected || rep.Store != "redis" || rep.Redis.Memory.Used == "" {
-		t.Fatalf("healthy: %d %+v", code, rep)
-	}
 
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	took := poll(t, time.Second, "degraded after redis stopped", func() bool {
+	// README: a 250 ms heartbeat notices a stopped Redis within about a
+	// second (3 failed heartbeats). The deadline leaves room for a starved
+	// CI machine, where heartbeats fire late; the figure is logged.
+	took := poll(t, 5*time.Second, "degraded after redis stopped", func() bool {
 		_, rep, _ := e.health(t)
 		return rep.Status == "degraded" && rep.FallbackMode && !rep.Redis.Connected
 	})
@@ -245,7 +256,7 @@ func TestHealthFollowsRedisDownAndBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Skip the rest of the backoff through the admin API, as an operator would.
-	code, body := e.admin(t, http.MethodPost, "/edge/reconnect", `{"timeout_ms": 2000}`)
+	code, body := e.admin(t, http.MethodPost, "/edge/reconnect", `{"timeout_ms": 10000}`) // returns once connected
 	if code != 200 || !strings.Contains(string(body), `"connected":true`) {
 		t.Fatalf("reconnect: %d %s", code, body)
 	}

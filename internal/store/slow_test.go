@@ -153,8 +153,13 @@ func TestPoolExhaustionFallsBackWithinBudget(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	proxy := redistest.StartProxy(t, srv)
 	const budget = 50 * time.Millisecond
+	// The pool's own timeout is read_timeout. At its 500 ms default a
+	// goroutine starved for 450 ms past the budget (2 shared cores, -race,
+	// other packages running) could see it fire although the budget was
+	// applied; at 5 s, seeing it means the budget was not.
+	const poolTimeout = 5 * time.Second
 	r, logs := connectLogged(t, store.Options{
-		URL: proxy.URL(), CallTimeout: budget, PoolSize: 5,
+		URL: proxy.URL(), CallTimeout: budget, PoolSize: 5, ReadTimeout: poolTimeout,
 		Heartbeat: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 	})
 	warmUp(t, r)
@@ -165,28 +170,47 @@ func TestPoolExhaustionFallsBackWithinBudget(t *testing.T) {
 	proxy.SetDelay(5 * time.Millisecond)
 
 	const clients = 1000
-	durations := make([]time.Duration, clients)
-	errs := make([]error, clients)
-	var wg sync.WaitGroup
-	startGate := make(chan struct{})
-	for i := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-startGate
-			start := time.Now()
-			errs[i] = r.Client().Get(ctx, r.Key("event", "1")).Err()
-			durations[i] = time.Since(start)
-		}()
+	// burst starts clients goroutines at once and times call in each.
+	burst := func(call func() error) ([]time.Duration, []error) {
+		durations := make([]time.Duration, clients)
+		errs := make([]error, clients)
+		var wg sync.WaitGroup
+		startGate := make(chan struct{})
+		for i := range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-startGate
+				start := time.Now()
+				errs[i] = call()
+				durations[i] = time.Since(start)
+			}()
+		}
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		close(startGate)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("1,000 clients on a 5-connection pool: still waiting after 10s (a hang)")
+		}
+		slices.Sort(durations)
+		return durations, errs
 	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	close(startGate)
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("1,000 clients on a 5-connection pool: still waiting after 10s (a hang)")
+	// The control: the same burst, each goroutine only waiting out the
+	// budget on a timer. Its p99 is what the CPU queue alone adds to a
+	// budget-bounded wait right now; the pool may add little on top.
+	// Measured before and after, side by side, and the larger is kept.
+	budgetOnly := func() error {
+		c, cancel := context.WithTimeout(ctx, budget)
+		defer cancel()
+		<-c.Done()
+		return nil
 	}
+	controlBefore, _ := burst(budgetOnly)
+	durations, errs := burst(func() error { return r.Client().Get(ctx, r.Key("event", "1")).Err() })
+	controlAfter, _ := burst(budgetOnly)
+	control := max(controlBefore[clients*99/100], controlAfter[clients*99/100])
 
 	served, fellBack := 0, 0
 	for i, err := range errs {
@@ -194,7 +218,7 @@ func TestPoolExhaustionFallsBackWithinBudget(t *testing.T) {
 		case err == nil:
 			served++
 		case errors.Is(err, redis.ErrPoolTimeout):
-			// The pool's own timeout (500 ms) fired: the budget was not
+			// The pool's own timeout (5 s here) fired: the budget was not
 			// what ended the wait.
 			t.Fatalf("client %d waited for the pool's timeout, not the budget: %v", i, err)
 		case store.IsConnectivityError(err):
@@ -205,12 +229,16 @@ func TestPoolExhaustionFallsBackWithinBudget(t *testing.T) {
 			t.Fatalf("client %d: unexpected error %v", i, err)
 		}
 	}
-	slices.Sort(durations)
 	p50, p99, worst := durations[clients/2], durations[clients*99/100], durations[clients-1]
-	t.Logf("pool 5, %d clients, 5 ms per reply (race %v): %d served, %d fell back; wait p50 %v p99 %v max %v; pool %+v",
-		clients, raceEnabled, served, fellBack, p50.Round(100*time.Microsecond), p99.Round(100*time.Microsecond), worst.Round(100*time.Microsecond), r.PoolStats())
-	if p99 > budget+burstSlack {
-		t.Fatalf("p99 wait %v (max %v) with a %v budget", p99, worst, budget)
+	t.Logf("pool 5, %d clients, 5 ms per reply (race %v): %d served, %d fell back; wait p50 %v p99 %v max %v; control (timer only) p99 %v; pool %+v",
+		clients, raceEnabled, served, fellBack, p50.Round(100*time.Microsecond), p99.Round(100*time.Microsecond), worst.Round(100*time.Microsecond),
+		control.Round(100*time.Microsecond), r.PoolStats())
+	// On a quiet machine the control is about the budget and this is the
+	// old budget+burstSlack bound; under contention it moves with the CPU
+	// queue, which the pool does not control. Waiting for the pool's 5 s
+	// timeout, or a budget not applied, stays far above either.
+	if limit := max(budget, control) + burstSlack; p99 > limit {
+		t.Fatalf("p99 wait %v (max %v) with a %v budget; the same burst on a timer alone: p99 %v", p99, worst, budget, control)
 	}
 	if r.PoolStats().Timeouts != 0 {
 		t.Fatalf("the pool's own timeout fired %d times", r.PoolStats().Timeouts)
