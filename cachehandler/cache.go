@@ -176,6 +176,9 @@ type Cache struct {
 	// testHookBeforeStore runs between the upstream response and the
 	// store, so tests can interleave an invalidation deterministically.
 	testHookBeforeStore func()
+	// testHookBeforeReplay runs when a replay of queued invalidations
+	// starts, so tests can hold it.
+	testHookBeforeReplay func()
 	// testHookDrainChunk runs before each chunk of a background tag-set
 	// drain, so tests can hold or cut a drain.
 	testHookDrainChunk func(context.Context)
@@ -444,7 +447,7 @@ func (c *Cache) lookup(ctx context.Context, key string, now time.Time, tags func
 			c.l1.remove(key)
 		}
 	}
-	if c.l2 == nil || !c.cfg.Redis.Available() {
+	if !c.readsRedis() {
 		return nil, ""
 	}
 	snap := c.clock.snapshot()
@@ -471,6 +474,17 @@ func (c *Cache) lookup(ctx context.Context, key string, now time.Time, tags func
 	}
 	c.l1.add(p, func() bool { return !c.clock.changedSince(e.Tags, snap) })
 	return p, "hit-l2"
+}
+
+// readsRedis reports whether entries may be read from Redis now. Not while
+// invalidations this edge acknowledged during an outage still wait for
+// their replay: until it lands, Redis may hold entries (kept by a
+// persistent Redis, or refilled by another edge that was back first from
+// an origin answer older than the write) that only the replay makes
+// unservable, and this edge would serve and keep them. Meanwhile reads
+// go to the upstream; the replay is kicked by every request.
+func (c *Cache) readsRedis() bool {
+	return c.l2 != nil && c.cfg.Redis.Available() && (c.pending == nil || !c.pending.Pending())
 }
 
 // hearing reports whether this edge is sure it has heard every

@@ -290,6 +290,9 @@ const replayBatch = 200
 // batches; an overflowed queue (too much changed to track tag by tag)
 // purges the whole cache namespace instead.
 func (c *Cache) replayPending(ctx context.Context, tags []string, overflowed bool) (done []string, overflowHandled bool) {
+	if c.testHookBeforeReplay != nil {
+		c.testHookBeforeReplay()
+	}
 	if overflowed {
 		// Too much changed to track tag by tag: drop everything every cache
 		// rule on this connection stored, by the rule tags (no SCAN; the
@@ -306,6 +309,7 @@ func (c *Cache) replayPending(ctx context.Context, tags []string, overflowed boo
 			}
 			c.publish(ctx, busMessage{Tags: batch})
 		}
+		c.resync() // as after missed bus messages: nothing older may stay in L1
 		c.log.Warn("purged every cache rule's entries after an outage with too many changes to track",
 			zap.Int("rules", len(all)))
 		return tags, true // the purge covered every queued tag too
@@ -319,6 +323,9 @@ func (c *Cache) replayPending(ctx context.Context, tags []string, overflowed boo
 			return done, true
 		}
 		c.publish(ctx, busMessage{Tags: batch, Keys: inv.keys})
+		// This edge skips its own bus messages: drop what it may have put
+		// into L1 since the write (and stop reads in flight adding more).
+		c.forget(batch, nil)
 		done = append(done, batch...)
 	}
 	if len(done) > 0 {

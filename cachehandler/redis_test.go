@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -313,5 +314,71 @@ func TestCacheOnRedisCluster(t *testing.T) {
 	n, err := g.cache.PurgePattern(context.Background(), "event:*")
 	if err != nil || n < 9 {
 		t.Fatalf("pattern purge over every master: %d %v", n, err)
+	}
+}
+
+// A write acknowledged during an outage is invalidated in Redis only by
+// the replay. Until it lands, the writing edge must not read Redis: an edge
+// that was back first may have refilled the key from an origin answer older
+// than the write, stamped with the restarted Redis's versions, and the
+// writer (which skips its own bus messages) would serve it and keep it in
+// L1. Found by TestZeroStaleReads' restart run (7 stale hits on the writer).
+func TestWriterDoesNotReadRedisUntilItsQueuedInvalidationsReplay(t *testing.T) {
+	p := newPair(t, nil)
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	releaseReplay := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(releaseReplay)
+	p.a.cache.testHookBeforeReplay = func() { <-release }
+
+	p.a.get("/api/events/30")
+	if err := p.srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for p.rdb[0].Available() {
+		if time.Now().After(deadline) {
+			t.Fatal("breaker did not open")
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval
+	}
+	if w := putEvent(p.a, 30, "Changed during outage"); w.Code != 200 {
+		t.Fatalf("PUT during outage: %d", w.Code)
+	}
+	if err := p.srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	// What the edge that was back first stored: the old answer, stamped
+	// with the restarted Redis's version of the tag (none yet: 0).
+	raw := p.srv.Client(t)
+	old := &Entry{Status: 200, Header: http.Header{"Content-Type": {"application/json"}}, ETag: `W/"old"`,
+		StoredAt: p.a.clock.Now(), TTL: time.Hour, Tags: []string{"event:30"}, TagVersions: []int64{0},
+		Body: []byte(`{"event":{"title":"OLD"}}`)}
+	ctx := context.Background()
+	if err := raw.Set(ctx, "test_event:30", old.Encode(), time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for !p.rdb[0].Available() {
+		if time.Now().After(deadline) {
+			t.Fatal("no recovery")
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval
+	}
+	// The replay is held: the writer reads past Redis, from the upstream.
+	for range 3 {
+		if got := titleOf(t, p.a.get("/api/events/30")); got != "Changed during outage" {
+			t.Fatalf("writer before its replay: %q, want the acknowledged write", got)
+		}
+	}
+	releaseReplay()
+	for raw.Exists(ctx, "test_event:30").Val() != 0 || p.a.cache.pending.Pending() {
+		if time.Now().After(deadline) {
+			t.Fatal("the queued invalidation was not replayed")
+		}
+		p.a.get("/api/events/31")        // requests kick the replay
+		time.Sleep(5 * time.Millisecond) // polling interval
+	}
+	if got := titleOf(t, p.a.get("/api/events/30")); got != "Changed during outage" {
+		t.Fatalf("writer after its replay: %q", got)
 	}
 }

@@ -118,7 +118,7 @@ func (c *Cache) stdLookup(ctx context.Context, key string, now time.Time) (*stdR
 			return p.std, "hit-l1"
 		}
 	}
-	if c.l2 == nil || !c.cfg.Redis.Available() {
+	if !c.readsRedis() {
 		return nil, ""
 	}
 	snap := c.clock.snapshot()
