@@ -65,6 +65,23 @@ func startExampleEdge(t *testing.T, env map[string]string) *testEdge {
 	})
 }
 
+// waitHearing polls until the edge hears the fleet's invalidations: a new
+// edge uses L1 once every writer counts it as a fleet member.
+func (e *testEdge) waitHearing(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body := e.admin(t, http.MethodGet, "/edge/cache/stats", "")
+		if code == 200 && strings.Contains(string(body), `"hearing":true`) && strings.Contains(string(body), `"fleet":{"fleet":true`) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the edge never said it hears invalidations: %d %s", code, body)
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval
+	}
+}
+
 // loadOnFreePorts loads the config render makes for two free ports, and
 // tries again with new ports when one was taken in between: freeAddr only
 // proves a port free at one instant, and Caddyfile.example listens on every

@@ -97,17 +97,7 @@ func TestExampleConfigStandardsMode(t *testing.T) {
 		"REDIS_KEY_PREFIX":  "test_",
 		"EDGE_SESSION_KEYS": testSigningKey,
 	})
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		code, body := e.admin(t, http.MethodGet, "/edge/cache/stats", "")
-		if code == 200 && strings.Contains(string(body), `"hearing":true`) && strings.Contains(string(body), `"fleet":{"fleet":true`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the edge never said it hears invalidations: %d %s", code, body)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval
-	}
+	e.waitHearing(t)
 	get := func() http.Header {
 		req, err := http.NewRequest(http.MethodGet, "http://"+e.httpAddr+"/__sim/stats", nil)
 		if err != nil {

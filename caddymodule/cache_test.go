@@ -109,18 +109,7 @@ func TestExampleConfigCaches(t *testing.T) {
 		"REDIS_KEY_PREFIX":  "test_",
 		"EDGE_SESSION_KEYS": testSigningKey,
 	})
-	// A new edge uses L1 once every writer counts it as a fleet member.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		code, body := e.admin(t, http.MethodGet, "/edge/cache/stats", "")
-		if code == 200 && strings.Contains(string(body), `"hearing":true`) && strings.Contains(string(body), `"fleet":{"fleet":true`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the edge never said it hears invalidations: %d %s", code, body)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval
-	}
+	e.waitHearing(t)
 
 	_, h1, _ := e.get(t, "/api/events/42")
 	_, h2, _ := e.get(t, "/api/events/42")
