@@ -158,9 +158,13 @@ func (c *Cache) stripWriter(w http.ResponseWriter) http.ResponseWriter {
 	return &stripHeaderWriter{ResponseWriter: w, c: c}
 }
 
+// stripHeaderWriter strips the headers meant for this cache, once, as the
+// answer's header is written: the rule mode's tag header, or with std the
+// standards mode's (stdStripHeaders).
 type stripHeaderWriter struct {
 	http.ResponseWriter
 	c    *Cache
+	std  bool
 	done bool
 }
 
@@ -169,7 +173,11 @@ func (s *stripHeaderWriter) Unwrap() http.ResponseWriter { return s.ResponseWrit
 func (s *stripHeaderWriter) WriteHeader(code int) {
 	if !s.done && code >= 200 {
 		s.done = true
-		s.c.stripInvalidateHeader(s.Header())
+		if s.std {
+			s.c.stdStripHeaders(s.Header())
+		} else {
+			s.c.stripInvalidateHeader(s.Header())
+		}
 	}
 	s.ResponseWriter.WriteHeader(code)
 }

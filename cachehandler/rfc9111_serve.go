@@ -716,31 +716,14 @@ func (c *Cache) stdStripTags(h http.Header) []string {
 
 // stdStripWriter strips tag headers on answers that bypass the cache.
 func (c *Cache) stdStripWriter(w http.ResponseWriter) http.ResponseWriter {
-	return &stdStripHeaderWriter{ResponseWriter: w, c: c}
+	return &stripHeaderWriter{ResponseWriter: w, c: c, std: true}
 }
 
-type stdStripHeaderWriter struct {
-	http.ResponseWriter
-	c    *Cache
-	done bool
-}
-
-func (s *stdStripHeaderWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
-
-func (s *stdStripHeaderWriter) WriteHeader(code int) {
-	if !s.done && code >= 200 {
-		s.done = true
-		s.c.stdStripTags(s.Header())
-		delete(s.Header(), "Surrogate-Control")
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *stdStripHeaderWriter) Write(b []byte) (int, error) {
-	if !s.done {
-		s.WriteHeader(http.StatusOK)
-	}
-	return s.ResponseWriter.Write(b)
+// stdStripHeaders removes what the standards mode never passes on: the
+// tag headers and Surrogate-Control (RFC 9213 targets this cache).
+func (c *Cache) stdStripHeaders(h http.Header) {
+	c.stdStripTags(h)
+	delete(h, "Surrogate-Control")
 }
 
 // safeMethod: RFC 9110 §9.2.1.
