@@ -65,6 +65,23 @@ func startExampleEdge(t *testing.T, env map[string]string) *testEdge {
 	})
 }
 
+// startExampleEdgeOnRedis runs Caddyfile.example against a private Redis
+// (key prefix test_) and the simulated API, and waits until the edge hears
+// the fleet.
+func startExampleEdgeOnRedis(t *testing.T) (*testEdge, *redistest.Server) {
+	t.Helper()
+	srv := redistest.Start(t, redistest.Options{})
+	upstream := startSim(t)
+	e := startExampleEdge(t, map[string]string{
+		"TICKETI_UPSTREAM":  upstream,
+		"REDIS_URL":         srv.URL(),
+		"REDIS_KEY_PREFIX":  "test_",
+		"EDGE_SESSION_KEYS": testSigningKey,
+	})
+	e.waitHearing(t)
+	return e, srv
+}
+
 // waitHearing polls until the edge hears the fleet's invalidations: a new
 // edge uses L1 once every writer counts it as a fleet member.
 func (e *testEdge) waitHearing(t *testing.T) {

@@ -8,8 +8,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-
-	"github.com/ticketi/edge/internal/redistest"
 )
 
 func TestRFC9111CaddyfileParses(t *testing.T) {
@@ -89,15 +87,7 @@ func TestStaleWhileRevalidateCaddyfile(t *testing.T) {
 // lands in Redis under its std: key, counts under rule="rfc9111" in the
 // metrics, and purges by pattern.
 func TestExampleConfigStandardsMode(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	upstream := startSim(t)
-	e := startExampleEdge(t, map[string]string{
-		"TICKETI_UPSTREAM":  upstream,
-		"REDIS_URL":         srv.URL(),
-		"REDIS_KEY_PREFIX":  "test_",
-		"EDGE_SESSION_KEYS": testSigningKey,
-	})
-	e.waitHearing(t)
+	e, srv := startExampleEdgeOnRedis(t)
 	get := func() http.Header {
 		req, err := http.NewRequest(http.MethodGet, "http://"+e.httpAddr+"/__sim/stats", nil)
 		if err != nil {

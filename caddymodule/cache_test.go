@@ -10,7 +10,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
-	"github.com/ticketi/edge/internal/redistest"
 	"github.com/ticketi/edge/internal/ticketisim"
 )
 
@@ -101,15 +100,7 @@ func TestBadCacheRuleFailsProvisioning(t *testing.T) {
 // TestExampleConfigCaches runs Caddyfile.example itself against a private
 // Redis and the simulated API.
 func TestExampleConfigCaches(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	upstream := startSim(t)
-	e := startExampleEdge(t, map[string]string{
-		"TICKETI_UPSTREAM":  upstream,
-		"REDIS_URL":         srv.URL(),
-		"REDIS_KEY_PREFIX":  "test_",
-		"EDGE_SESSION_KEYS": testSigningKey,
-	})
-	e.waitHearing(t)
+	e, srv := startExampleEdgeOnRedis(t)
 
 	_, h1, _ := e.get(t, "/api/events/42")
 	_, h2, _ := e.get(t, "/api/events/42")
