@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ticketi/edge/internal/store"
+	"github.com/ticketi/edge/ratelimit"
 	"github.com/ticketi/edge/sessionauth"
 )
 
@@ -64,52 +65,92 @@ func (a *adminAPI) Routes() []caddy.AdminRoute {
 	}}
 }
 
+// adminRoute is one endpoint under adminBase.
+type adminRoute struct {
+	// path under adminBase; one ending in "/" serves every path below it
+	// and its handler gets the rest.
+	path string
+	// shown is the path in the unknown-route error, when it differs.
+	shown   string
+	methods []string
+	handle  func(a *adminAPI, w http.ResponseWriter, r *http.Request, app *App, rest string) error
+}
+
+// adminRoutes is the edge's admin API. The unknown-route error lists it.
+var adminRoutes = []adminRoute{
+	{path: "stats", methods: []string{http.MethodGet}, handle: (*adminAPI).stats},
+	{path: "reconnect", methods: []string{http.MethodPost}, handle: (*adminAPI).reconnect},
+	{path: "cache/purge", methods: []string{http.MethodPost}, handle: (*adminAPI).cachePurge},
+	{path: "cache/stats", methods: []string{http.MethodGet}, handle: (*adminAPI).cacheStats},
+	{path: "sessions/", shown: "sessions/{userId}[/{handle}]", methods: []string{http.MethodGet, http.MethodDelete}, handle: (*adminAPI).sessions},
+	{path: "ratelimit/reset", methods: []string{http.MethodPost}, handle: (*adminAPI).rateLimitReset},
+	{path: "ratelimit/remaining", methods: []string{http.MethodGet}, handle: (*adminAPI).rateLimitRemaining},
+	{path: "ratelimit/stats", methods: []string{http.MethodGet}, handle: (*adminAPI).rateLimitStats},
+	{path: "audit", methods: []string{http.MethodGet}, handle: (*adminAPI).serveAudit},
+}
+
+// route finds the endpoint for path (relative to adminBase, no trailing
+// slash) and what follows a prefix route's path.
+func route(path string) (adminRoute, string, bool) {
+	for _, rt := range adminRoutes {
+		if prefix, ok := strings.CutSuffix(rt.path, "/"); ok {
+			if rest, ok := strings.CutPrefix(path, prefix+"/"); ok {
+				return rt, rest, true
+			}
+		} else if path == rt.path {
+			return rt, "", true
+		}
+	}
+	return adminRoute{}, "", false
+}
+
+// knownRoutes lists adminRoutes (and the dashboard) for the unknown-route error.
+func knownRoutes() string {
+	known := make([]string, 0, len(adminRoutes)+1)
+	for _, rt := range adminRoutes {
+		shown := rt.shown
+		if shown == "" {
+			shown = rt.path
+		}
+		known = append(known, strings.Join(rt.methods, "|")+" "+adminBase+shown)
+	}
+	known = append(known, http.MethodGet+" "+uiBase)
+	return strings.Join(known, ", ")
+}
+
 func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	app, err := a.app()
 	if err != nil {
 		return err
 	}
-	path := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, adminBase), "/")
-	if rest, ok := strings.CutPrefix(path, "sessions/"); ok {
-		return a.sessions(w, r, app, rest)
-	}
-	switch path {
-	case "stats":
-		if err := allowMethods(r, http.MethodGet); err != nil {
-			return err
-		}
-		return writeJSON(w, http.StatusOK, app.statsSnapshot().withRedisInfo(r.Context(), app))
-	case "cache/purge":
-		if err := allowMethods(r, http.MethodPost); err != nil {
-			return err
-		}
-		return a.cachePurge(w, r, app)
-	case "cache/stats":
-		if err := allowMethods(r, http.MethodGet); err != nil {
-			return err
-		}
-		return writeJSON(w, http.StatusOK, app.cacheStats())
-	case "ratelimit/reset", "ratelimit/remaining", "ratelimit/stats":
-		return a.rateLimit(w, r, app, strings.TrimPrefix(path, "ratelimit/"))
-	case "reconnect":
-		if err := allowMethods(r, http.MethodPost); err != nil {
-			return err
-		}
-		return a.reconnect(w, r, app)
-	case "audit":
-		return a.serveAudit(w, r, app)
-	default:
+	rt, rest, ok := route(strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, adminBase), "/"))
+	if !ok {
 		return caddy.APIError{
 			HTTPStatus: http.StatusNotFound,
-			Err:        fmt.Errorf("unknown edge admin route %q; known: GET %[2]sstats, POST %[2]sreconnect, POST %[2]scache/purge, GET %[2]scache/stats, GET|DELETE %[2]ssessions/{userId}[/{handle}], POST %[2]sratelimit/reset, GET %[2]sratelimit/remaining, GET %[2]sratelimit/stats, GET %[2]saudit, GET %[2]sui/", r.URL.Path, adminBase),
+			Err:        fmt.Errorf("unknown edge admin route %q; known: %s", r.URL.Path, knownRoutes()),
 		}
 	}
+	if err := allowMethods(r, rt.methods...); err != nil {
+		return err
+	}
+	return rt.handle(a, w, r, app, rest)
+}
+
+// stats is the app's figures: the store, the cache hit rates and every
+// handler's own, and the Redis server's INFO.
+func (a *adminAPI) stats(w http.ResponseWriter, r *http.Request, app *App, _ string) error {
+	return writeJSON(w, http.StatusOK, app.statsSnapshot().withRedisInfo(r.Context(), app))
+}
+
+// cacheStats is each edge_cache handler's figures.
+func (a *adminAPI) cacheStats(w http.ResponseWriter, _ *http.Request, app *App, _ string) error {
+	return writeJSON(w, http.StatusOK, app.cacheStats())
 }
 
 // reconnect probes Redis now instead of waiting for the next backoff
 // step: useful right after an operator restarted Redis. Body (optional):
 // {"timeout_ms": 1000}.
-func (a *adminAPI) reconnect(w http.ResponseWriter, r *http.Request, app *App) error {
+func (a *adminAPI) reconnect(w http.ResponseWriter, r *http.Request, app *App, _ string) error {
 	var req struct {
 		TimeoutMS int `json:"timeout_ms"`
 	}
@@ -142,7 +183,7 @@ func (a *adminAPI) reconnect(w http.ResponseWriter, r *http.Request, app *App) e
 // or {"pattern": "events:*"} (exactly one), in every edge_cache handler of
 // the running config (or the one named by "cache"). Other edges drop their
 // L1 copies through pub/sub.
-func (a *adminAPI) cachePurge(w http.ResponseWriter, r *http.Request, app *App) error {
+func (a *adminAPI) cachePurge(w http.ResponseWriter, r *http.Request, app *App, _ string) error {
 	var req struct {
 		Key     string `json:"key"`
 		Tag     string `json:"tag"`
@@ -227,124 +268,163 @@ func (a *adminAPI) sessions(w http.ResponseWriter, r *http.Request, app *App, re
 	if !sessionauth.ValidUserID(userID) || (hasHandle && (handle == "" || strings.Contains(handle, "/"))) {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("expected /edge/sessions/{userId} or /edge/sessions/{userId}/{handle}")}
 	}
-	ctx := r.Context()
 	switch {
 	case r.Method == http.MethodGet && !hasHandle:
-		all := []sessionauth.SessionInfo{}
-		for _, s := range handlers {
-			list, err := s.engine.List(ctx, userID)
-			if err != nil {
-				return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
-			}
-			all = append(all, list...)
-		}
-		return writeJSON(w, http.StatusOK, map[string]any{"sessions": all})
+		return a.sessionsList(w, r, handlers, userID)
 	case r.Method == http.MethodDelete && !hasHandle:
-		total := 0
-		for _, s := range handlers {
-			n, err := s.engine.DestroyUser(ctx, userID)
-			if err != nil {
-				return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
-			}
-			total += n
-		}
-		a.log.Info("all sessions of a user destroyed through the admin API", zap.Int("sessions", total))
-		app.audit().record(ctx, "admin", "sessions_destroy_user", map[string]string{"user": app.audit().hash(userID), "sessions": strconv.Itoa(total)})
-		return writeJSON(w, http.StatusOK, map[string]any{"destroyed": total})
+		return a.sessionsDestroyUser(w, r, app, handlers, userID)
 	case r.Method == http.MethodDelete:
-		for _, s := range handlers {
-			err := s.engine.DestroyHandle(ctx, userID, handle)
-			if err == nil {
-				app.audit().record(ctx, "admin", "session_destroy", map[string]string{"user": app.audit().hash(userID), "handle": app.audit().hash(handle)})
-				return writeJSON(w, http.StatusOK, map[string]any{"destroyed": 1})
-			}
-			if errors.Is(err, sessionauth.ErrBadHandle) {
-				return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
-			}
-			if !errors.Is(err, sessionauth.ErrNotFound) {
-				return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
-			}
-		}
-		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("no such session")}
+		return a.sessionDestroy(w, r, app, handlers, userID, handle)
 	}
-	if hasHandle {
-		return allowMethods(r, http.MethodDelete)
-	}
-	return allowMethods(r, http.MethodGet, http.MethodDelete)
+	return allowMethods(r, http.MethodDelete)
 }
 
-// rateLimit serves the seed's resetLimit and getRemainingRequests:
+// sessionsList is GET /edge/sessions/{userId}.
+func (a *adminAPI) sessionsList(w http.ResponseWriter, r *http.Request, handlers []*Session, userID string) error {
+	all := []sessionauth.SessionInfo{}
+	for _, s := range handlers {
+		list, err := s.engine.List(r.Context(), userID)
+		if err != nil {
+			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
+		}
+		all = append(all, list...)
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"sessions": all})
+}
+
+// sessionsDestroyUser is DELETE /edge/sessions/{userId}.
+func (a *adminAPI) sessionsDestroyUser(w http.ResponseWriter, r *http.Request, app *App, handlers []*Session, userID string) error {
+	ctx := r.Context()
+	total := 0
+	for _, s := range handlers {
+		n, err := s.engine.DestroyUser(ctx, userID)
+		if err != nil {
+			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
+		}
+		total += n
+	}
+	a.log.Info("all sessions of a user destroyed through the admin API", zap.Int("sessions", total))
+	app.audit().record(ctx, "admin", "sessions_destroy_user", map[string]string{"user": app.audit().hash(userID), "sessions": strconv.Itoa(total)})
+	return writeJSON(w, http.StatusOK, map[string]any{"destroyed": total})
+}
+
+// sessionDestroy is DELETE /edge/sessions/{userId}/{handle}.
+func (a *adminAPI) sessionDestroy(w http.ResponseWriter, r *http.Request, app *App, handlers []*Session, userID, handle string) error {
+	ctx := r.Context()
+	for _, s := range handlers {
+		err := s.engine.DestroyHandle(ctx, userID, handle)
+		if err == nil {
+			app.audit().record(ctx, "admin", "session_destroy", map[string]string{"user": app.audit().hash(userID), "handle": app.audit().hash(handle)})
+			return writeJSON(w, http.StatusOK, map[string]any{"destroyed": 1})
+		}
+		if errors.Is(err, sessionauth.ErrBadHandle) {
+			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
+		}
+		if !errors.Is(err, sessionauth.ErrNotFound) {
+			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
+		}
+	}
+	return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("no such session")}
+}
+
+// The seed's resetLimit and getRemainingRequests, and the limiters' figures:
 //
 //	POST /edge/ratelimit/reset      {"tier":"api","key":"203.0.113.9"} → {"reset": true}
 //	GET  /edge/ratelimit/remaining?tier=api&key=203.0.113.9 → {"limit","remaining","reset_seconds"}
 //	GET  /edge/ratelimit/stats[?top=20] → per limiter: per-tier counts and the top offenders
-func (a *adminAPI) rateLimit(w http.ResponseWriter, r *http.Request, app *App, op string) error {
-	limiters := app.handlers.limiters.all()
+
+// rateLimitStats is GET /edge/ratelimit/stats.
+func (a *adminAPI) rateLimitStats(w http.ResponseWriter, r *http.Request, app *App, _ string) error {
+	limiters, err := app.limiters()
+	if err != nil {
+		return err
+	}
+	top := 20
+	if v := r.URL.Query().Get("top"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("top must be 1 to 1000")}
+		}
+		top = n
+	}
+	out := map[string]any{}
+	for name, rl := range limiters {
+		out[name] = map[string]any{"stats": rl.engine.Stats(), "top": rl.engine.Top(top)}
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+// rateLimitReset is POST /edge/ratelimit/reset.
+func (a *adminAPI) rateLimitReset(w http.ResponseWriter, r *http.Request, app *App, _ string) error {
+	limiters, err := app.limiters()
+	if err != nil {
+		return err
+	}
+	var req limitTarget
+	if err := decodeJSON(r, &req); err != nil {
+		return err
+	}
+	rl, tier, err := req.find(limiters)
+	if err != nil {
+		return err
+	}
+	if err := rl.engine.Reset(r.Context(), tier, rl.adminKey(req.Key)); err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
+	}
+	a.log.Info("rate limit reset through the admin API", zap.String("tier", req.Tier))
+	app.audit().record(r.Context(), "admin", "ratelimit_reset", map[string]string{"tier": req.Tier, "key": app.audit().hash(req.Key)})
+	return writeJSON(w, http.StatusOK, map[string]any{"reset": true})
+}
+
+// rateLimitRemaining is GET /edge/ratelimit/remaining.
+func (a *adminAPI) rateLimitRemaining(w http.ResponseWriter, r *http.Request, app *App, _ string) error {
+	limiters, err := app.limiters()
+	if err != nil {
+		return err
+	}
+	req := limitTarget{Tier: r.URL.Query().Get("tier"), Key: r.URL.Query().Get("key")}
+	rl, tier, err := req.find(limiters)
+	if err != nil {
+		return err
+	}
+	res, err := rl.engine.Peek(r.Context(), tier, rl.adminKey(req.Key))
+	if err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{
+		"tier": req.Tier, "limit": tier.Limit, "remaining": res.Remaining,
+		"reset_seconds": res.Reset.Seconds(),
+	})
+}
+
+// limiters is the running config's edge_rate_limit handlers by name.
+func (a *App) limiters() (map[string]*RateLimit, error) {
+	limiters := a.handlers.limiters.all()
 	if len(limiters) == 0 {
-		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("the running config has no edge_rate_limit handler")}
+		return nil, caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("the running config has no edge_rate_limit handler")}
 	}
-	if op == "stats" {
-		if err := allowMethods(r, http.MethodGet); err != nil {
-			return err
-		}
-		top := 20
-		if v := r.URL.Query().Get("top"); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 || n > 1000 {
-				return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("top must be 1 to 1000")}
-			}
-			top = n
-		}
-		out := map[string]any{}
-		for name, rl := range limiters {
-			out[name] = map[string]any{"stats": rl.engine.Stats(), "top": rl.engine.Top(top)}
-		}
-		return writeJSON(w, http.StatusOK, out)
-	}
-	var req struct {
-		Tier string `json:"tier"`
-		Key  string `json:"key"`
-	}
-	if op == "reset" {
-		if err := allowMethods(r, http.MethodPost); err != nil {
-			return err
-		}
-		if err := decodeJSON(r, &req); err != nil {
-			return err
-		}
-	} else {
-		if err := allowMethods(r, http.MethodGet); err != nil {
-			return err
-		}
-		req.Tier, req.Key = r.URL.Query().Get("tier"), r.URL.Query().Get("key")
-	}
-	if req.Tier == "" || req.Key == "" || len(req.Key) > 512 {
-		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New(`"tier" and "key" (at most 512 bytes) are required`)}
+	return limiters, nil
+}
+
+// limitTarget names one client's counter in one tier.
+type limitTarget struct {
+	Tier string `json:"tier"`
+	Key  string `json:"key"`
+}
+
+// find returns the limiter and tier named by t (the first limiter that has it).
+func (t limitTarget) find(limiters map[string]*RateLimit) (*RateLimit, *ratelimit.Tier, error) {
+	if t.Tier == "" || t.Key == "" || len(t.Key) > 512 {
+		return nil, nil, caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New(`"tier" and "key" (at most 512 bytes) are required`)}
 	}
 	for _, rl := range limiters {
 		for _, rt := range rl.tiers {
-			if rt.tier.Name != req.Tier {
-				continue
+			if rt.tier.Name == t.Tier {
+				return rl, rt.tier, nil
 			}
-			if op == "reset" {
-				if err := rl.engine.Reset(r.Context(), rt.tier, rl.adminKey(req.Key)); err != nil {
-					return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
-				}
-				a.log.Info("rate limit reset through the admin API", zap.String("tier", req.Tier))
-				app.audit().record(r.Context(), "admin", "ratelimit_reset", map[string]string{"tier": req.Tier, "key": app.audit().hash(req.Key)})
-				return writeJSON(w, http.StatusOK, map[string]any{"reset": true})
-			}
-			res, err := rl.engine.Peek(r.Context(), rt.tier, rl.adminKey(req.Key))
-			if err != nil {
-				return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
-			}
-			return writeJSON(w, http.StatusOK, map[string]any{
-				"tier": req.Tier, "limit": rt.tier.Limit, "remaining": res.Remaining,
-				"reset_seconds": res.Reset.Seconds(),
-			})
 		}
 	}
-	return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no tier named %q", req.Tier)}
+	return nil, nil, caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no tier named %q", t.Tier)}
 }
 
 func (a *adminAPI) app() (*App, error) {
@@ -440,11 +520,7 @@ func (a *App) handlerStats() map[string]any {
 	for name, rl := range a.handlers.limiters.all() {
 		out[name] = rl.engine.Stats()
 	}
-	for i, s := range a.sessionHandlers() {
-		name := "session"
-		if i > 0 {
-			name += strconv.Itoa(i + 1)
-		}
+	for name, s := range a.handlers.sessions.all() {
 		out[name] = s.engine.Stats()
 	}
 	return out

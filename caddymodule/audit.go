@@ -192,10 +192,7 @@ func (t *auditTrail) recent(ctx context.Context, n int) (events []auditEvent, so
 }
 
 // serveAudit is GET /edge/audit[?limit=100].
-func (a *adminAPI) serveAudit(w http.ResponseWriter, r *http.Request, app *App) error {
-	if err := allowMethods(r, http.MethodGet); err != nil {
-		return err
-	}
+func (a *adminAPI) serveAudit(w http.ResponseWriter, r *http.Request, app *App, _ string) error {
 	n := 100
 	if v := r.URL.Query().Get("limit"); v != "" {
 		var err error

@@ -320,3 +320,15 @@ func redisOverride(d *caddyfile.Dispenser) (*RedisConfig, error) {
 	}
 	return &RedisConfig{URL: url}, nil
 }
+
+// parseBoolWord accepts the spellings operators put in environment
+// variables (REDIS_TLS=true).
+func parseBoolWord(s string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "on", "yes", "1":
+		return true, nil
+	case "off", "no", "0", "":
+		return false, nil
+	}
+	return strconv.ParseBool(s)
+}

@@ -80,6 +80,7 @@ type Session struct {
 	express  moduleConnection // express.redis, when it names its own
 	ownedBus *store.Bus
 	app      *App
+	name     string // in the app's handler registry
 	log      *zap.Logger
 }
 
@@ -191,7 +192,7 @@ func (s *Session) Provision(ctx caddy.Context) error {
 	if s.handler, err = sessionauth.NewHandler(s.engine, hopts); err != nil {
 		return fmt.Errorf("edge_session: %w", err)
 	}
-	s.app.registerSessions(s)
+	s.name = s.app.handlers.sessions.add(s)
 	return nil
 }
 
@@ -315,7 +316,7 @@ func (s *Session) Cleanup() error {
 	s.conn.release()
 	s.express.release()
 	if s.app != nil {
-		s.app.unregisterSessions(s)
+		s.app.handlers.sessions.remove(s.name)
 	}
 	return nil
 }
