@@ -26,6 +26,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ticketi/edge/internal/stats"
 	"github.com/ticketi/edge/internal/store"
 )
 
@@ -103,6 +104,9 @@ type Config struct {
 	Now      func() time.Time
 	Logger   *zap.Logger
 	Observer Observer
+	// Counters are the hit/miss counters shared by every cache of the
+	// process (health, fleet counters); nil: none.
+	Counters *stats.CacheCounters
 }
 
 // Bus carries invalidations between edges: store.Bus on Redis pub/sub.
@@ -127,7 +131,7 @@ type Bus interface {
 // Observer receives the cache's events for metrics. rule is a configured
 // rule name (bounded).
 type Observer interface {
-	Lookup(rule string, result string) // hit-l1, hit-l2, miss, stale, bypass
+	Lookup(rule string, result LookupResult)
 	Stored(rule string, bytes int)
 	Invalidated(entries int)
 	// Acknowledged reports how an invalidation's broadcast went (acked,
@@ -137,9 +141,9 @@ type Observer interface {
 
 type nopObserver struct{}
 
-func (nopObserver) Lookup(string, string) {}
-func (nopObserver) Stored(string, int)    {}
-func (nopObserver) Invalidated(int)       {}
+func (nopObserver) Lookup(string, LookupResult) {}
+func (nopObserver) Stored(string, int)          {}
+func (nopObserver) Invalidated(int)             {}
 
 func (nopObserver) Acknowledged(string, time.Duration) {}
 
@@ -148,6 +152,7 @@ type Cache struct {
 	cfg     Config
 	log     *zap.Logger
 	obs     Observer
+	stats   *statsObserver // counts per rule, then calls cfg.Observer
 	now     func() time.Time
 	l1      *l1
 	l2      *l2
@@ -262,13 +267,14 @@ func New(cfg Config) (*Cache, error) {
 	c := &Cache{
 		cfg:    cfg,
 		log:    cfg.Logger,
-		obs:    cfg.Observer,
 		now:    cfg.Now,
 		l1:     newL1(cfg.L1Bytes),
 		clock:  newLocalClock(100_000),
 		status: newStatusValues(cfg.StatusName),
 		origin: newOrigin(),
 	}
+	c.stats = newStatsObserver(&cfg)
+	c.obs = c.stats
 	c.flights.m = map[string]*flight{}
 	if cfg.Redis != nil {
 		// Tag sets must outlive every entry they index.
@@ -360,7 +366,7 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 		reason = "query"
 	}
 	if reason != "" {
-		c.obs.Lookup(rule.Name, "bypass")
+		c.obs.Lookup(rule.Name, LookupBypass)
 		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=bypass; detail=" + reason)
 		return next.ServeHTTP(c.stripWriter(w), r)
 	}
@@ -370,7 +376,7 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 		keyBytes, ok = appendHost(keyBytes, r.Host)
 	}
 	if !ok {
-		c.obs.Lookup(rule.Name, "bypass")
+		c.obs.Lookup(rule.Name, LookupBypass)
 		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=bypass; detail=key")
 		return next.ServeHTTP(c.stripWriter(w), r)
 	}
@@ -408,7 +414,7 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 			return err
 		}
 	}
-	c.obs.Lookup(rule.Name, "miss")
+	c.obs.Lookup(rule.Name, LookupMiss)
 	return c.fill(w, r, next, rule, ps, key, stale, noCache)
 }
 
@@ -438,42 +444,42 @@ func (c *Cache) bypassReason(rule *Rule, r *http.Request, query url.Values) stri
 // the versions it was filled under (read in the same round trip), and it
 // enters L1 only if no invalidation of its tags ran here since the read
 // began.
-func (c *Cache) lookup(ctx context.Context, key string, now time.Time, tags func() []string) (*prepared, string) {
+func (c *Cache) lookup(ctx context.Context, key string, now time.Time, tags func() []string) (*prepared, LookupResult) {
 	if c.hearing() {
 		if p := c.l1.get(key, now); p != nil {
 			if now.Before(p.staleUntil) {
-				return p, "hit-l1"
+				return p, LookupHitL1
 			}
 			c.l1.remove(key)
 		}
 	}
 	if !c.readsRedis() {
-		return nil, ""
+		return nil, LookupMiss
 	}
 	snap := c.clock.snapshot()
 	raw, vers, err := c.l2.getWithVersions(ctx, key, tags())
 	if err != nil || raw == nil {
-		return nil, ""
+		return nil, LookupMiss
 	}
 	e, err := DecodeEntry(raw)
 	if err != nil {
 		// A corrupt entry is deleted and refetched, never served.
 		c.log.Warn("corrupt cache entry deleted", zap.String("key_pattern", store.KeyPattern(key)), zap.Int("bytes", len(raw)))
 		_ = c.l2.del(context.WithoutCancel(ctx), key)
-		return nil, ""
+		return nil, LookupMiss
 	}
 	if ok, err := c.l2.current(ctx, e, vers); !ok || err != nil {
 		// Filled before an invalidation of one of its tags: its filler is
 		// deleting it, or died before it could. A miss; the next fill
 		// overwrites it.
-		return nil, ""
+		return nil, LookupMiss
 	}
 	p := prepare(key, e, c.cfg.Grace, c.l1TTL(), now)
 	if !now.Before(p.staleUntil) {
-		return nil, ""
+		return nil, LookupMiss
 	}
 	c.l1.add(p, func() bool { return !c.clock.changedSince(e.Tags, snap) })
-	return p, "hit-l2"
+	return p, LookupHitL2
 }
 
 // readsRedis reports whether entries may be read from Redis now. Not while

@@ -202,7 +202,7 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 		if mode != modeHeld {
 			code = http.StatusBadGateway
 		}
-		c.obs.Lookup(rule.Name, "stale")
+		c.obs.Lookup(rule.Name, LookupStale)
 		c.log.Info("serving stale entry: upstream failed",
 			zap.String("rule", rule.Name), zap.Int("upstream_status", code), zap.Error(err))
 		fl.stale = stale

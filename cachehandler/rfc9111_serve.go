@@ -112,37 +112,37 @@ func stdKeyFor(scheme, host, path, query string) string {
 }
 
 // stdLookup finds the URL's record in L1, then Redis.
-func (c *Cache) stdLookup(ctx context.Context, key string, now time.Time) (*stdRecord, string) {
+func (c *Cache) stdLookup(ctx context.Context, key string, now time.Time) (*stdRecord, LookupResult) {
 	if c.hearing() {
 		if p := c.l1.get(key, now); p != nil && p.std != nil {
-			return p.std, "hit-l1"
+			return p.std, LookupHitL1
 		}
 	}
 	if !c.readsRedis() {
-		return nil, ""
+		return nil, LookupMiss
 	}
 	snap := c.clock.snapshot()
 	// The URL's and the mode's versions come in the same round trip.
 	raw, vers, err := c.l2.getWithVersions(ctx, key, []string{stdURLTag(key), stdModeTag})
 	if err != nil || raw == nil {
-		return nil, ""
+		return nil, LookupMiss
 	}
 	rec, err := decodeStdRecord(raw, c.cfg.Standard)
 	if err != nil {
 		c.log.Warn("corrupt cache entry deleted", zap.String("key_pattern", store.KeyPattern(key)), zap.Int("bytes", len(raw)))
 		_ = c.l2.del(context.WithoutCancel(ctx), key)
-		return nil, ""
+		return nil, LookupMiss
 	}
 	if ok, err := c.l2.current(ctx, rec.stamped(key), vers); !ok || err != nil {
 		// A tag was invalidated since the record was stored (its drain may
 		// not have reached it yet), or it carries no stamp: a miss.
-		return nil, ""
+		return nil, LookupMiss
 	}
 	// Into L1 only if no invalidation of the URL or its tags ran since the
 	// read began (see l1.add).
 	guard := rec.tagsFor(key)
 	c.l1.add(c.stdPrepared(key, rec, now), func() bool { return !c.clock.changedSince(guard, snap) })
-	return rec, "hit-l2"
+	return rec, LookupHitL2
 }
 
 // stdPrepared wraps a record for L1 (whose tag index reads entry.Tags).
@@ -174,7 +174,7 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, next Next
 	if r.Header.Get("Range") != "" {
 		// Partial content is neither stored nor assembled: the request goes
 		// through untouched (a 206 is never stored).
-		c.obs.Lookup(stdRuleName, "bypass")
+		c.obs.Lookup(stdRuleName, LookupBypass)
 		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=bypass; detail=range")
 		return next.ServeHTTP(c.stdStripWriter(w), r)
 	}
@@ -193,7 +193,7 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, next Next
 		refreshing := c.refreshInBackground(r, key, func(w http.ResponseWriter, r *http.Request) error {
 			return c.stdFetch(w, r, next, key, rec, v, requestPolicy{})
 		})
-		c.obs.Lookup(stdRuleName, "stale")
+		c.obs.Lookup(stdRuleName, LookupStale)
 		detail := "; detail=stale-while-revalidate"
 		if !refreshing {
 			detail += "-refresh-running"
@@ -201,12 +201,12 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, next Next
 		return c.stdWrite(w, r, v, c.cfg.StatusName+"; fwd=stale"+detail, now)
 	}
 	if req.onlyIfCached {
-		c.obs.Lookup(stdRuleName, "miss")
+		c.obs.Lookup(stdRuleName, LookupMiss)
 		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=miss; detail=only-if-cached")
 		w.WriteHeader(http.StatusGatewayTimeout)
 		return nil
 	}
-	c.obs.Lookup(stdRuleName, "miss")
+	c.obs.Lookup(stdRuleName, LookupMiss)
 	if v == nil && !req.noCache && r.Method == http.MethodGet && !isConditional(r) {
 		// Coalesce plain misses: followers wait for the leader, then look
 		// again (the leader's answer may be a variant they cannot use).
@@ -383,7 +383,7 @@ func (c *Cache) stdFetch(w http.ResponseWriter, r *http.Request, next Next, key 
 		if code == 0 {
 			code = http.StatusBadGateway
 		}
-		c.obs.Lookup(stdRuleName, "stale")
+		c.obs.Lookup(stdRuleName, LookupStale)
 		c.log.Info("serving stale entry: upstream failed", zap.String("rule", stdRuleName), zap.Int("upstream_status", code), zap.Error(err))
 		sr.restorePreset()
 		return c.stdWrite(w, r, v, c.cfg.StatusName+"; fwd=stale; fwd-status="+strconv.Itoa(code)+"; detail=stale-if-error", c.now())

@@ -81,7 +81,7 @@ func (c *Cache) serveWhileRevalidating(w http.ResponseWriter, r *http.Request, n
 	if errors.Is(err, errUnservable) {
 		return false, nil
 	}
-	c.obs.Lookup(rule.Name, "stale")
+	c.obs.Lookup(rule.Name, LookupStale)
 	return true, err
 }
 

@@ -491,7 +491,7 @@ func (a *App) cacheStats() map[string]any {
 	out := map[string]any{}
 	fleet := a.fleetStats()
 	for name, c := range a.handlers.caches.all() {
-		st := map[string]any{"engine": c.engine.Stats(), "rules": c.obs.stats(), "ttl_advice": c.ttlAdvice(time.Now())}
+		st := map[string]any{"engine": c.engine.Stats(), "rules": c.engine.RuleStats(), "ttl_advice": c.engine.TTLAdvice(time.Now())}
 		if fleet != nil {
 			st["fleet"] = fleet
 		}

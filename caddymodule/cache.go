@@ -74,7 +74,6 @@ type Cache struct {
 	RFC9111 *CacheRFC9111 `json:"rfc9111,omitempty"`
 
 	engine *cachehandler.Cache
-	obs    *cacheObserver
 	app    *App
 	log    *zap.Logger
 	name   string
@@ -172,13 +171,16 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 	if c.app.redis != nil {
 		cfg.Bus = c.app.bus(cacheBusChannel)
 	}
-	observed := c.Rules
+	observed := make([]string, 0, len(c.Rules)+1)
+	for _, r := range c.Rules {
+		observed = append(observed, r.Name)
+	}
 	if c.RFC9111 != nil {
 		// The standards mode's figures are one more "rule" in the metrics.
-		observed = append(observed[:len(observed):len(observed)], CacheRule{Name: cachehandler.StandardRuleName})
+		observed = append(observed, cachehandler.StandardRuleName)
 	}
-	c.obs = c.app.metrics.cacheObserver(c.app, observed)
-	cfg.Observer = c.obs
+	cfg.Observer = c.app.metrics.cacheObserver(observed)
+	cfg.Counters = c.app.cache
 	if c.engine, err = cachehandler.New(cfg); err != nil {
 		return err
 	}

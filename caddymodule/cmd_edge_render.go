@@ -36,9 +36,9 @@ type moduleKind struct {
 }
 
 type cacheModuleView struct {
-	Engine    cachehandler.Stats   `json:"engine"`
-	Rules     map[string]ruleStats `json:"rules"`
-	TTLAdvice map[string]ttlAdvice `json:"ttl_advice"`
+	Engine    cachehandler.Stats                `json:"engine"`
+	Rules     map[string]cachehandler.RuleStats `json:"rules"`
+	TTLAdvice map[string]cachehandler.TTLAdvice `json:"ttl_advice"`
 }
 
 type limiterStatsView struct {

@@ -2,12 +2,12 @@ package caddymodule
 
 import (
 	"errors"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ticketi/edge/cachehandler"
 	"github.com/ticketi/edge/internal/store"
 	"github.com/ticketi/edge/sessionauth"
 )
@@ -215,65 +215,39 @@ func callResult(err error) string {
 	}
 }
 
-// cacheObserver feeds one cache handler's events into the metrics (with
-// counters resolved once per rule, so the hit path does no label lookups),
-// the app's hit/miss counters (health, fleet) and per-rule admin stats.
+// cacheObserver exports one cache handler's events to Prometheus, with
+// counters resolved once per rule, so the hit path does no label lookups.
+// The engine counts the same events itself (cachehandler.RuleStats, the
+// app's hit/miss counters).
 type cacheObserver struct {
-	app     *App
 	m       *metrics
 	perRule map[string]*ruleCounters
-	// since and invalidated feed the TTL advice (ttl_advice.go).
-	since       time.Time
-	invalidated atomic.Int64
 }
 
 type ruleCounters struct {
-	hitL1, hitL2, miss, stale, bypass prometheus.Counter
-	stored, storedBytes               prometheus.Counter
-	counts                            struct{ hits, misses, stale, bypass, stored atomic.Int64 }
+	lookups             []prometheus.Counter // by cachehandler.LookupResult
+	stored, storedBytes prometheus.Counter
 }
 
-func (m *metrics) cacheObserver(app *App, rules []CacheRule) *cacheObserver {
-	o := &cacheObserver{app: app, m: m, perRule: map[string]*ruleCounters{}, since: time.Now()}
-	for _, r := range rules {
-		o.perRule[r.Name] = &ruleCounters{
-			hitL1:       m.cacheLookups.WithLabelValues(r.Name, "hit_l1"),
-			hitL2:       m.cacheLookups.WithLabelValues(r.Name, "hit_l2"),
-			miss:        m.cacheLookups.WithLabelValues(r.Name, "miss"),
-			stale:       m.cacheLookups.WithLabelValues(r.Name, "stale"),
-			bypass:      m.cacheLookups.WithLabelValues(r.Name, "bypass"),
-			stored:      m.cacheStored.WithLabelValues(r.Name),
-			storedBytes: m.cacheStoredBytes.WithLabelValues(r.Name),
+func (m *metrics) cacheObserver(rules []string) *cacheObserver {
+	o := &cacheObserver{m: m, perRule: map[string]*ruleCounters{}}
+	for _, name := range rules {
+		rc := &ruleCounters{
+			stored:      m.cacheStored.WithLabelValues(name),
+			storedBytes: m.cacheStoredBytes.WithLabelValues(name),
 		}
+		for _, res := range cachehandler.LookupResults() {
+			rc.lookups = append(rc.lookups, m.cacheLookups.WithLabelValues(name, res.String()))
+		}
+		o.perRule[name] = rc
 	}
 	return o
 }
 
 // Lookup implements cachehandler.Observer.
-func (o *cacheObserver) Lookup(rule, result string) {
-	rc := o.perRule[rule]
-	if rc == nil {
-		return
-	}
-	switch result {
-	case "hit-l1", "hit-l2":
-		if result == "hit-l1" {
-			rc.hitL1.Inc()
-		} else {
-			rc.hitL2.Inc()
-		}
-		rc.counts.hits.Add(1)
-		o.app.cache.Hit()
-	case "miss":
-		rc.miss.Inc()
-		rc.counts.misses.Add(1)
-		o.app.cache.Miss()
-	case "stale":
-		rc.stale.Inc()
-		rc.counts.stale.Add(1)
-	case "bypass":
-		rc.bypass.Inc()
-		rc.counts.bypass.Add(1)
+func (o *cacheObserver) Lookup(rule string, result cachehandler.LookupResult) {
+	if rc := o.perRule[rule]; rc != nil && int(result) < len(rc.lookups) {
+		rc.lookups[result].Inc()
 	}
 }
 
@@ -282,7 +256,6 @@ func (o *cacheObserver) Stored(rule string, bytes int) {
 	if rc := o.perRule[rule]; rc != nil {
 		rc.stored.Inc()
 		rc.storedBytes.Add(float64(bytes))
-		rc.counts.stored.Add(1)
 	}
 }
 
@@ -294,25 +267,4 @@ func (o *cacheObserver) Acknowledged(result string, waited time.Duration) {
 // Invalidated implements cachehandler.Observer.
 func (o *cacheObserver) Invalidated(entries int) {
 	o.m.cacheDropped.Add(float64(entries))
-	o.invalidated.Add(int64(entries))
-}
-
-// ruleStats is one rule's figures for the admin API.
-type ruleStats struct {
-	Hits   int64 `json:"hits"`
-	Misses int64 `json:"misses"`
-	Stale  int64 `json:"stale"`
-	Bypass int64 `json:"bypass"`
-	Stored int64 `json:"stored"`
-}
-
-func (o *cacheObserver) stats() map[string]ruleStats {
-	out := make(map[string]ruleStats, len(o.perRule))
-	for name, rc := range o.perRule {
-		out[name] = ruleStats{
-			Hits: rc.counts.hits.Load(), Misses: rc.counts.misses.Load(), Stale: rc.counts.stale.Load(),
-			Bypass: rc.counts.bypass.Load(), Stored: rc.counts.stored.Load(),
-		}
-	}
-	return out
 }

@@ -1,4 +1,4 @@
-package caddymodule
+package cachehandler
 
 import (
 	"fmt"
@@ -7,8 +7,8 @@ import (
 )
 
 // TTL advice (the seed's rollout phase 5, "optimise TTLs based on
-// metrics"): per rule, from what this edge has counted since its config
-// loaded. It is advice for a person, with its reason; nothing changes by
+// metrics"): per rule, from what this cache has counted since it was
+// built. It is advice for a person, with its reason; nothing changes by
 // itself.
 //
 // What it does not know: how long each entry lived before an invalidation
@@ -27,8 +27,8 @@ const (
 	adviceMaxTTL = 24 * time.Hour
 )
 
-// ttlAdvice is one rule's figures and the suggestion drawn from them.
-type ttlAdvice struct {
+// TTLAdvice is one rule's figures and the suggestion drawn from them.
+type TTLAdvice struct {
 	TTLSeconds       float64 `json:"ttl_seconds"`
 	SuggestedSeconds float64 `json:"suggested_ttl_seconds"`
 	// Change is "keep" or "raise".
@@ -47,26 +47,24 @@ type ttlAdvice struct {
 	WindowSeconds     float64 `json:"window_seconds"`
 }
 
-// ttlAdvice returns the advice for every rule of c.
-func (c *Cache) ttlAdvice(now time.Time) map[string]ttlAdvice {
-	if c.obs == nil {
-		return nil
-	}
-	counts := c.obs.stats()
-	window := now.Sub(c.obs.since)
+// TTLAdvice returns the advice for every rule (not the standards mode,
+// whose TTLs are the origin's).
+func (c *Cache) TTLAdvice(now time.Time) map[string]TTLAdvice {
+	counts := c.stats.stats()
+	window := now.Sub(c.stats.since)
 	perMin := func(n int64) float64 {
 		if window < time.Second {
 			return 0
 		}
 		return round2(float64(n) / window.Minutes())
 	}
-	invPerMin := perMin(c.obs.invalidated.Load())
-	out := make(map[string]ttlAdvice, len(c.Rules))
-	for _, r := range c.Rules {
+	invPerMin := perMin(c.stats.invalidated.Load())
+	out := make(map[string]TTLAdvice, len(c.cfg.Rules))
+	for _, r := range c.cfg.Rules {
 		st := counts[r.Name]
-		ttl := time.Duration(r.TTL)
+		ttl := r.TTL
 		lookups := st.Hits + st.Misses + st.Stale
-		a := ttlAdvice{
+		a := TTLAdvice{
 			TTLSeconds: ttl.Seconds(), SuggestedSeconds: ttl.Seconds(), Change: "keep",
 			Lookups: lookups, LookupsPerMin: perMin(lookups), FillsPerMin: perMin(st.Stored),
 			InvalidatedPerMin: invPerMin, Tagged: len(r.Tags) > 0, WindowSeconds: math.Round(window.Seconds()),
@@ -83,7 +81,7 @@ func (c *Cache) ttlAdvice(now time.Time) map[string]ttlAdvice {
 
 // adviceReason decides the suggestion (raising a.SuggestedSeconds when it
 // says raise) and explains it.
-func adviceReason(a *ttlAdvice, ttl time.Duration) string {
+func adviceReason(a *TTLAdvice, ttl time.Duration) string {
 	pct := func(f float64) string { return fmt.Sprintf("%.0f%%", 100*f) }
 	switch {
 	case a.Lookups < adviceMinLookups:

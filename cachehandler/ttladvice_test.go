@@ -1,54 +1,50 @@
-package caddymodule
+package cachehandler
 
 import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/ticketi/edge/internal/stats"
 )
 
 func TestTTLAdvice(t *testing.T) {
-	app := &App{cache: new(stats.CacheCounters)}
-	m, err := newMetrics(prometheus.NewRegistry(), app)
+	rule := func(name string, ttl time.Duration, tags ...string) *Rule {
+		return &Rule{Name: name, Path: "/" + name + "/{id}", Key: name + ":{id}", TTL: ttl, Tags: tags}
+	}
+	rules := []*Rule{
+		rule("tagged_low", 30*time.Minute, "event:{id}"),
+		rule("untagged_low", 5*time.Minute),
+		rule("good", 5*time.Minute, "x"),
+		rule("quiet", 5*time.Minute, "x"),
+		rule("stale", 5*time.Minute, "x"),
+		rule("capped", 24*time.Hour, "x"),
+	}
+	c, err := New(Config{Rules: rules})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rules := []CacheRule{
-		{Name: "tagged_low", TTL: caddy.Duration(30 * time.Minute), Tags: []string{"event:{id}"}},
-		{Name: "untagged_low", TTL: caddy.Duration(5 * time.Minute)},
-		{Name: "good", TTL: caddy.Duration(5 * time.Minute), Tags: []string{"x"}},
-		{Name: "quiet", TTL: caddy.Duration(5 * time.Minute), Tags: []string{"x"}},
-		{Name: "stale", TTL: caddy.Duration(5 * time.Minute), Tags: []string{"x"}},
-		{Name: "capped", TTL: caddy.Duration(24 * time.Hour), Tags: []string{"x"}},
-	}
-	obs := m.cacheObserver(app, rules)
-	c := &Cache{Rules: rules, obs: obs}
-	look := func(rule, result string, n int) {
+	obs := c.obs
+	look := func(rule string, result LookupResult, n int) {
 		for range n {
 			obs.Lookup(rule, result)
 		}
 	}
-	look("tagged_low", "hit-l1", 50)
-	look("tagged_low", "miss", 50)
-	look("untagged_low", "hit-l2", 40)
-	look("untagged_low", "miss", 60)
-	look("good", "hit-l1", 95)
-	look("good", "miss", 5)
-	look("quiet", "miss", 10)
-	look("stale", "hit-l1", 50)
-	look("stale", "stale", 30)
-	look("stale", "miss", 20)
-	look("capped", "miss", 200)
+	look("tagged_low", LookupHitL1, 50)
+	look("tagged_low", LookupMiss, 50)
+	look("untagged_low", LookupHitL2, 40)
+	look("untagged_low", LookupMiss, 60)
+	look("good", LookupHitL1, 95)
+	look("good", LookupMiss, 5)
+	look("quiet", LookupMiss, 10)
+	look("stale", LookupHitL1, 50)
+	look("stale", LookupStale, 30)
+	look("stale", LookupMiss, 20)
+	look("capped", LookupMiss, 200)
 	for range 20 {
 		obs.Stored("tagged_low", 100)
 	}
 	obs.Invalidated(30)
 
-	advice := c.ttlAdvice(obs.since.Add(10 * time.Minute))
+	advice := c.TTLAdvice(c.stats.since.Add(10 * time.Minute))
 	check := func(rule, change string, suggested time.Duration, reason string) {
 		t.Helper()
 		a := advice[rule]
