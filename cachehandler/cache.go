@@ -42,7 +42,7 @@ const (
 	// noCacheRefetch: a request with Cache-Control: no-cache is answered
 	// from an entry stored less than this long ago instead of a new fill.
 	noCacheRefetch = time.Second
-	busChannel     = "edge:cache:invalidate"
+	busChannel     = store.CacheBusChannel
 )
 
 // Config configures a Cache.

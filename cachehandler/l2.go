@@ -37,8 +37,8 @@ func newL2(rdb *store.Redis, tagTTL time.Duration, now func() time.Time) *l2 {
 	return &l2{rdb: rdb, tagTTL: tagTTL, cluster: cluster, now: now}
 }
 
-func (s *l2) entryKey(key string) string { return s.rdb.Prefix() + key }
-func (s *l2) tagVer(tag string) string   { return s.rdb.Prefix() + "tagver:{" + tag + "}" }
+func (s *l2) entryKey(key string) string { return s.rdb.Keys().CacheEntry(key) }
+func (s *l2) tagVer(tag string) string   { return s.rdb.Keys().TagVersion(tag) }
 
 // get returns the stored value, nil on a miss.
 func (s *l2) get(ctx context.Context, key string) ([]byte, error) {
@@ -216,7 +216,7 @@ func (s *l2) del(ctx context.Context, keys ...string) error {
 // is scanned.
 func (s *l2) purgePattern(ctx context.Context, glob string, keep func(key string) bool) (int, error) {
 	ctx = store.WithoutBudget(ctx)
-	match := s.rdb.Prefix() + glob
+	match := s.rdb.Keys().CacheEntry(glob)
 	var total atomic.Int64 // Cluster scans masters concurrently
 	scan := func(ctx context.Context, node redis.Cmdable) error {
 		var cursor uint64

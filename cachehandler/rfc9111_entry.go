@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ticketi/edge/internal/store"
 )
 
 // stdRecord is what the standards mode stores under one URL key: the
@@ -314,13 +316,13 @@ const (
 
 // stdModeTag is carried by every standards-mode entry, as each rule's
 // entries carry edge:rule:<name>.
-const stdModeTag = "edge:rule:" + StandardRuleName
+const stdModeTag = store.RuleTagPrefix + StandardRuleName
 
 // stdURLTag names one URL's entry in the tag machinery; hashed, so a long
 // URL still makes a bounded tag.
 func stdURLTag(key string) string {
 	sum := sha256.Sum256([]byte(key))
-	return "edge:url:" + hex.EncodeToString(sum[:16])
+	return store.URLTagPrefix + hex.EncodeToString(sum[:16])
 }
 
 // encode serialises the record (same framing and CRC32C as Entry), its

@@ -31,7 +31,7 @@ const stdRuleName = StandardRuleName
 
 // stdKeyPrefix starts every standards-mode key, so purges and metrics can
 // tell them from rule keys.
-const stdKeyPrefix = "std:"
+const stdKeyPrefix = store.StandardEntryPrefix
 
 // compileStandard validates the mode's settings.
 func (s *Standard) compile(m PathMatching) error {
@@ -705,7 +705,7 @@ func (c *Cache) stdStripTags(h http.Header) []string {
 	tags := c.stripInvalidateHeader(h)
 	for _, line := range h["Surrogate-Key"] {
 		for _, t := range strings.Fields(line) {
-			if len(t) <= maxTagLen && len(tags) < maxHeaderTags && !strings.HasPrefix(t, "edge:") {
+			if len(t) <= maxTagLen && len(tags) < maxHeaderTags && !strings.HasPrefix(t, store.EdgeTagPrefix) {
 				tags = append(tags, t)
 			}
 		}

@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/ticketi/edge/internal/store"
 )
 
 // Limits on what a request can put into a key: a key is built from the
@@ -21,7 +23,7 @@ const (
 
 // reservedKeyPrefixes are key spaces other parts of the edge own; a cache
 // rule writing into them could overwrite sessions or limiter state.
-var reservedKeyPrefixes = []string{"session:", "sessions:", "ratelimit:", "tag:", "tagver:", "metrics:", "sess:", "edge:"}
+var reservedKeyPrefixes = store.ReservedKeyPrefixes()
 
 // Resolver resolves a placeholder that is neither a path parameter nor a
 // query value, e.g. "http.auth.user.id", for one request. The Caddy glue
@@ -133,7 +135,7 @@ func (r *Rule) compile(m PathMatching) error {
 	}
 	r.tags = r.tags[:0]
 	for _, t := range r.Tags {
-		if strings.HasPrefix(t, "edge:") {
+		if strings.HasPrefix(t, store.EdgeTagPrefix) {
 			return fmt.Errorf("cache rule %q: tag %q: edge: tags are the edge's own", r.Name, t)
 		}
 		tt, err := compileTemplate(t, r.path)

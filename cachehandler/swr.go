@@ -8,6 +8,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/ticketi/edge/internal/store"
 )
 
 // Stale-while-revalidate (RFC 5861 §3): within the window after expiry a
@@ -30,7 +32,7 @@ func (c *Cache) claimRefresh(ctx context.Context, key string) (release func(), o
 	if c.l2 == nil || !c.cfg.Redis.Available() {
 		return local, true
 	}
-	claim := c.l2.entryKey(refreshPrefix + key)
+	claim := c.cfg.Redis.Keys().RefreshClaim(key)
 	won, err := c.cfg.Redis.Client().SetNX(ctx, claim, c.origin, refreshBound).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		// Redis failed mid-claim: refresh locally rather than not at all.
@@ -50,7 +52,7 @@ func (c *Cache) claimRefresh(ctx context.Context, key string) (release func(), o
 	}, true
 }
 
-const refreshPrefix = "refresh:"
+const refreshPrefix = store.RefreshClaimPrefix
 
 var releaseClaim = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], 1000) end return 0`)
 

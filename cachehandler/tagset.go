@@ -66,7 +66,7 @@ return {v, n}
 
 var invalidateScript = redis.NewScript(invalidateLua)
 
-func (s *l2) tagSet(tag string) string { return s.rdb.Prefix() + "tag:z:{" + tag + "}" }
+func (s *l2) tagSet(tag string) string { return s.rdb.Keys().TagSet(tag) }
 
 // detachedSet names a renamed set: same slot as the tag, unique, so two
 // invalidations of one tag never rename onto each other.
@@ -266,7 +266,7 @@ func (c *Cache) kickDrain() {
 // ruleTag is the tag every entry of a rule carries, so that everything a
 // rule stored can be made unservable without a SCAN (the purge after an
 // outage that lost track of its invalidations).
-func ruleTag(name string) string { return "edge:rule:" + name }
+func ruleTag(name string) string { return store.RuleTagPrefix + name }
 
 // ruleTags counts, per connection, the rule tags of every live Cache, so
 // the post-outage purge covers every edge_cache handler's rules, not only

@@ -505,7 +505,7 @@ func (a *App) cacheStats() map[string]any {
 func (a *App) fleetStats() *store.BusStats {
 	h := a.handlers
 	h.mu.Lock()
-	b := h.buses[cacheBusChannel]
+	b := h.buses[store.CacheBusChannel]
 	h.mu.Unlock()
 	if b == nil {
 		return nil

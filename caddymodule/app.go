@@ -178,9 +178,9 @@ func (a *App) flushFleet() {
 
 func (a *App) fleetKeys() stats.FleetKeys {
 	return stats.FleetKeys{
-		Hits:       a.redis.Key("metrics", "cache", "hits"),
-		Misses:     a.redis.Key("metrics", "cache", "misses"),
-		Operations: a.redis.Key("metrics", "cache", "operations"),
+		Hits:       a.redis.Keys().FleetCounter(store.FleetHits),
+		Misses:     a.redis.Keys().FleetCounter(store.FleetMisses),
+		Operations: a.redis.Keys().FleetCounter(store.FleetOperations),
 	}
 }
 

@@ -90,7 +90,7 @@ func (a *App) audit() *auditTrail {
 		t.ring = make([]auditEvent, auditRingLen)
 		t.maxLen = auditStreamLen
 		if t.redis != nil {
-			t.stream = t.redis.Key("audit", "edge")
+			t.stream = t.redis.Keys().AuditStream()
 		}
 	})
 	return t

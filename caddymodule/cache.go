@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ticketi/edge/cachehandler"
+	"github.com/ticketi/edge/internal/store"
 )
 
 func init() {
@@ -169,7 +170,7 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 		})
 	}
 	if c.app.redis != nil {
-		cfg.Bus = c.app.bus(cacheBusChannel)
+		cfg.Bus = c.app.bus(store.CacheBusChannel)
 	}
 	observed := make([]string, 0, len(c.Rules)+1)
 	for _, r := range c.Rules {
@@ -187,9 +188,6 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 	c.name = c.app.handlers.caches.add(c)
 	return nil
 }
-
-// cacheBusChannel is the pub/sub channel for L1 drops.
-const cacheBusChannel = "edge:cache:invalidate"
 
 // DefaultSessionCookie is edge_session's cookie name.
 const DefaultSessionCookie = "ticketi_session"

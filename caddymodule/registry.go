@@ -40,7 +40,7 @@ func (a *App) bus(channel string) *store.Bus {
 	if b, ok := h.buses[channel]; ok {
 		return b
 	}
-	b := store.NewBusWith(a.redis, channel, a.log.Named("bus"), store.BusOptions{Fleet: channel == cacheBusChannel})
+	b := store.NewBusWith(a.redis, channel, a.log.Named("bus"), store.BusOptions{Fleet: channel == store.CacheBusChannel})
 	h.buses[channel] = b
 	return b
 }

@@ -234,7 +234,7 @@ func (s *Session) engineOptions() (sessionauth.Options, error) {
 		s.log.Warn("edge_session: no signing_keys; using a random key: sessions end when the edge restarts")
 	}
 	if s.conn.redis != nil {
-		bus, owned := s.app.busOn(s.conn.redis, sessionBusChannel)
+		bus, owned := s.app.busOn(s.conn.redis, store.SessionBusChannel)
 		opts.Bus = bus
 		if owned {
 			s.ownedBus = bus
@@ -258,8 +258,6 @@ func (s *Session) engineOptions() (sessionauth.Options, error) {
 	}
 	return opts, nil
 }
-
-const sessionBusChannel = "edge:session:invalidate"
 
 // decodeKey accepts raw text or "base64:..." (binary keys).
 func decodeKey(s string) ([]byte, error) {

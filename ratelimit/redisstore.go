@@ -47,7 +47,7 @@ func (s *redisStore) key(tier, key string) string {
 	if p, ok := s.prefixes.Load(tier); ok {
 		return p.(string) + key + "}"
 	}
-	p := s.r.Key("ratelimit", tier) + ":{"
+	p := s.r.Keys().RateLimitTier(tier)
 	// Tier names come from configuration; the cap only guards the cache
 	// against a caller that invents them.
 	if s.nprefixes.Load() < maxTierStats {

@@ -28,9 +28,9 @@ type redisBackend struct {
 
 func (b *redisBackend) available() bool { return b.r.Available() }
 
-func (b *redisBackend) sessionKey(id string) string { return b.r.Key("session", id) }
+func (b *redisBackend) sessionKey(id string) string { return b.r.Keys().Session(id) }
 
-func (b *redisBackend) userKey(userID string) string { return b.r.Key("sessions", "user", userID) }
+func (b *redisBackend) userKey(userID string) string { return b.r.Keys().SessionIndex(userID) }
 
 // indexWrite queues the index update for w: drop expired members, add or
 // re-score this one, and make the index live at least as long as it (NX

@@ -134,7 +134,7 @@ func (m *Manager) ValidateExpress(ctx context.Context, cookieValue string) (Sess
 	if !ok {
 		return m.result(Session{}, Invalid)
 	}
-	key := m.express.prefix + sid
+	key := store.ExpressSession(m.express.prefix, sid)
 	k := cacheKey(sha256.Sum256([]byte("express\x00" + key)))
 	e, r, _ := m.resolve(ctx, k, func(ctx context.Context, now int64) lookup {
 		return m.loadExpress(ctx, key, sid, now)

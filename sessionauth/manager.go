@@ -28,7 +28,7 @@ const (
 	DefaultLocalSize       = 10000
 	DefaultOutageGrace     = 5 * time.Minute
 	DefaultMemoryLimit     = 100000
-	DefaultExpressPrefix   = "sess:"
+	DefaultExpressPrefix   = store.ExpressSessionPrefix
 )
 
 // Options configure a Manager. Zero durations and sizes mean "default".
@@ -217,7 +217,7 @@ func New(opts Options) (*Manager, error) {
 	if opts.Redis != nil {
 		m.backend = &redisBackend{r: opts.Redis, log: opts.Logger}
 		m.pending = store.ReplayQueueOn(opts.Redis, "sessionauth.destroys", maxPendingDestroys)
-		m.perm.pattern[nativeKeys] = opts.Redis.Key("session", "*")
+		m.perm.pattern[nativeKeys] = opts.Redis.Keys().Session("*")
 		if opts.RecoverySettle == 0 {
 			opts.RecoverySettle = opts.Redis.ReconnectWithin() + time.Second
 		}
@@ -236,7 +236,7 @@ func New(opts Options) (*Manager, error) {
 			return nil, err
 		}
 		m.express = x
-		m.perm.pattern[expressKeys] = x.prefix + "*"
+		m.perm.pattern[expressKeys] = store.ExpressSession(x.prefix, "*")
 	}
 	if m.bus != nil {
 		m.unsub = m.bus.Subscribe(m.onBus)

@@ -155,14 +155,14 @@ func NewBusWith(r *Redis, channel string, log *zap.Logger, opts BusOptions) *Bus
 	_, _ = rand.Read(idb)
 	id := hex.EncodeToString(idb)
 	b := &Bus{
-		rdb: r, channel: r.Key(channel), id: id, opts: opts, log: log, start: time.Now(),
+		rdb: r, channel: r.Keys().Channel(channel), id: id, opts: opts, log: log, start: time.Now(),
 		handlers: map[int]func(string){}, resyncs: map[int]func(){}, waiters: map[string]*ackWaiter{},
 	}
 	// Hash tags put the acknowledgement channels and the member set in the
 	// bus channel's slot: on Cluster, subscriptions, publishes and acks
 	// then stay on one node instead of crossing the cluster bus.
 	b.ackChan = b.ackChannel(id)
-	b.members = "{" + b.channel + "}:members"
+	b.members = BusMembers(b.channel)
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	b.wg.Add(1)
@@ -176,7 +176,7 @@ func NewBusWith(r *Redis, channel string, log *zap.Logger, opts BusOptions) *Bus
 	return b
 }
 
-func (b *Bus) ackChannel(member string) string { return "{" + b.channel + "}:ack:" + member }
+func (b *Bus) ackChannel(member string) string { return BusAck(b.channel, member) }
 
 // ID names this bus among the fleet's members.
 func (b *Bus) ID() string { return b.id }
