@@ -225,6 +225,7 @@ func (c *Cache) Invalidate(ctx context.Context, tags []string) int {
 			c.log.Log(level, "invalidation could not reach redis; will retry when it is back",
 				zap.Strings("tags", tagPatterns(tags)), zap.Error(err))
 		} else {
+			c.agesOfRedis(inv.keys, inv.expiries, dropped, c.now())
 			for _, k := range inv.keys {
 				dropped[k] = struct{}{}
 			}
@@ -255,10 +256,13 @@ func (c *Cache) Invalidate(ctx context.Context, tags []string) int {
 func (c *Cache) forget(tags []string, dropped map[string]struct{}) {
 	c.clock.bump(tags)
 	c.flights.detach(tags)
+	now := c.now()
 	for _, t := range tags {
-		for _, k := range c.l1.dropTag(t) {
+		entries := c.l1.dropTagEntries(t)
+		c.agesOfL1(entries, now)
+		for _, p := range entries {
 			if dropped != nil {
-				dropped[k] = struct{}{}
+				dropped[p.key] = struct{}{}
 			}
 		}
 	}
@@ -494,15 +498,5 @@ func (c *Cache) isCacheKey(key string) bool {
 	if c.cfg.Standard != nil && strings.HasPrefix(key, stdKeyPrefix) {
 		return true
 	}
-	if !c.cfg.FixedUpstreamHost {
-		if i := strings.LastIndexByte(key, hostSeparator); i >= 0 {
-			key = key[:i]
-		}
-	}
-	for _, r := range c.cfg.Rules {
-		if ok, _ := path.Match(r.key.glob(), key); ok {
-			return true
-		}
-	}
-	return false
+	return c.ruleForKey(key) != nil
 }

@@ -147,16 +147,10 @@ func (c *l1) remove(key string) {
 
 // dropTag removes every entry carrying tag and returns their keys.
 func (c *l1) dropTag(tag string) []string {
-	var dropped []string
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		for key := range s.tags[tag] {
-			if s.lru.Remove(key) {
-				dropped = append(dropped, key)
-			}
-		}
-		s.mu.Unlock()
+	entries := c.dropTagEntries(tag)
+	dropped := make([]string, len(entries))
+	for i, p := range entries {
+		dropped[i] = p.key
 	}
 	return dropped
 }

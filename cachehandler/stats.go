@@ -55,6 +55,7 @@ type RuleStats struct {
 type ruleCounters struct {
 	lookups [numLookupResults]atomic.Int64
 	stored  atomic.Int64
+	ages    ageHistogram // at invalidation (entryage.go)
 }
 
 // statsObserver counts the engine's events per rule and forwards them to

@@ -45,7 +45,8 @@ const (
 // invalidateLua runs per tag; all its keys share the slot of {t}.
 // KEYS: tagver, live set, name for the detached set.
 // ARGV: tag TTL ms, inline limit, now ms.
-// Returns {version, members, [member keys when taken inline]}.
+// Returns {version, members, [member keys and their scores (expiry, Unix
+// ms) when taken inline]}.
 const invalidateLua = `
 local v = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
@@ -55,7 +56,7 @@ if n == 0 then
 	return {v, 0}
 end
 if n <= tonumber(ARGV[2]) then
-	local m = redis.call('ZRANGE', KEYS[2], 0, -1)
+	local m = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 	redis.call('DEL', KEYS[2])
 	return {v, n, m}
 end
@@ -96,6 +97,7 @@ func (s *l2) indexEntry(ctx context.Context, pipe redis.Pipeliner, fullKey strin
 // invalidation is what one l2.invalidate did.
 type invalidation struct {
 	keys     []string // entry keys (without prefix) unlinked in the request
+	expiries []int64  // their tag-set scores: expiry, Unix ms (entryage.go)
 	detached []string // renamed sets (full keys) left to drain
 	pending  int      // members of the detached sets: unservable now, deleted soon
 }
@@ -147,6 +149,7 @@ func (s *l2) invalidate(ctx context.Context, tags []string, now time.Time) (inva
 	}
 	var firstErr error
 	var unlink []string
+	var expiries []int64
 	seen := map[string]bool{}
 	for i, cmd := range cmds {
 		reply, err := cmd.Slice()
@@ -166,10 +169,13 @@ func (s *l2) invalidate(ctx context.Context, tags []string, now time.Time) (inva
 			continue
 		}
 		members, _ := reply[2].([]any)
-		for _, m := range members {
-			if k, ok := m.(string); ok && !seen[k] {
+		for j := 0; j+1 < len(members); j += 2 {
+			if k, ok := members[j].(string); ok && !seen[k] {
 				seen[k] = true
 				unlink = append(unlink, k)
+				score, _ := members[j+1].(string)
+				exp, _ := strconv.ParseFloat(score, 64)
+				expiries = append(expiries, int64(exp))
 			}
 		}
 	}
@@ -181,6 +187,7 @@ func (s *l2) invalidate(ctx context.Context, tags []string, now time.Time) (inva
 		// expire with their TTL.
 		return out, err
 	}
+	out.expiries = expiries
 	out.keys = make([]string, len(unlink))
 	for i, k := range unlink {
 		out.keys[i] = strings.TrimPrefix(k, s.rdb.Prefix())

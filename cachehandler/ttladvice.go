@@ -11,10 +11,11 @@ import (
 // built. It is advice for a person, with its reason; nothing changes by
 // itself.
 //
-// What it does not know: how long each entry lived before an invalidation
-// dropped it (the engine does not report entry ages), so it cannot tell a
-// miss after expiry from a miss after an invalidation. The reason says so
-// where that matters.
+// How long entries lived before an invalidation dropped them, as a share of
+// their TTL (entryage.go), tells a miss after an invalidation from a miss
+// after expiry: entries invalidated at a small share of their TTL end by
+// changes, and a longer TTL would not keep them. Until enough ages are
+// measured the reason says so where it matters.
 
 const (
 	// adviceMinLookups: below this, the figures say nothing.
@@ -25,6 +26,11 @@ const (
 	adviceStaleShare = 0.1
 	// adviceMaxTTL caps a suggestion.
 	adviceMaxTTL = 24 * time.Hour
+	// adviceMinAges: invalidated entries measured before their ages count.
+	adviceMinAges = 20
+	// adviceEarlyInvalidation: a median age at invalidation below this
+	// share of the TTL means changes, not expiry, end the entries.
+	adviceEarlyInvalidation = 0.25
 )
 
 // TTLAdvice is one rule's figures and the suggestion drawn from them.
@@ -45,6 +51,11 @@ type TTLAdvice struct {
 	InvalidatedPerMin float64 `json:"handler_invalidated_per_min"`
 	Tagged            bool    `json:"tagged"`
 	WindowSeconds     float64 `json:"window_seconds"`
+	// EntryAges: how much of their TTL this rule's entries had lived when
+	// invalidations dropped them (nil until one did); InvalidatedEntriesPerMin
+	// counts those entries.
+	EntryAges                *EntryAges `json:"entry_ages,omitempty"`
+	InvalidatedEntriesPerMin float64    `json:"invalidated_entries_per_min"`
 }
 
 // TTLAdvice returns the advice for every rule (not the standards mode,
@@ -61,6 +72,7 @@ func (c *Cache) TTLAdvice(now time.Time) map[string]TTLAdvice {
 	invPerMin := perMin(c.stats.invalidated.Load())
 	out := make(map[string]TTLAdvice, len(c.cfg.Rules))
 	for _, r := range c.cfg.Rules {
+		ages := c.stats.perRule[r.Name].ages.snapshot()
 		st := counts[r.Name]
 		ttl := r.TTL
 		lookups := st.Hits + st.Misses + st.Stale
@@ -68,6 +80,10 @@ func (c *Cache) TTLAdvice(now time.Time) map[string]TTLAdvice {
 			TTLSeconds: ttl.Seconds(), SuggestedSeconds: ttl.Seconds(), Change: "keep",
 			Lookups: lookups, LookupsPerMin: perMin(lookups), FillsPerMin: perMin(st.Stored),
 			InvalidatedPerMin: invPerMin, Tagged: len(r.Tags) > 0, WindowSeconds: math.Round(window.Seconds()),
+			EntryAges: ages,
+		}
+		if ages != nil {
+			a.InvalidatedEntriesPerMin = perMin(ages.Measured)
 		}
 		if lookups > 0 {
 			a.HitRatio = round2(float64(st.Hits) / float64(lookups))
@@ -89,19 +105,41 @@ func adviceReason(a *TTLAdvice, ttl time.Duration) string {
 	case a.StaleShare > adviceStaleShare:
 		return fmt.Sprintf("keep: %s of lookups were answered stale, so the origin is failing or slow to refill; the TTL is not the problem", pct(a.StaleShare))
 	case a.HitRatio >= adviceGoodHitRatio:
-		return fmt.Sprintf("keep: %s of lookups are hits", pct(a.HitRatio))
+		return fmt.Sprintf("keep: %s of lookups are hits", pct(a.HitRatio)) + agesNote(a)
 	case !a.Tagged:
 		return fmt.Sprintf("keep: %s hits, but nothing invalidates this rule's entries, so the TTL (%s) is the only bound on how stale they get; raise it only if that much staleness is acceptable", pct(a.HitRatio), ttl)
 	case ttl >= adviceMaxTTL:
 		return fmt.Sprintf("keep: %s hits at the longest TTL suggested (%s)", pct(a.HitRatio), adviceMaxTTL)
+	case agesKnown(a) && a.EntryAges.MedianTTLFraction < adviceEarlyInvalidation:
+		return fmt.Sprintf("keep: %s hits, but entries were invalidated at a median %s of their TTL (%d measured): changes end them, not the TTL, so a longer TTL will not raise the hit ratio",
+			pct(a.HitRatio), pct(a.EntryAges.MedianTTLFraction), a.EntryAges.Measured)
 	}
 	suggested := min(2*ttl, adviceMaxTTL)
 	a.SuggestedSeconds, a.Change = suggested.Seconds(), "raise"
 	why := fmt.Sprintf("raise to %s: %s hits; the entries are tagged, so a change through the edge drops them whatever the TTL, and a longer TTL turns misses after expiry into hits", suggested, pct(a.HitRatio))
-	if a.InvalidatedPerMin > 0 {
+	switch {
+	case agesKnown(a):
+		why += fmt.Sprintf("; invalidated entries had lived a median %s of their TTL (%d measured), so many reach expiry first", pct(a.EntryAges.MedianTTLFraction), a.EntryAges.Measured)
+	case a.InvalidatedPerMin > 0:
 		why += fmt.Sprintf(". This handler invalidates %.1f entries a minute: if the misses follow those invalidations rather than expiry, a longer TTL will not help (entry ages are not measured)", a.InvalidatedPerMin)
 	}
 	return why
+}
+
+// agesKnown reports whether enough of the rule's entries were measured at
+// invalidation for their ages to count.
+func agesKnown(a *TTLAdvice) bool { return a.EntryAges != nil && a.EntryAges.Measured >= adviceMinAges }
+
+// agesNote adds the ages at invalidation to a keep reason, when known.
+func agesNote(a *TTLAdvice) string {
+	if !agesKnown(a) {
+		return ""
+	}
+	f := a.EntryAges.MedianTTLFraction
+	if f < adviceEarlyInvalidation {
+		return fmt.Sprintf("; entries were invalidated at a median %.0f%% of their TTL (%d measured): changes end them, not the TTL", 100*f, a.EntryAges.Measured)
+	}
+	return fmt.Sprintf("; invalidated entries had lived a median %.0f%% of their TTL (%d measured)", 100*f, a.EntryAges.Measured)
 }
 
 func round2(f float64) float64 { return math.Round(f*100) / 100 }

@@ -82,6 +82,7 @@ var adminRoutes = []adminRoute{
 	{path: "reconnect", methods: []string{http.MethodPost}, handle: (*adminAPI).reconnect},
 	{path: "cache/purge", methods: []string{http.MethodPost}, handle: (*adminAPI).cachePurge},
 	{path: "cache/stats", methods: []string{http.MethodGet}, handle: (*adminAPI).cacheStats},
+	{path: "cache/entry", shown: "cache/entry?key=…", methods: []string{http.MethodGet, http.MethodPost, http.MethodPatch}, handle: (*adminAPI).cacheEntry}, // admin_entry.go
 	{path: "sessions/", shown: "sessions/{userId}[/{handle}]", methods: []string{http.MethodGet, http.MethodDelete}, handle: (*adminAPI).sessions},
 	{path: "ratelimit/reset", methods: []string{http.MethodPost}, handle: (*adminAPI).rateLimitReset},
 	{path: "ratelimit/remaining", methods: []string{http.MethodGet}, handle: (*adminAPI).rateLimitRemaining},
@@ -207,16 +208,9 @@ func (a *adminAPI) cachePurge(w http.ResponseWriter, r *http.Request, app *App, 
 	if given != 1 {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New(`give exactly one of "key", "tag" or "pattern"`)}
 	}
-	caches := app.handlers.caches.all()
-	if req.Cache != "" {
-		c, ok := caches[req.Cache]
-		if !ok {
-			return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no edge_cache handler named %q", req.Cache)}
-		}
-		caches = map[string]*Cache{req.Cache: c}
-	}
-	if len(caches) == 0 {
-		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("the running config has no edge_cache handler")}
+	caches, err := app.cachesNamed(req.Cache)
+	if err != nil {
+		return err
 	}
 	ctx := r.Context()
 	purged := 0
