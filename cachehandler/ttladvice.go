@@ -121,7 +121,7 @@ func adviceReason(a *TTLAdvice, ttl time.Duration) string {
 	case agesKnown(a):
 		why += fmt.Sprintf("; invalidated entries had lived a median %s of their TTL (%d measured), so many reach expiry first", pct(a.EntryAges.MedianTTLFraction), a.EntryAges.Measured)
 	case a.InvalidatedPerMin > 0:
-		why += fmt.Sprintf(". This handler invalidates %.1f entries a minute: if the misses follow those invalidations rather than expiry, a longer TTL will not help (entry ages are not measured)", a.InvalidatedPerMin)
+		why += fmt.Sprintf(". This handler invalidates %.1f entries a minute: if the misses follow those invalidations rather than expiry, a longer TTL will not help (entry ages are not measured yet)", a.InvalidatedPerMin)
 	}
 	return why
 }

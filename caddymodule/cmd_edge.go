@@ -37,6 +37,7 @@ Output is a human-readable table; --json prints the admin API's JSON instead.
   $ caddy edge stats
   $ caddy edge purge --tag events:lists
   $ caddy edge purge --pattern 'events:*'
+  $ caddy edge entry event:42 --ttl 30s
   $ caddy edge sessions 42 --destroy
   $ caddy edge limits remaining --tier api --key 203.0.113.9
   $ caddy edge limits reset --tier auth --key 203.0.113.9
@@ -125,7 +126,7 @@ and while Redis is unreachable. User ids and keys appear hashed.
 	}
 	audit.Flags().Int("limit", 50, "How many entries to show (1 to 1000)")
 
-	return []*cobra.Command{stats, purge, sessions, limits, audit, edgeUICommand()}
+	return []*cobra.Command{stats, purge, sessions, limits, audit, edgeUICommand(), edgeEntryCommand()}
 }
 
 // edgeRun adapts a subcommand to cobra the way Caddy's commands are

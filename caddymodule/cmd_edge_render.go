@@ -178,6 +178,40 @@ func renderCacheModule(w io.Writer, name string, v cacheModuleView) error {
 		secs := func(s float64) string { return (time.Duration(s) * time.Second).String() }
 		fmt.Fprintf(t, "%s\t%s\t%s\t%.1f\t%.1f\t%s\n", rule, secs(a.TTLSeconds), secs(a.SuggestedSeconds), a.LookupsPerMin, a.FillsPerMin, a.Reason)
 	}
+	if err := t.Flush(); err != nil {
+		return err
+	}
+	return renderEntryAges(w, v.TTLAdvice)
+}
+
+// renderEntryAges shows how much of their TTL entries had lived when
+// invalidations dropped them, for the rules where some were measured.
+func renderEntryAges(w io.Writer, advice map[string]cachehandler.TTLAdvice) error {
+	var rules []string
+	for _, rule := range sortedKeys(advice) {
+		if advice[rule].EntryAges != nil {
+			rules = append(rules, rule)
+		}
+	}
+	if len(rules) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w, "\nEntry ages at invalidation (share of the TTL an entry had lived when an invalidation dropped it):")
+	t := newTable(w)
+	fmt.Fprintln(t, "RULE\tINVALIDATED/MIN\tMEASURED\tMEDIAN\tHISTOGRAM")
+	for _, rule := range rules {
+		a := advice[rule]
+		ages := a.EntryAges
+		var hist []string
+		for _, b := range ages.Buckets {
+			le := fmt.Sprintf("<=%.0f%%", 100*b.LE)
+			if b.LE == 0 {
+				le = ">100%"
+			}
+			hist = append(hist, fmt.Sprintf("%s:%d", le, b.Count))
+		}
+		fmt.Fprintf(t, "%s\t%.1f\t%d\t%.0f%%\t%s\n", rule, a.InvalidatedEntriesPerMin, ages.Measured, 100*ages.MedianTTLFraction, strings.Join(hist, " "))
+	}
 	return t.Flush()
 }
 

@@ -144,6 +144,48 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("TTL advice table %v: no row for rule event", advice)
 	}
 
+	// Look up an entry from the page, then shorten its TTL there.
+	entryRows := func() [][]string {
+		var rows [][]string
+		b.eval(t, `[...document.querySelectorAll('#entry-layers tbody tr')].map(r => [...r.cells].map(c => c.textContent))`, &rows)
+		return rows
+	}
+	b.eval(t, `(() => {
+		document.getElementById('entry-key').value = 'event:1';
+		document.getElementById('entry-form').requestSubmit();
+	})()`, nil)
+	Eventually(t, 10*time.Second, func() error {
+		rows := entryRows()
+		// cache layer rule state servable fresh-for ttl kept-for size stored-at tags
+		for _, layer := range []string{"L1", "redis"} {
+			if !hasRow(rows, func(r []string) bool {
+				return len(r) == 11 && r[1] == layer && r[2] == "event" && r[3] == "fresh" && r[4] == "yes" && r[6] == "30.0 min" && r[10] == "event:1"
+			}) {
+				return fmt.Errorf("entry table %v: no fresh %s row for event:1", rows, layer)
+			}
+		}
+		return nil
+	})
+	b.eval(t, `(() => {
+		document.getElementById('entry-ttl').value = '45s';
+		document.getElementById('entry-set-ttl').click();
+	})()`, nil)
+	Eventually(t, 10*time.Second, func() error {
+		if s := b.text(t, "entry-result"); s != "event:1 is fresh for 45s from now" {
+			return fmt.Errorf("entry result shown %q", s)
+		}
+		rows := entryRows()
+		if !hasRow(rows, func(r []string) bool {
+			return len(r) == 11 && r[1] == "redis" && strings.HasSuffix(r[5], " s") && number(r[5]) <= 45
+		}) {
+			return fmt.Errorf("entry table after setting 45s: %v", rows)
+		}
+		return nil
+	})
+	if pttl := srv.Client(t).PTTL(t.Context(), "test_event:1").Val(); pttl <= 0 || pttl > 45*time.Second+5*time.Minute {
+		t.Errorf("redis PTTL of event:1 after the page set 45s: %v", pttl)
+	}
+
 	// Purge from the page: the next read goes to the origin.
 	before := sim.Stats(t).Routes["GET /api/events/{id}"]
 	b.eval(t, `(() => {
@@ -170,6 +212,9 @@ func TestDashboardInBrowser(t *testing.T) {
 			return len(r) == 5 && r[2] == "admin" && r[3] == "cache_purge" && strings.Contains(r[4], "by=key")
 		}) {
 			return fmt.Errorf("audit table %v: no cache_purge", rows)
+		}
+		if !hasRow(rows, func(r []string) bool { return len(r) == 5 && r[3] == "cache_ttl" && strings.Contains(r[4], "ttl=45s") }) {
+			return fmt.Errorf("audit table %v: no cache_ttl", rows)
 		}
 		for _, r := range rows {
 			if strings.Contains(r[4], "event:1") || strings.Contains(r[4], "127.0.0.1") {

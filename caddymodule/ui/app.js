@@ -162,6 +162,18 @@ function renderCache(d, m) {
 	}
 	advice.sort((a, b) => a[0] < b[0] ? -1 : 1);
 	fillTable('ttl-advice', advice);
+	const ages = [];
+	for (const [cname, c] of Object.entries(m.caches)) {
+		for (const [rule, a] of Object.entries(c.ttl_advice || {})) {
+			const g = a.entry_ages;
+			if (!g) continue;
+			const label = Object.keys(m.caches).length > 1 ? cname + '/' + rule : rule;
+			const hist = g.buckets.map((b) => (b.le ? '≤' + Math.round(100 * b.le) + '%' : '>100%') + ': ' + b.count).join(', ');
+			ages.push([label, a.invalidated_entries_per_min.toFixed(1), fmtInt(g.measured), Math.round(100 * g.median_ttl_fraction) + '%', hist]);
+		}
+	}
+	ages.sort((a, b) => a[0] < b[0] ? -1 : 1);
+	fillTable('entry-ages', ages);
 	setText('l1-entries', fmtInt(l1));
 	setText('l1-bytes', fmtBytes(l1b));
 	setText('fills-in-flight', fmtInt(fills));
@@ -374,6 +386,57 @@ $('session-destroy').addEventListener('click', async () => {
 		fillTable('session-list', []);
 	} catch (e) {
 		setOutput('session-result', false, 'failed: ' + e.message);
+	}
+});
+
+function fmtSeconds(s) {
+	if (s == null) return '–';
+	const a = Math.abs(s), sign = s < 0 ? '-' : '';
+	if (a < 120) return sign + a.toFixed(a < 10 ? 1 : 0) + ' s';
+	if (a < 7200) return sign + (a / 60).toFixed(1) + ' min';
+	return sign + (a / 3600).toFixed(1) + ' h';
+}
+
+// showEntry fills the entry table from a /edge/cache/entry answer.
+function showEntry(res) {
+	const rows = [];
+	for (const [cname, info] of Object.entries(res.caches || {})) {
+		for (const [layer, s] of [['L1', info.l1], ['redis', info.l2]]) {
+			if (layer === 'redis' && info.redis === 'none') continue;
+			if (!s) {
+				const what = layer === 'redis' && info.redis === 'unreachable' ? 'unreachable: ' + info.redis_error : 'not stored';
+				rows.push([cname, layer, info.rule || '', what, '', '', '', '', '', '', '']);
+				continue;
+			}
+			rows.push([cname, layer, info.rule || '', s.state, s.servable ? 'yes' : 'no', fmtSeconds(s.remaining_ttl_seconds),
+				fmtSeconds(s.ttl_seconds), fmtSeconds(s.expires_in_seconds), fmtBytes(s.size_bytes),
+				s.stored_at ? fmtTime(Date.parse(s.stored_at)) : '–', (s.tags || []).join(', ')]);
+		}
+	}
+	fillTable('entry-layers', rows);
+}
+
+async function lookupEntry() {
+	const key = $('entry-key').value.trim();
+	if (!key) return;
+	try {
+		showEntry(await call('GET', 'cache/entry?key=' + encodeURIComponent(key)));
+		setOutput('entry-result', true, `${key}:`);
+	} catch (e) {
+		fillTable('entry-layers', []);
+		setOutput('entry-result', false, 'lookup failed: ' + e.message);
+	}
+}
+
+$('entry-form').addEventListener('submit', (ev) => { ev.preventDefault(); lookupEntry(); });
+$('entry-set-ttl').addEventListener('click', async () => {
+	const key = $('entry-key').value.trim(), ttl = $('entry-ttl').value.trim();
+	if (!key || !ttl) { setOutput('entry-result', false, 'give a key and a TTL such as 30s'); return; }
+	try {
+		showEntry(await call('POST', 'cache/entry', { key, ttl }));
+		setOutput('entry-result', true, `${key} is fresh for ${ttl} from now`);
+	} catch (e) {
+		setOutput('entry-result', false, 'set TTL failed: ' + e.message);
 	}
 });
 
