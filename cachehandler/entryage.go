@@ -96,13 +96,28 @@ func (h *ageHistogram) snapshot() *EntryAges {
 	return a
 }
 
+// AgeObserver is an optional part of an Observer: it receives each
+// invalidated entry's age as a fraction of its TTL (the TTL advice's
+// figures, for a metric). rule is a configured rule name.
+type AgeObserver interface {
+	InvalidatedAge(rule string, ttlFraction float64)
+}
+
+// AgeBuckets are the upper bounds the engine's age histogram uses, for a
+// metric with the same buckets.
+func AgeBuckets() []float64 { return append([]float64(nil), ageBounds[:]...) }
+
 // entryInvalidated records one entry of rule dropped at age (of ttl).
 func (o *statsObserver) entryInvalidated(rule string, age, ttl time.Duration) {
 	rc := o.perRule[rule]
 	if rc == nil || ttl <= 0 {
 		return
 	}
-	rc.ages.observe(float64(max(age, 0)) / float64(ttl))
+	f := float64(max(age, 0)) / float64(ttl)
+	rc.ages.observe(f)
+	if ao, ok := o.next.(AgeObserver); ok {
+		ao.InvalidatedAge(rule, f)
+	}
 }
 
 // agesOfL1 records the ages of L1 copies an invalidation dropped.

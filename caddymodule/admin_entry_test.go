@@ -77,6 +77,8 @@ func TestCacheEntryRouteOnRedis(t *testing.T) {
 		}
 	}
 
+	checkEntryAges(t, e, "/api/events/9", "event:9")
+
 	// Redis down: the route shows what L1 has and says Redis is unreachable.
 	e.get(t, "/api/events/7")
 	e.get(t, "/api/events/7")
@@ -110,5 +112,30 @@ func TestCacheEntryRouteEmbedded(t *testing.T) {
 	}
 	if _, h, _ := e.get(t, "/api/events/42"); h.Get("Cache-Status") != "ticketi-edge; hit" {
 		t.Errorf("after the TTL change: %q", h.Get("Cache-Status"))
+	}
+	checkEntryAges(t, e, "/api/events/9", "event:9")
+}
+
+// checkEntryAges fills path, invalidates tag through the admin API and
+// expects the entry's age in the TTL advice and in the age metric.
+func checkEntryAges(t *testing.T, e *testEdge, path, tag string) {
+	t.Helper()
+	e.get(t, path)
+	if code, body := e.admin(t, http.MethodPost, "/edge/cache/purge", `{"tag":"`+tag+`"}`); code != 200 || !strings.Contains(string(body), `"purged":1`) {
+		t.Fatalf("purge tag %s: %d %s", tag, code, body)
+	}
+	var stats map[string]struct {
+		TTLAdvice map[string]cachehandler.TTLAdvice `json:"ttl_advice"`
+	}
+	_, body := e.admin(t, http.MethodGet, "/edge/cache/stats", "")
+	if err := json.Unmarshal(body, &stats); err != nil {
+		t.Fatal(err)
+	}
+	if ages := stats["cache"].TTLAdvice["event"].EntryAges; ages == nil || ages.Measured != 1 || ages.Buckets[0].Count != 1 {
+		t.Errorf("entry ages after invalidating a fresh entry: %+v", ages)
+	}
+	_, metrics := e.admin(t, http.MethodGet, "/metrics", "")
+	if !strings.Contains(string(metrics), `ticketi_edge_cache_invalidated_entry_age_ttl_ratio_bucket{rule="event",le="0.05"} 1`) {
+		t.Errorf("age metric:\n%s", grepLines(string(metrics), "invalidated_entry_age"))
 	}
 }

@@ -27,6 +27,7 @@ type metrics struct {
 	cacheStoredBytes *prometheus.CounterVec
 	cacheDropped     prometheus.Counter
 	cacheAckWait     *prometheus.HistogramVec
+	cacheAges        *prometheus.HistogramVec
 	sessionResults   *prometheus.CounterVec
 	limitDecisions   *prometheus.CounterVec
 	sessionLogins    prometheus.Counter
@@ -59,6 +60,11 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 			Help:    "How long a write waited for the other edges to drop their copies, by result (acked, timeout, unreachable, alone).",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05},
 		}, []string{"result"}),
+		cacheAges: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metricsNamespace, Subsystem: "cache", Name: "invalidated_entry_age_ttl_ratio",
+			Help:    "How much of its TTL an entry had lived when an invalidation this edge made dropped it (age / TTL; above 1: stale), by rule.",
+			Buckets: cachehandler.AgeBuckets(),
+		}, []string{"rule"}),
 		sessionResults: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: "session", Name: "validations_total",
 			Help: "Session checks by result (valid, missing, invalid, expired, unknown, unavailable).",
@@ -99,7 +105,7 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 	}
 	collectors := []prometheus.Collector{
 		m.redisCalls, m.fallbackEntries, m.fallbackRecovers,
-		m.cacheLookups, m.cacheStored, m.cacheStoredBytes, m.cacheDropped, m.cacheAckWait,
+		m.cacheLookups, m.cacheStored, m.cacheStoredBytes, m.cacheDropped, m.cacheAckWait, m.cacheAges,
 		m.sessionResults, m.sessionLogins, m.sessionLogouts, m.limitDecisions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: metricsNamespace, Subsystem: "redis", Name: "breaker_open",
@@ -227,6 +233,7 @@ type cacheObserver struct {
 type ruleCounters struct {
 	lookups             []prometheus.Counter // by cachehandler.LookupResult
 	stored, storedBytes prometheus.Counter
+	ages                prometheus.Observer
 }
 
 func (m *metrics) cacheObserver(rules []string) *cacheObserver {
@@ -235,6 +242,7 @@ func (m *metrics) cacheObserver(rules []string) *cacheObserver {
 		rc := &ruleCounters{
 			stored:      m.cacheStored.WithLabelValues(name),
 			storedBytes: m.cacheStoredBytes.WithLabelValues(name),
+			ages:        m.cacheAges.WithLabelValues(name),
 		}
 		for _, res := range cachehandler.LookupResults() {
 			rc.lookups = append(rc.lookups, m.cacheLookups.WithLabelValues(name, res.String()))
@@ -256,6 +264,13 @@ func (o *cacheObserver) Stored(rule string, bytes int) {
 	if rc := o.perRule[rule]; rc != nil {
 		rc.stored.Inc()
 		rc.storedBytes.Add(float64(bytes))
+	}
+}
+
+// InvalidatedAge implements cachehandler.AgeObserver.
+func (o *cacheObserver) InvalidatedAge(rule string, ttlFraction float64) {
+	if rc := o.perRule[rule]; rc != nil {
+		rc.ages.Observe(ttlFraction)
 	}
 }
 
