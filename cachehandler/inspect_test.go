@@ -217,3 +217,87 @@ func TestEntryAgesAtInvalidation(t *testing.T) {
 		}
 	})
 }
+
+// SetTTL rewrites the Redis entry only if it is still the value it read:
+// a fill or an invalidation that lands between its read and its write
+// wins, and the entry is neither overwritten with the older answer nor
+// brought back.
+func TestSetTTLLosesToConcurrentFillAndInvalidation(t *testing.T) {
+	p := newPair(t, nil)
+	ctx := context.Background()
+	raw := p.srv.Client(t)
+	gate := p.gates[0][0]
+	setTTL := func(key string) chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, err := p.a.cache.SetTTL(ctx, key, time.Hour)
+			done <- err
+		}()
+		return done
+	}
+
+	// A new fill lands between the read and the write.
+	p.a.get("/api/events/60")
+	gate.arm(hasCmd("get", "test_event:60"))
+	done := setTTL("event:60")
+	gate.wait(t)
+	newer := &Entry{Status: 200, StoredAt: p.a.clock.Now(), TTL: 1800 * time.Second, Tags: []string{"event:60", ruleTag("event")}, Body: []byte(`{"newer":true}`)}
+	if err := raw.Set(ctx, "test_event:60", newer.Encode(), time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	gate.open()
+	if err := <-done; !errors.Is(err, ErrEntryChanged) {
+		t.Fatalf("SetTTL racing a fill: %v, want ErrEntryChanged", err)
+	}
+	if got, _ := raw.Get(ctx, "test_event:60").Bytes(); string(got) != string(newer.Encode()) {
+		t.Fatal("the newer fill was overwritten")
+	}
+
+	// An invalidation lands between the read and the write.
+	p.a.get("/api/events/61")
+	gate.arm(hasCmd("get", "test_event:61"))
+	done = setTTL("event:61")
+	gate.wait(t)
+	p.b.cache.Invalidate(ctx, []string{"event:61"})
+	gate.open()
+	// Seen by the version check (ErrNotFresh) or by the compare (ErrEntryChanged).
+	if err := <-done; !errors.Is(err, ErrEntryChanged) && !errors.Is(err, ErrNotFresh) {
+		t.Fatalf("SetTTL racing an invalidation: %v, want ErrNotFresh or ErrEntryChanged", err)
+	}
+	if n := raw.Exists(ctx, "test_event:61").Val(); n != 0 {
+		t.Fatal("the invalidated entry came back")
+	}
+	if info, _ := p.a.cache.Inspect(ctx, "event:61"); info.Stored() {
+		t.Fatalf("inspect after the invalidation: %+v", info)
+	}
+
+	// Past the version check, before the write: only the compare sees it.
+	p.a.get("/api/events/62")
+	gate.arm(hasCmd("get", "test_tagver:{event:62}"))
+	done = setTTL("event:62")
+	gate.wait(t)
+	p.b.cache.Invalidate(ctx, []string{"event:62"})
+	gate.open()
+	if err := <-done; !errors.Is(err, ErrEntryChanged) {
+		t.Fatalf("SetTTL racing an invalidation after its version check: %v, want ErrEntryChanged", err)
+	}
+	if n := raw.Exists(ctx, "test_event:62").Val(); n != 0 {
+		t.Fatal("the invalidated entry came back")
+	}
+}
+
+// A standards-mode entry is shown (rule rfc9111) but its TTL is the
+// origin's: SetTTL refuses it.
+func TestInspectStandardEntry(t *testing.T) {
+	g := newStdRig(t, nil)
+	g.headers("Cache-Control", "max-age=60")
+	g.get()
+	key := stdKeyFor("http", "origin.test", "/test/x", "")
+	info, err := g.cache.Inspect(context.Background(), key)
+	if err != nil || info.Rule != StandardRuleName || info.L1 == nil || info.L1.State != "stored" || info.L1.SizeBytes == 0 {
+		t.Fatalf("inspect %q: %v %+v %+v", key, err, info, info.L1)
+	}
+	if _, err := g.cache.SetTTL(context.Background(), key, time.Hour); !errors.Is(err, ErrStandardEntry) {
+		t.Errorf("SetTTL of a standards-mode entry: %v", err)
+	}
+}
