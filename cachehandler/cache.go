@@ -163,6 +163,9 @@ type Cache struct {
 
 	origin string
 
+	// variants remembers which keys vary on what (variants.go).
+	variants variantIndex
+
 	// Rate limit for the acknowledgement-timeout warning.
 	ackWarnedAt atomic.Int64
 	ackTimeouts atomic.Int64
@@ -387,7 +390,7 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 	noCache := hasDirective(reqCC, "no-cache") || (reqCC == "" && r.Header.Get("Pragma") == "no-cache")
 
 	var stale *prepared
-	p, layer := c.lookup(r.Context(), key, now, func() []string { return renderTags(rule.tags, ps, r, c.cfg.Resolve) })
+	key, p, layer := c.lookupVariant(r.Context(), key, r, now, func() []string { return renderTags(rule.tags, ps, r, c.cfg.Resolve) })
 	// A client's no-cache makes the entry revalidate, but an entry fetched
 	// less than noCacheRefetch ago has just been: a client (or a flood of
 	// them) sending no-cache gets at most one fill per key per interval,
@@ -462,6 +465,9 @@ func (c *Cache) lookup(ctx context.Context, key string, now time.Time, tags func
 		return nil, LookupMiss
 	}
 	e, err := DecodeEntry(raw)
+	if err != nil && c.learnVaryIndex(key, raw) {
+		return nil, LookupMiss // the key varies: the caller reads the variant (variants.go)
+	}
 	if err != nil {
 		// A corrupt entry is deleted and refetched, never served.
 		c.log.Warn("corrupt cache entry deleted", zap.String("key_pattern", store.KeyPattern(key)), zap.Int("bytes", len(raw)))

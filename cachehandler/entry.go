@@ -31,6 +31,11 @@ type Entry struct {
 	TagVersions []int64
 	Body        []byte // gzip when Gzipped, else identity
 	Gzipped     bool
+	// VaryNames and VaryValues make the entry one variant of its rule key
+	// (variants.go): the request headers the response varies on, beyond
+	// Accept-Encoding, and the request's normalised values for them.
+	VaryNames  []string
+	VaryValues []string
 }
 
 // ErrCorrupt means a stored value could not be decoded; the caller deletes
@@ -41,6 +46,7 @@ const (
 	entryMagic     = "TE1"
 	flagGzip       = 1
 	flagVersions   = 2 // a version follows each tag
+	flagVary       = 4 // a variant: its Vary names and values follow the tags
 	maxHeaderCount = 64
 	maxHeaderBytes = 16 << 10
 	maxTagCount    = 32
@@ -62,6 +68,9 @@ func (e *Entry) Encode() []byte {
 	for _, t := range e.Tags {
 		size += 10 + len(t)
 	}
+	for i := range e.VaryNames {
+		size += 4 + len(e.VaryNames[i]) + len(e.VaryValues[i])
+	}
 	b := make([]byte, 0, size)
 	b = append(b, entryMagic...)
 	flags := byte(0)
@@ -71,6 +80,10 @@ func (e *Entry) Encode() []byte {
 	versions := len(e.TagVersions) == len(e.Tags) && e.TagVersions != nil
 	if versions {
 		flags |= flagVersions
+	}
+	vary := len(e.VaryNames) > 0 && len(e.VaryNames) == len(e.VaryValues)
+	if vary {
+		flags |= flagVary
 	}
 	b = append(b, flags)
 	b = binary.BigEndian.AppendUint16(b, uint16(e.Status))
@@ -82,6 +95,13 @@ func (e *Entry) Encode() []byte {
 		b = appendStr(b, t)
 		if versions {
 			b = binary.BigEndian.AppendUint64(b, uint64(e.TagVersions[i]))
+		}
+	}
+	if vary {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(e.VaryNames)))
+		for i := range e.VaryNames {
+			b = appendStr(b, e.VaryNames[i])
+			b = appendStr(b, e.VaryValues[i])
 		}
 	}
 	b = binary.BigEndian.AppendUint16(b, uint16(len(e.Header)))
@@ -132,6 +152,16 @@ func DecodeEntry(b []byte) (*Entry, error) {
 		}
 	} else {
 		return nil, ErrCorrupt
+	}
+	if flags&flagVary != 0 {
+		n := int(r.u16())
+		if n == 0 || n > maxVaryNames {
+			return nil, ErrCorrupt
+		}
+		for range n {
+			e.VaryNames = append(e.VaryNames, r.str())
+			e.VaryValues = append(e.VaryValues, r.str())
+		}
 	}
 	nh := int(r.u16())
 	if nh > maxHeaderCount {

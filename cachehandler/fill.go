@@ -150,11 +150,11 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 			w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=uri-miss; detail=not-shareable")
 			return next.ServeHTTP(c.stripWriter(w), c.upstreamIdentity(r, rule))
 		}
-		if now := c.now(); fl.p != nil && now.Before(fl.p.freshUntil) {
+		if now := c.now(); fl.p != nil && now.Before(fl.p.freshUntil) && variantMatches(fl.p.entry, r) {
 			if err := c.writeHit(w, r, fl.p, c.status.collapsed, now); !errors.Is(err, errUnservable) {
 				return err
 			}
-		} else if fl.stale != nil {
+		} else if fl.stale != nil && variantMatches(fl.stale.entry, r) {
 			// The upstream failed for the leader: it fails for us too.
 			if err := c.writeHit(w, r, fl.stale, fl.staleStatus, now); !errors.Is(err, errUnservable) {
 				return err
@@ -224,8 +224,19 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 		release()
 		return fw.writeBuffered()
 	}
+	// A response that varies goes under its variant's key (variants.go);
+	// the flight stays the key the request looked up.
+	storeKey, refused := c.placeVariant(ctx, key, r, fw.header, entry, rule, redisOK)
+	if refused != "" {
+		fw.reason = refused
+		release()
+		return fw.writeBuffered()
+	}
 	entry.TagVersions = redisSnap
-	fl.p = c.store(ctx, key, entry, tags, localSnap, redisSnap, redisOK, rule)
+	fl.p = c.store(ctx, storeKey, entry, tags, localSnap, redisSnap, redisOK, rule)
+	if fl.p != nil && len(entry.VaryNames) > 0 {
+		c.variantStored(rule.Name)
+	}
 	release() // followers are answered before the leader's own (maybe slow) write
 
 	// The leader gets the same representation a hit would (gzip if it
@@ -234,7 +245,7 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 	if p != nil {
 		cs += "; stored; ttl=" + elapsedSeconds(entry.TTL)
 	} else {
-		p = prepare(key, entry, 0, 0, c.now())
+		p = prepare(storeKey, entry, 0, 0, c.now())
 		cs += "; detail=not-stored"
 	}
 	if entry.Gzipped && isIdentity(fw.header.Get("Content-Encoding")) {

@@ -442,6 +442,9 @@ func (c *Cache) PurgeKey(ctx context.Context, key string) error {
 	if !c.isCacheKey(key) {
 		return errors.New("not a key any cache rule writes")
 	}
+	if err := c.purgeVariants(ctx, key); err != nil { // variants.go
+		return err
+	}
 	c.l1.remove(key)
 	if c.l2 != nil {
 		if err := c.l2.del(ctx, key); err != nil {
@@ -495,6 +498,7 @@ func (c *Cache) PurgePattern(ctx context.Context, glob string) (int, error) {
 // isCacheKey reports whether key has the shape of some rule's key (with
 // the host part, when keys carry the host).
 func (c *Cache) isCacheKey(key string) bool {
+	key = variantBase(key)
 	if c.cfg.Standard != nil && strings.HasPrefix(key, stdKeyPrefix) {
 		return true
 	}

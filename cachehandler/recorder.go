@@ -109,6 +109,9 @@ func (fw *fillWriter) writeHeader(code int) {
 		addHeaders(check, h)
 	}
 	keep, reason := fw.c.shareable(code, check, fw.rule.PerUser)
+	if strings.HasPrefix(reason, "vary") {
+		fw.c.variantRefused(fw.rule.Name, reason, "")
+	}
 	if keep && fw.credentialed && !sharedDespiteCredentials(h) {
 		keep, reason = false, "credentials"
 	}
@@ -228,12 +231,8 @@ func (c *Cache) shareable(code int, h http.Header, perUser bool) (bool, string) 
 	if hasDirective(cc, "no-store") || hasDirective(cc, "no-cache") || (!perUser && hasDirective(cc, "private")) {
 		return false, "cache-control"
 	}
-	for _, v := range h["Vary"] {
-		for _, f := range strings.Split(v, ",") {
-			if f = strings.TrimSpace(f); f != "" && !strings.EqualFold(f, "Accept-Encoding") {
-				return false, "vary"
-			}
-		}
+	if _, reason := c.ruleVary(h); reason != "" {
+		return false, reason // variants.go
 	}
 	switch strings.ToLower(h.Get("Content-Encoding")) {
 	case "", "identity", "gzip":

@@ -105,7 +105,7 @@ func prepare(key string, e *Entry, grace, l1TTL time.Duration, now time.Time) *p
 	if e.ETag != "" {
 		base = append(base, headerKV{"Etag", one(e.ETag)})
 	}
-	base = append(base, headerKV{"Vary", one("Accept-Encoding")})
+	base = append(base, headerKV{"Vary", one(varyHeader(e))})
 	if e.Gzipped {
 		p.gzipHeader = append(base[:len(base):len(base)],
 			headerKV{"Content-Encoding", one("gzip")},
@@ -188,7 +188,7 @@ func (c *Cache) writeHit(w http.ResponseWriter, r *http.Request, p *prepared, st
 			vals = append(vals, cc...)
 			h["Cache-Control"] = vals[start:len(vals):len(vals)]
 		}
-		vals = setOne(h, vals, "Vary", "Accept-Encoding")
+		vals = setOne(h, vals, "Vary", varyHeader(e))
 		vals = setOne(h, vals, "Age", ageString(now.Sub(e.StoredAt)))
 		setOne(h, vals, "Cache-Status", status)
 		w.WriteHeader(http.StatusNotModified)

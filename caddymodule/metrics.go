@@ -28,6 +28,7 @@ type metrics struct {
 	cacheDropped     prometheus.Counter
 	cacheAckWait     *prometheus.HistogramVec
 	cacheAges        *prometheus.HistogramVec
+	cacheVariants    *prometheus.CounterVec
 	sessionResults   *prometheus.CounterVec
 	limitDecisions   *prometheus.CounterVec
 	sessionLogins    prometheus.Counter
@@ -55,6 +56,10 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 			Namespace: metricsNamespace, Subsystem: "cache", Name: "invalidated_entries_total",
 			Help: "Entries dropped by invalidations and purges.",
 		}),
+		cacheVariants: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "cache", Name: "variants_total",
+			Help: "Rule-mode variants (Vary) stored or refused, by rule and result (stored, vary_star, vary_names, vary_credentials, vary_value, vary_limit).",
+		}, []string{"rule", "result"}),
 		cacheAckWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: metricsNamespace, Subsystem: "cache", Name: "invalidation_wait_seconds",
 			Help:    "How long a write waited for the other edges to drop their copies, by result (acked, timeout, unreachable, alone).",
@@ -105,7 +110,7 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 	}
 	collectors := []prometheus.Collector{
 		m.redisCalls, m.fallbackEntries, m.fallbackRecovers,
-		m.cacheLookups, m.cacheStored, m.cacheStoredBytes, m.cacheDropped, m.cacheAckWait, m.cacheAges,
+		m.cacheLookups, m.cacheStored, m.cacheStoredBytes, m.cacheDropped, m.cacheAckWait, m.cacheAges, m.cacheVariants,
 		m.sessionResults, m.sessionLogins, m.sessionLogouts, m.limitDecisions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: metricsNamespace, Subsystem: "redis", Name: "breaker_open",
@@ -272,6 +277,20 @@ func (o *cacheObserver) InvalidatedAge(rule string, ttlFraction float64) {
 	if rc := o.perRule[rule]; rc != nil {
 		rc.ages.Observe(ttlFraction)
 	}
+}
+
+// variantResults are the results cachehandler.VariantObserver reports:
+// the metric's label values are this fixed set.
+var variantResults = map[string]string{"stored": "stored", "vary-star": "vary_star", "vary-names": "vary_names",
+	"vary-credentials": "vary_credentials", "vary-value": "vary_value", "vary-limit": "vary_limit"}
+
+// Variant implements cachehandler.VariantObserver.
+func (o *cacheObserver) Variant(rule, result string) {
+	label, ok := variantResults[result]
+	if !ok || o.perRule[rule] == nil {
+		return
+	}
+	o.m.cacheVariants.WithLabelValues(rule, label).Inc()
 }
 
 // Acknowledged implements cachehandler.Observer.

@@ -1,0 +1,498 @@
+package cachehandler
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// langOrigin answers GET /api/events/{id} in the language asked for, with
+// the Vary it is told to send; it counts its answers per Accept-Language
+// line and accepts PUTs (the seed's invalidation rule runs on them).
+type langOrigin struct {
+	mu    sync.Mutex
+	vary  string
+	calls map[string]int
+	total atomic.Int64
+}
+
+func newLangOrigin(vary string) *langOrigin {
+	return &langOrigin{vary: vary, calls: map[string]int{}}
+}
+
+func (o *langOrigin) serve(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	lang := strings.Join(r.Header["Accept-Language"], ",")
+	o.mu.Lock()
+	o.calls[lang]++
+	vary := o.vary
+	o.mu.Unlock()
+	o.total.Add(1)
+	w.Header().Set("Content-Type", "application/json")
+	if vary != "" {
+		w.Header().Set("Vary", vary)
+	}
+	fmt.Fprintf(w, `{"path":%q,"lang":%q,"n":%d}`, r.URL.Path, lang, o.total.Load())
+	return nil
+}
+
+func (o *langOrigin) count(lang string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.calls[lang]
+}
+
+// variantObserver records the variant results.
+type variantObserver struct {
+	nopObserver
+	mu  sync.Mutex
+	got map[string]int
+}
+
+func (v *variantObserver) Variant(rule, result string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.got == nil {
+		v.got = map[string]int{}
+	}
+	v.got[rule+"/"+result]++
+}
+
+func (v *variantObserver) n(key string) int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.got[key]
+}
+
+func langReq(path string, lang ...string) *http.Request {
+	r := newReq("GET", path)
+	for _, l := range lang {
+		r.Header.Add("Accept-Language", l)
+	}
+	return r
+}
+
+func bodyLang(t *testing.T, w *httptest.ResponseRecorder) string {
+	t.Helper()
+	b, _ := io.ReadAll(w.Result().Body)
+	_, after, ok := strings.Cut(string(b), `"lang":"`)
+	if !ok {
+		t.Fatalf("no lang in %q", b)
+	}
+	lang, _, _ := strings.Cut(after, `"`)
+	return lang
+}
+
+func withOrigin(g *rig, o *langOrigin) *rig {
+	g.next = o.serve
+	return g
+}
+
+// checkLanguages asks g for each language twice and wants each answer in
+// its own language; it returns the Cache-Status of the second round.
+func checkLanguages(t *testing.T, g *rig, langs ...string) []string {
+	t.Helper()
+	var statuses []string
+	for round := 0; round < 2; round++ {
+		for _, l := range langs {
+			w := g.do(langReq("/api/events/7", l))
+			if w.Code != 200 {
+				t.Fatalf("%s: %d", l, w.Code)
+			}
+			if got := bodyLang(t, w); got != l {
+				t.Fatalf("asked %q, got the %q answer (Cache-Status %q)", l, got, w.Header().Get("Cache-Status"))
+			}
+			if v := w.Header().Get("Vary"); v != "Accept-Encoding, Accept-Language" {
+				t.Fatalf("Vary %q", v)
+			}
+			if round == 1 {
+				statuses = append(statuses, w.Header().Get("Cache-Status"))
+			}
+		}
+	}
+	return statuses
+}
+
+func TestVariantsOneEntryPerLanguageEmbedded(t *testing.T) {
+	obs := &variantObserver{}
+	o := newLangOrigin("Accept-Language")
+	g := withOrigin(newRig(t, func(c *Config) { c.Observer = obs }), o)
+	for i, s := range checkLanguages(t, g, "en", "fr", "de") {
+		if s != "ticketi-edge; hit" {
+			t.Fatalf("second round %d: %q", i, s)
+		}
+	}
+	for _, l := range []string{"en", "fr", "de"} {
+		if n := o.count(l); n != 1 {
+			t.Fatalf("origin asked %d times for %s", n, l)
+		}
+	}
+	if n := obs.n("event/stored"); n != 3 {
+		t.Fatalf("stored variants %d, want 3", n)
+	}
+	// No Accept-Language at all is a variant of its own, not "en".
+	if w := g.do(newReq("GET", "/api/events/7")); bodyLang(t, w) != "" {
+		t.Fatal("a request without Accept-Language got another variant")
+	}
+	// A 304 names the variant's Vary too.
+	r := langReq("/api/events/7", "fr")
+	r.Header.Set("If-None-Match", g.do(langReq("/api/events/7", "fr")).Header().Get("Etag"))
+	if w := g.do(r); w.Code != 304 || w.Header().Get("Vary") != "Accept-Encoding, Accept-Language" {
+		t.Fatalf("304: %d Vary %q", w.Code, w.Header().Get("Vary"))
+	}
+}
+
+func TestVariantsEquivalentSpellingsShareOne(t *testing.T) {
+	o := newLangOrigin("accept-language, Accept-Encoding")
+	g := withOrigin(newRig(t, nil), o)
+	first := g.do(langReq("/api/events/7", "en-US,fr;q=0.5"))
+	if !strings.Contains(first.Header().Get("Cache-Status"), "stored") {
+		t.Fatalf("first: %q", first.Header().Get("Cache-Status"))
+	}
+	for _, spelling := range [][]string{{"fr;q=0.5, en-us"}, {"EN-us", "fr; q=0.50"}, {"en-US;q=1,fr;q=0.5"}} {
+		w := g.do(langReq("/api/events/7", spelling...))
+		if w.Header().Get("Cache-Status") != "ticketi-edge; hit" || bodyLang(t, w) != "en-US,fr;q=0.5" {
+			t.Fatalf("%q: %q %q", spelling, w.Header().Get("Cache-Status"), bodyLang(t, w))
+		}
+	}
+	// Another weight is another variant.
+	if w := g.do(langReq("/api/events/7", "en-US,fr;q=0.6")); strings.Contains(w.Header().Get("Cache-Status"), "hit") {
+		t.Fatal("a different weight was served the stored variant")
+	}
+	if n := o.total.Load(); n != 2 {
+		t.Fatalf("origin answered %d times, want 2", n)
+	}
+}
+
+func TestVaryStarAndCredentialVaryAreNeverStored(t *testing.T) {
+	for _, tc := range []struct{ vary, detail string }{
+		{"*", "vary-star"}, {"Accept-Language, *", "vary-star"}, {"Cookie", "vary-credentials"},
+		{"Authorization", "vary-credentials"}, {"X-Ticketi-User-Id", "vary-credentials"},
+	} {
+		obs := &variantObserver{}
+		o := newLangOrigin(tc.vary)
+		g := withOrigin(newRig(t, func(c *Config) { c.Observer = obs }), o)
+		for i := 0; i < 3; i++ {
+			w := g.do(langReq("/api/events/7", "en"))
+			if w.Code != 200 || !strings.HasSuffix(w.Header().Get("Cache-Status"), "detail="+tc.detail) {
+				t.Fatalf("Vary %q: %d %q", tc.vary, w.Code, w.Header().Get("Cache-Status"))
+			}
+			if w.Header().Get("Vary") != tc.vary {
+				t.Fatalf("Vary %q passed as %q", tc.vary, w.Header().Get("Vary"))
+			}
+		}
+		if n := o.total.Load(); n != 3 {
+			t.Fatalf("Vary %q: origin answered %d, want every request", tc.vary, n)
+		}
+		if n := obs.n("event/" + tc.detail); n != 3 {
+			t.Fatalf("Vary %q: %d refusals counted", tc.vary, n)
+		}
+	}
+}
+
+func TestVariantBoundEmbedded(t *testing.T) {
+	obs := &variantObserver{}
+	o := newLangOrigin("Accept-Language")
+	g := withOrigin(newRig(t, func(c *Config) { c.Observer = obs }), o)
+	langs := make([]string, MaxRuleVariants)
+	for i := range langs {
+		langs[i] = fmt.Sprintf("l%d", i)
+	}
+	checkLanguages(t, g, langs...)
+	// One more is served, not stored, every time.
+	for i := 0; i < 2; i++ {
+		w := g.do(langReq("/api/events/7", "extra"))
+		if bodyLang(t, w) != "extra" || !strings.HasSuffix(w.Header().Get("Cache-Status"), "detail=vary-limit") {
+			t.Fatalf("over the bound: %q %q", bodyLang(t, w), w.Header().Get("Cache-Status"))
+		}
+	}
+	if n := o.count("extra"); n != 2 {
+		t.Fatalf("origin asked %d times for the refused variant", n)
+	}
+	if n := obs.n("event/vary-limit"); n != 2 {
+		t.Fatalf("vary-limit counted %d", n)
+	}
+	// The stored ones still hit; another key has its own bound.
+	if w := g.do(langReq("/api/events/7", "l0")); w.Header().Get("Cache-Status") != "ticketi-edge; hit" {
+		t.Fatalf("l0 after refusals: %q", w.Header().Get("Cache-Status"))
+	}
+	if w := g.do(langReq("/api/events/8", "extra")); !strings.Contains(w.Header().Get("Cache-Status"), "stored") {
+		t.Fatalf("other key: %q", w.Header().Get("Cache-Status"))
+	}
+	// An invalidation frees the bound in L1.
+	g.do(newReq("PUT", "/api/events/7"))
+	if w := g.do(langReq("/api/events/7", "extra")); !strings.Contains(w.Header().Get("Cache-Status"), "stored") {
+		t.Fatalf("after invalidation: %q", w.Header().Get("Cache-Status"))
+	}
+}
+
+func TestVariantsDroppedByTagInvalidationEmbedded(t *testing.T) {
+	o := newLangOrigin("Accept-Language")
+	g := withOrigin(newRig(t, nil), o)
+	checkLanguages(t, g, "en", "fr")
+	if w := g.do(newReq("PUT", "/api/events/7")); w.Code != 200 {
+		t.Fatal(w.Code)
+	}
+	for _, l := range []string{"en", "fr"} {
+		if w := g.do(langReq("/api/events/7", l)); !strings.Contains(w.Header().Get("Cache-Status"), "fwd=uri-miss") {
+			t.Fatalf("%s after the write: %q", l, w.Header().Get("Cache-Status"))
+		}
+	}
+}
+
+func TestVariantsStopWhenOriginStopsVarying(t *testing.T) {
+	o := newLangOrigin("Accept-Language")
+	g := withOrigin(newRig(t, nil), o)
+	checkLanguages(t, g, "en")
+	g.do(newReq("PUT", "/api/events/7"))
+	o.mu.Lock()
+	o.vary = ""
+	o.mu.Unlock()
+	g.do(langReq("/api/events/7", "fr")) // one answer for everyone now
+	w := g.do(langReq("/api/events/7", "de"))
+	if w.Header().Get("Cache-Status") != "ticketi-edge; hit" || bodyLang(t, w) != "fr" || w.Header().Get("Vary") != "Accept-Encoding" {
+		t.Fatalf("after the origin stopped varying: %q %q %q", w.Header().Get("Cache-Status"), bodyLang(t, w), w.Header().Get("Vary"))
+	}
+}
+
+func TestConcurrentMissesOfDifferentLanguagesEachGetTheirOwn(t *testing.T) {
+	o := newLangOrigin("Accept-Language")
+	g := withOrigin(newRig(t, nil), o)
+	gate := make(chan struct{})
+	g.next = func(w http.ResponseWriter, r *http.Request) error {
+		<-gate
+		return o.serve(w, r)
+	}
+	var wg sync.WaitGroup
+	langs := []string{"en", "fr", "de", "en", "fr", "de"}
+	got := make([]string, len(langs))
+	for i, l := range langs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := httptest.NewRecorder()
+			_ = g.cache.Handle(w, langReq("/api/events/7", l), g.next)
+			got[i] = bodyLang(t, w)
+		}()
+	}
+	// The key is not known to vary yet: all six coalesce on the rule key.
+	// The followers whose language differs from the leader's must not get
+	// its answer; they ask the upstream themselves.
+	waitFollowers(t, g.cache, "event:7", int32(len(langs)-1))
+	close(gate)
+	wg.Wait()
+	for i, l := range langs {
+		if got[i] != l {
+			t.Fatalf("request %d asked %s, got %s", i, l, got[i])
+		}
+	}
+}
+
+func TestVariantEntryRoundTrip(t *testing.T) {
+	e := &Entry{Status: 200, Header: http.Header{"A": {"b"}}, StoredAt: time.UnixMilli(1000), TTL: time.Second,
+		Tags: []string{"t"}, TagVersions: []int64{3}, Body: []byte("x"), VaryNames: []string{"Accept-Language", "X-Tier"},
+		VaryValues: []string{"en", "\x00"}}
+	d, err := DecodeEntry(e.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sameStrings(d.VaryNames, e.VaryNames) || !sameStrings(d.VaryValues, e.VaryValues) || d.TagVersions[0] != 3 {
+		t.Fatalf("%+v", d)
+	}
+	if variantBase("event:7~v0123456789abcdef") != "event:7" || variantBase("event:7~vxyz") != "event:7~vxyz" || variantBase("~v0123456789abcdef") != "~v0123456789abcdef" {
+		t.Fatal("variantBase")
+	}
+	if _, ok := decodeVaryIndex(e.Encode()); ok {
+		t.Fatal("an entry taken for an index")
+	}
+}
+
+// TestVariantKeysStayBounded: the longest key a rule may render gets a
+// fixed-size suffix, and a value over the bound is served, not stored.
+func TestVariantKeysStayBounded(t *testing.T) {
+	o := newLangOrigin("Accept-Language")
+	g := withOrigin(newRig(t, nil), o)
+	long := strings.Repeat("a", maxVaryValueLen+1)
+	for i := 0; i < 2; i++ {
+		w := g.do(langReq("/api/events/7", long))
+		if !strings.HasSuffix(w.Header().Get("Cache-Status"), "detail=vary-value") {
+			t.Fatalf("%q", w.Header().Get("Cache-Status"))
+		}
+	}
+	k, _, _ := requestVariant(strings.Repeat("k", maxKeyLen), []string{"Accept-Language"}, langReq("/", strings.Repeat("b", maxVaryValueLen)))
+	if len(k) != maxKeyLen+len(variantMarker)+variantHashLen {
+		t.Fatalf("variant key of %d bytes", len(k))
+	}
+}
+
+// redisCounter counts the round trips (commands or pipelines) an edge makes.
+type redisCounter struct{ n atomic.Int64 }
+
+func (c *redisCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *redisCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { c.n.Add(1); return next(ctx, cmd) }
+}
+func (c *redisCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { c.n.Add(1); return next(ctx, cmds) }
+}
+
+func TestVariantsOnRedisSecondEdge(t *testing.T) {
+	p := newPair(t, nil)
+	o := newLangOrigin("Accept-Language")
+	withOrigin(p.a, o)
+	withOrigin(p.b, o)
+	checkLanguages(t, p.a, "en", "fr")
+	raw := p.srv.Client(t)
+	ctx := context.Background()
+	idx, err := raw.Get(ctx, "test_event:7").Result()
+	if err != nil || !strings.HasPrefix(idx, "TV1|Accept-Language|") || strings.Count(idx, ":") != 2 {
+		t.Fatalf("variant index %q %v", idx, err)
+	}
+	keys, _ := raw.Keys(ctx, "test_event:7~v*").Result()
+	if len(keys) != 2 {
+		t.Fatalf("variant keys %v", keys)
+	}
+	for _, k := range keys {
+		if raw.ZScore(ctx, "test_tag:z:{event:7}", k).Err() != nil {
+			t.Fatalf("%s missing from its tag set", k)
+		}
+	}
+	// Edge b never saw the key: it finds the index, then the variant.
+	for _, l := range []string{"en", "fr"} {
+		w := p.b.do(langReq("/api/events/7", "  "+strings.ToUpper(l)+" "))
+		if w.Header().Get("Cache-Status") != "ticketi-edge; hit" || bodyLang(t, w) != l {
+			t.Fatalf("b %s: %q %q", l, w.Header().Get("Cache-Status"), bodyLang(t, w))
+		}
+	}
+	if n := o.total.Load(); n != 2 {
+		t.Fatalf("origin answered %d, want 2", n)
+	}
+	// Once b knows the key varies, a hit from Redis is one round trip:
+	// a's new variant, read by b (its L1 does not have it).
+	checkLanguages(t, p.a, "de")
+	rc := &redisCounter{}
+	p.rdb[1].Client().AddHook(rc)
+	w := p.b.do(langReq("/api/events/7", "de"))
+	if w.Header().Get("Cache-Status") != "ticketi-edge; hit" || bodyLang(t, w) != "de" {
+		t.Fatalf("b de: %q", w.Header().Get("Cache-Status"))
+	}
+	if n := rc.n.Load(); n != 1 {
+		t.Fatalf("a variant hit from Redis took %d round trips", n)
+	}
+	// A write on b drops every variant everywhere (read-your-writes).
+	if w := p.b.do(newReq("PUT", "/api/events/7")); w.Code != 200 {
+		t.Fatal(w.Code)
+	}
+	if n, _ := raw.Exists(ctx, keys...).Result(); n != 0 {
+		t.Fatalf("%d variants left in Redis after the write", n)
+	}
+	before := o.total.Load()
+	for _, g := range []*rig{p.a, p.b} {
+		for _, l := range []string{"en", "fr", "de"} {
+			g.do(langReq("/api/events/7", l))
+		}
+	}
+	if n := o.total.Load() - before; n != 3 {
+		t.Fatalf("after the write the origin answered %d, want 3 (one per language, then hits)", n)
+	}
+}
+
+func TestVariantBoundIsFleetWide(t *testing.T) {
+	obs := &variantObserver{}
+	p := newPair(t, func(c *Config) { c.Observer = obs })
+	o := newLangOrigin("Accept-Language")
+	withOrigin(p.a, o)
+	withOrigin(p.b, o)
+	langs := make([]string, MaxRuleVariants)
+	for i := range langs {
+		langs[i] = fmt.Sprintf("l%d", i)
+	}
+	checkLanguages(t, p.a, langs[:4]...)
+	checkLanguages(t, p.b, langs[4:]...)
+	for _, g := range []*rig{p.a, p.b} {
+		if w := g.do(langReq("/api/events/7", "extra")); !strings.HasSuffix(w.Header().Get("Cache-Status"), "detail=vary-limit") {
+			t.Fatalf("over the fleet bound: %q", w.Header().Get("Cache-Status"))
+		}
+	}
+	if n, _ := p.srv.Client(t).Keys(context.Background(), "test_event:7~v*").Result(); len(n) != MaxRuleVariants {
+		t.Fatalf("%d variants in Redis", len(n))
+	}
+	if obs.n("event/vary-limit") != 2 || obs.n("event/stored") != MaxRuleVariants {
+		t.Fatalf("metrics %v", obs.got)
+	}
+}
+
+func TestPurgeKeyDropsEveryVariant(t *testing.T) {
+	p := newPair(t, nil)
+	o := newLangOrigin("Accept-Language")
+	withOrigin(p.a, o)
+	withOrigin(p.b, o)
+	checkLanguages(t, p.a, "en", "fr")
+	checkLanguages(t, p.b, "en", "fr") // b's L1 holds them too
+	if err := p.b.cache.PurgeKey(context.Background(), "event:7"); err != nil {
+		t.Fatal(err)
+	}
+	raw := p.srv.Client(t)
+	if keys, _ := raw.Keys(context.Background(), "test_event:7*").Result(); len(keys) != 0 {
+		t.Fatalf("left after purge: %v", keys)
+	}
+	waitFor(t, 5*time.Second, "a's L1 copies dropped by the purge", func() bool {
+		e, _ := p.a.cache.l1.stats()
+		return e == 0
+	})
+	before := o.total.Load()
+	checkLanguages(t, p.a, "en", "fr")
+	if n := o.total.Load() - before; n != 2 {
+		t.Fatalf("origin answered %d after the purge, want 2", n)
+	}
+}
+
+func TestVariantsWhileRedisIsDown(t *testing.T) {
+	obs := &variantObserver{}
+	p := newPair(t, func(c *Config) { c.Observer = obs })
+	o := newLangOrigin("Accept-Language")
+	withOrigin(p.a, o)
+	if err := p.srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "breaker open", func() bool { return !p.rdb[0].Available() })
+	// As other entries: every answer comes from the upstream, right for its
+	// language (an edge that cannot hear invalidations does not serve L1),
+	// and is kept in L1 only, where the bound is counted.
+	langs := make([]string, MaxRuleVariants)
+	for i := range langs {
+		langs[i] = fmt.Sprintf("l%d", i)
+	}
+	for _, s := range checkLanguages(t, p.a, langs...) {
+		if !strings.Contains(s, "fwd=uri-miss") || !strings.Contains(s, "stored") {
+			t.Fatalf("while Redis is down: %q", s)
+		}
+	}
+	if n := o.total.Load(); n != 2*int64(MaxRuleVariants) {
+		t.Fatalf("origin answered %d", n)
+	}
+	if n, _ := p.a.cache.l1.stats(); n != MaxRuleVariants {
+		t.Fatalf("L1 holds %d entries", n)
+	}
+	if w := p.a.do(langReq("/api/events/7", "extra")); !strings.HasSuffix(w.Header().Get("Cache-Status"), "detail=vary-limit") {
+		t.Fatalf("bound while Redis is down: %q", w.Header().Get("Cache-Status"))
+	}
+	// L1 copies live L1TTL while Redis is configured: then they are gone,
+	// and so is their count.
+	p.a.clock.Advance(DefaultL1TTL + time.Second)
+	if w := p.a.do(langReq("/api/events/7", "extra")); !strings.Contains(w.Header().Get("Cache-Status"), "stored") {
+		t.Fatalf("after the L1 copies expired: %q", w.Header().Get("Cache-Status"))
+	}
+}
