@@ -23,8 +23,8 @@ import (
 	"github.com/ticketi/edge/internal/store"
 )
 
-// The audit trail: every admin action (purge, session destroy, limit
-// reset, reconnect) and every abuse signal (a key that starts being rate
+// The audit trail: every admin action (purge, warm, session destroy,
+// limit reset, reconnect) and every abuse signal (a key that starts being rate
 // limited, already logged once per window per key) is appended to a capped
 // Redis Stream (XADD MAXLEN ~), shared by the fleet, and to an in-memory
 // ring that is the trail on the embedded default and this edge's view

@@ -24,7 +24,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "edge",
-		Usage: "<stats|purge|sessions|limits|entry|audit> [--address <interface>] [--json]",
+		Usage: "<stats|purge|warm|sessions|limits|entry|audit> [--address <interface>] [--json]",
 		Short: "Inspects and steers a running Ticketi edge through its admin endpoint",
 		Long: `
 Talks to the /edge/ routes of a running edge's admin endpoint: cache and
@@ -38,6 +38,7 @@ Output is a human-readable table; --json prints the admin API's JSON instead.
   $ caddy edge purge --tag events:lists
   $ caddy edge purge --pattern 'events:*'
   $ caddy edge entry event:42 --ttl 30s
+  $ caddy edge warm /api/events/featured /api/events/42
   $ caddy edge sessions 42 --destroy
   $ caddy edge limits remaining --tier api --key 203.0.113.9
   $ caddy edge limits reset --tier auth --key 203.0.113.9
@@ -126,7 +127,7 @@ and while Redis is unreachable. User ids and keys appear hashed.
 	}
 	audit.Flags().Int("limit", 50, "How many entries to show (1 to 1000)")
 
-	return []*cobra.Command{stats, purge, sessions, limits, audit, edgeUICommand(), edgeEntryCommand()}
+	return []*cobra.Command{stats, purge, sessions, limits, audit, edgeUICommand(), edgeEntryCommand(), edgeWarmCommand()}
 }
 
 // edgeRun adapts a subcommand to cobra the way Caddy's commands are

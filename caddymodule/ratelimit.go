@@ -220,6 +220,9 @@ func (rl *RateLimit) Cleanup() error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (rl *RateLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if isWarmRequest(r) { // the admin API's cache warm (admin_warm.go): bounded there
+		return next.ServeHTTP(w, r)
+	}
 	var buf [4]ratelimit.Check
 	checks := buf[:0]
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
