@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // langOrigin answers GET /api/events/{id} in the language asked for, with
@@ -204,8 +206,9 @@ func TestVaryStarAndCredentialVaryAreNeverStored(t *testing.T) {
 
 func TestVariantBoundEmbedded(t *testing.T) {
 	obs := &variantObserver{}
+	core, logs := observer.New(zap.InfoLevel)
 	o := newLangOrigin("Accept-Language")
-	g := withOrigin(newRig(t, func(c *Config) { c.Observer = obs }), o)
+	g := withOrigin(newRig(t, func(c *Config) { c.Observer = obs; c.Logger = zap.New(core) }), o)
 	langs := make([]string, MaxRuleVariants)
 	for i := range langs {
 		langs[i] = fmt.Sprintf("l%d", i)
@@ -223,6 +226,11 @@ func TestVariantBoundEmbedded(t *testing.T) {
 	}
 	if n := obs.n("event/vary-limit"); n != 2 {
 		t.Fatalf("vary-limit counted %d", n)
+	}
+	// Logged at info, once per 10 s, with the key pattern, never the key.
+	lines := logs.FilterMessageSnippet("maximum number of variants").All()
+	if len(lines) != 1 || lines[0].Level != zap.InfoLevel || lines[0].ContextMap()["key_pattern"] != "event:*" {
+		t.Fatalf("log lines %+v", lines)
 	}
 	// The stored ones still hit; another key has its own bound.
 	if w := g.do(langReq("/api/events/7", "l0")); w.Header().Get("Cache-Status") != "ticketi-edge; hit" {
