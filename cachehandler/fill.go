@@ -225,8 +225,13 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 		return fw.writeBuffered()
 	}
 	// A response that varies goes under its variant's key (variants.go);
-	// the flight stays the key the request looked up.
-	storeKey, refused := c.placeVariant(ctx, key, r, fw.header, entry, rule, redisOK)
+	// the flight stays the key the request looked up. A Vary set by a
+	// handler before the cache counts too, as it does for shareable.
+	vary := fw.header
+	if pre := w.Header()["Vary"]; len(pre) > 0 {
+		vary = http.Header{"Vary": append(append([]string(nil), pre...), fw.header["Vary"]...)}
+	}
+	storeKey, refused := c.placeVariant(ctx, key, r, vary, entry, rule, redisOK)
 	if refused != "" {
 		fw.reason = refused
 		release()

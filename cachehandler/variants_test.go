@@ -504,3 +504,28 @@ func TestVariantsWhileRedisIsDown(t *testing.T) {
 		t.Fatalf("after the L1 copies expired: %q", w.Header().Get("Cache-Status"))
 	}
 }
+
+// A Vary set by a handler before the cache (Caddy's header directive) makes
+// variants too: the client is told the answer varies, so it must.
+func TestVarySetBeforeTheCacheMakesVariants(t *testing.T) {
+	o := newLangOrigin("")
+	g := withOrigin(newRig(t, nil), o)
+	do := func(lang string) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		w.Header().Set("Vary", "Accept-Language")
+		if err := g.cache.Handle(w, langReq("/api/events/7", lang), g.next); err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	for round := 0; round < 2; round++ {
+		for _, l := range []string{"en", "fr"} {
+			if w := do(l); bodyLang(t, w) != l || w.Header().Get("Vary") != "Accept-Encoding, Accept-Language" {
+				t.Fatalf("%s: %q %q", l, bodyLang(t, w), w.Header().Get("Vary"))
+			}
+		}
+	}
+	if n := o.total.Load(); n != 2 {
+		t.Fatalf("origin answered %d, want 2", n)
+	}
+}

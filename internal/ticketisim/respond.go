@@ -24,6 +24,8 @@ const (
 	// HeaderEchoCacheControl, on a request to /__sim/echo, is the
 	// Cache-Control of the echo (no-store otherwise).
 	HeaderEchoCacheControl = "X-Sim-Cache-Control"
+	// HeaderEchoVary, on a request to /__sim/echo, is the Vary of the echo.
+	HeaderEchoVary = "X-Sim-Vary"
 )
 
 const (
