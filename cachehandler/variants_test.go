@@ -14,6 +14,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/ticketi/edge/internal/redistest"
+	"github.com/ticketi/edge/internal/store"
 	"go.uber.org/zap/zaptest/observer"
 )
 
@@ -527,5 +530,46 @@ func TestVarySetBeforeTheCacheMakesVariants(t *testing.T) {
 	}
 	if n := o.total.Load(); n != 2 {
 		t.Fatalf("origin answered %d, want 2", n)
+	}
+}
+
+func TestVariantsOnRedisCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	rdb, err := store.New(store.Options{Addrs: cl.Addrs, KeyPrefix: "test_"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rdb.Close() })
+	o := newLangOrigin("Accept-Language")
+	obs := &variantObserver{}
+	g := withOrigin(newRig(t, func(c *Config) { c.Redis = rdb; c.Observer = obs }), o)
+	langs := make([]string, MaxRuleVariants)
+	for i := range langs {
+		langs[i] = fmt.Sprintf("l%d", i)
+	}
+	checkLanguages(t, g, langs...)
+	// Forget L1 and which keys vary: hits must come from the cluster, the
+	// index first.
+	g.cache.l1 = newL1(DefaultL1Bytes)
+	g.cache.variants = variantIndex{}
+	for i, s := range checkLanguages(t, g, langs...) {
+		if s != "ticketi-edge; hit" {
+			t.Fatalf("%s from the cluster: %q", langs[i], s)
+		}
+	}
+	if w := g.do(langReq("/api/events/7", "extra")); !strings.HasSuffix(w.Header().Get("Cache-Status"), "detail=vary-limit") {
+		t.Fatalf("bound on the cluster: %q", w.Header().Get("Cache-Status"))
+	}
+	g.do(newReq("PUT", "/api/events/7"))
+	g.cache.l1 = newL1(DefaultL1Bytes)
+	if w := g.do(langReq("/api/events/7", "l3")); !strings.Contains(w.Header().Get("Cache-Status"), "stored") {
+		t.Fatalf("after invalidation on the cluster: %q", w.Header().Get("Cache-Status"))
+	}
+	if err := g.cache.PurgeKey(context.Background(), "event:7"); err != nil {
+		t.Fatal(err)
+	}
+	g.cache.l1 = newL1(DefaultL1Bytes)
+	if w := g.do(langReq("/api/events/7", "l3")); !strings.Contains(w.Header().Get("Cache-Status"), "stored") {
+		t.Fatalf("after a purge by key on the cluster: %q", w.Header().Get("Cache-Status"))
 	}
 }
