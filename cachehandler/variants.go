@@ -154,57 +154,84 @@ func variantBase(key string) string {
 
 // variantIndex is this edge's memory of the keys that vary: their Vary
 // names, and the variants it holds in L1 (the bound while Redis is down).
+// Every cached request asks it, so it costs one atomic load while no key
+// varies, and a shard's read lock otherwise. The zero value is ready.
 type variantIndex struct {
-	mu sync.Mutex
-	m  map[string]*keyVariants
+	n      atomic.Int64 // keys indexed
+	shards [variantShards]variantShard
 
 	warnedAt atomic.Int64 // rate limit of the vary-limit log line
 	refused  atomic.Int64 // vary-limit refusals since the last line
 }
 
+const variantShards = 16
+
+type variantShard struct {
+	mu sync.RWMutex
+	m  map[string]*keyVariants
+}
+
 type keyVariants struct {
-	names []string
+	names []string             // never modified once set: replaced
 	held  map[string]time.Time // variant key → until when it may be in L1
 }
 
+func (vi *variantIndex) shard(base string) *variantShard {
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(base); i++ {
+		h = (h ^ uint32(base[i])) * 16777619
+	}
+	return &vi.shards[h%variantShards]
+}
+
 func (vi *variantIndex) names(base string) []string {
-	vi.mu.Lock()
-	defer vi.mu.Unlock()
-	if kv := vi.m[base]; kv != nil {
+	if vi.n.Load() == 0 {
+		return nil
+	}
+	sh := vi.shard(base)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	if kv := sh.m[base]; kv != nil {
 		return kv.names
 	}
 	return nil
 }
 
-// entry returns base's record, making room when the index is full.
-func (vi *variantIndex) entry(base string) *keyVariants {
-	if vi.m == nil {
-		vi.m = map[string]*keyVariants{}
+// entry returns base's record, making room when the shard is full; the
+// caller holds sh.mu.
+func (vi *variantIndex) entry(sh *variantShard, base string) *keyVariants {
+	if sh.m == nil {
+		sh.m = map[string]*keyVariants{}
 	}
-	kv := vi.m[base]
+	kv := sh.m[base]
 	if kv == nil {
-		if len(vi.m) >= maxIndexedKeys {
-			for k := range vi.m { // an arbitrary one: it costs a round trip later
-				delete(vi.m, k)
+		if len(sh.m) >= maxIndexedKeys/variantShards {
+			for k := range sh.m { // an arbitrary one: it costs a round trip later
+				delete(sh.m, k)
+				vi.n.Add(-1)
 				break
 			}
 		}
 		kv = &keyVariants{held: map[string]time.Time{}}
-		vi.m[base] = kv
+		sh.m[base] = kv
+		vi.n.Add(1)
 	}
 	return kv
 }
 
 // learn records base's Vary names; nil forgets the key (it stopped varying).
 func (vi *variantIndex) learn(base string, names []string) {
-	vi.mu.Lock()
-	defer vi.mu.Unlock()
+	sh := vi.shard(base)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
 	if names == nil {
-		delete(vi.m, base)
+		if _, ok := sh.m[base]; ok {
+			delete(sh.m, base)
+			vi.n.Add(-1)
+		}
 		return
 	}
-	kv := vi.entry(base)
-	if !sameStrings(kv.names, names) {
+	if kv := vi.entry(sh, base); !sameStrings(kv.names, names) {
 		kv.names = names
 	}
 }
@@ -212,10 +239,13 @@ func (vi *variantIndex) learn(base string, names []string) {
 // hold notes that vkey may be in L1 until until, and, with enforce,
 // refuses a new variant when limit of base's variants are still there.
 func (vi *variantIndex) hold(base, vkey string, names []string, until, now time.Time, inL1 func(string) bool, limit int, enforce bool) bool {
-	vi.mu.Lock()
-	defer vi.mu.Unlock()
-	kv := vi.entry(base)
-	kv.names = names
+	sh := vi.shard(base)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	kv := vi.entry(sh, base)
+	if !sameStrings(kv.names, names) {
+		kv.names = names
+	}
 	for k, u := range kv.held {
 		if k != vkey && (!now.Before(u) || !inL1(k)) {
 			delete(kv.held, k)
@@ -239,16 +269,20 @@ func (c *Cache) lookupVariant(ctx context.Context, base string, r *http.Request,
 	names := c.variants.names(base)
 	for attempt := 0; attempt < 2; attempt++ {
 		key := base
+		var values []string
 		if names != nil {
-			k, _, ok := requestVariant(base, names, r)
+			k, vs, ok := requestVariant(base, names, r)
 			if !ok {
 				return base, nil, LookupMiss // not storable for this request: the fill says why
 			}
-			key = k
+			key, values = k, vs
 		}
 		p, layer := c.lookup(ctx, key, now, tags)
 		if p != nil {
-			if !variantMatches(p.entry, r) {
+			// The entry must be this request's variant (a hash collision,
+			// or an entry that does not vary under a variant's key, is a
+			// miss); the values were normalised once, for the key.
+			if !sameStrings(p.entry.VaryNames, names) || !sameStrings(p.entry.VaryValues, values) {
 				return key, nil, LookupMiss
 			}
 			if layer == LookupHitL2 && len(p.entry.VaryNames) > 0 {

@@ -573,3 +573,25 @@ func TestVariantsOnRedisCluster(t *testing.T) {
 		t.Fatalf("after a purge by key on the cluster: %q", w.Header().Get("Cache-Status"))
 	}
 }
+
+// BenchmarkHitL1Variant is an in-process hit of one of a key's variants
+// (Vary: Accept-Language), as BenchmarkHitL1 is for a plain entry.
+func BenchmarkHitL1Variant(b *testing.B) {
+	o := newLangOrigin("Accept-Language")
+	g := newRigB(b, nil)
+	g.next = o.serve
+	req := langReq("/api/events/42", "fr-CH, fr;q=0.9, en;q=0.8")
+	req.Header.Set("Accept-Encoding", "gzip")
+	g.do(req)
+	w := &discardWriter{h: make(http.Header, 16)}
+	b.ReportAllocs()
+	for b.Loop() {
+		clear(w.h)
+		if err := g.cache.Handle(w, req, g.next); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if w.h.Get("Cache-Status") != "ticketi-edge; hit" {
+		b.Fatalf("not a hit: %v", w.h)
+	}
+}
