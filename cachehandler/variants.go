@@ -53,7 +53,7 @@ const (
 	// is served but not stored (Cache-Status detail=vary-limit), counted
 	// and logged.
 	MaxRuleVariants = 8
-	variantMarker   = "~v"
+	variantMarker   = store.CacheVariantMarker
 	variantHashLen  = 16
 	varyIndexMagic  = "TV1|"
 	// maxIndexedKeys bounds the per-edge memory of which keys vary on
@@ -116,7 +116,7 @@ func requestVariant(base string, names []string, r *http.Request) (key string, v
 		h.Write([]byte{0})
 	}
 	var sum [sha256.Size]byte
-	return base + variantMarker + hex.EncodeToString(h.Sum(sum[:0])[:variantHashLen/2]), values, true
+	return store.CacheVariant(base, hex.EncodeToString(h.Sum(sum[:0])[:variantHashLen/2])), values, true
 }
 
 // variantMatches reports whether r selects e: always for an entry that

@@ -13,6 +13,8 @@ import (
 //
 //	family              key (after the environment prefix)    owner
 //	cache entry         <rule key>, e.g. event:42             cachehandler
+//	cache variant       <rule key>~v<16 hex>; the rule key    cachehandler (variants.go)
+//	                    then holds the variant index (TV1|…)
 //	standards entry     std:<scheme>://<host><path>[?query]   cachehandler (rfc9111)
 //	tag set             tag:z:{<tag>}                         cachehandler (tagset.go)
 //	tag version         tagver:{<tag>}                        cachehandler (l2.go)
@@ -46,6 +48,8 @@ const (
 	ExpressSessionPrefix = "sess:"
 	FleetCounterPrefix   = "metrics:cache:"
 	AuditStreamKey       = "audit:edge"
+	// CacheVariantMarker joins a rule key and a variant's hash.
+	CacheVariantMarker = "~v"
 
 	// CacheBusChannel carries L1 drops between edges (a fleet bus).
 	CacheBusChannel = "edge:cache:invalidate"
@@ -128,6 +132,11 @@ func (r *Redis) Keys() Keys { return Keys{Prefix: r.opts.KeyPrefix} }
 // CacheEntry is a cache entry (a rule's key, or a standards-mode key).
 // With a glob it is a SCAN pattern over the entries.
 func (k Keys) CacheEntry(key string) string { return k.Prefix + key }
+
+// CacheVariant is one variant of a rule key whose answers vary (Vary):
+// the key without the environment prefix, as the engine passes keys to
+// CacheEntry. hash is 16 hex digits.
+func CacheVariant(key, hash string) string { return key + CacheVariantMarker + hash }
 
 // TagSet is the sorted set of a tag's entry keys. The hash tag {tag}
 // keeps it in its version's Cluster slot.

@@ -14,6 +14,7 @@ func TestKeyspacePinned(t *testing.T) {
 	for _, c := range []struct{ got, want string }{
 		{k.CacheEntry("event:42"), "prod_event:42"},
 		{k.CacheEntry("events:*"), "prod_events:*"},
+		{k.CacheEntry(CacheVariant("event:42", "0123456789abcdef")), "prod_event:42~v0123456789abcdef"},
 		{k.CacheEntry(StandardEntryPrefix + "https://api.example/x"), "prod_std:https://api.example/x"},
 		{k.TagSet("events:lists"), "prod_tag:z:{events:lists}"},
 		{k.TagVersion("events:lists"), "prod_tagver:{events:lists}"},
