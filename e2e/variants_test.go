@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ticketi/edge/internal/redistest"
 	"github.com/ticketi/edge/internal/ticketisim"
@@ -127,5 +128,16 @@ func TestEdgeWarmCLI(t *testing.T) {
 	}
 	if errOut := a.cliFails(t, "warm", "https://169.254.169.254/latest"); !strings.Contains(errOut, "absolute URLs are refused") {
 		t.Fatalf("absolute URL: %s", errOut)
+	}
+	// One info line per warm, with counts only.
+	a.WaitLog(t, "cache warmed through the admin API", 5*time.Second)
+	var lines []LogEntry
+	for _, l := range a.LogEntries() {
+		if l.Msg() == "cache warmed through the admin API" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 1 || lines[0].Level() != "info" || lines[0]["stored"] != 2.0 || strings.Contains(a.Logs(), "transactions/1\"") {
+		t.Fatalf("warm log lines: %v", lines)
 	}
 }
