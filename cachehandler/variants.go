@@ -390,7 +390,7 @@ func (c *Cache) placeVariant(ctx context.Context, key string, r *http.Request, h
 	if c.l2 != nil && redisOK && c.cfg.Redis.Available() {
 		hash := vkey[len(vkey)-variantHashLen:]
 		res, err := admitVariantScript.Run(context.WithoutCancel(ctx), c.cfg.Redis.Client(), []string{c.l2.entryKey(base)},
-			strings.Join(names, ","), hash, now.Add(life).UnixMilli(), now.UnixMilli(), MaxRuleVariants, life.Milliseconds()).Int()
+			strings.Join(names, ","), hash, now.Add(life).UnixMilli(), now.UnixMilli(), MaxRuleVariants, max(life.Milliseconds(), 1)).Int()
 		switch {
 		case err == nil:
 			admitted, counted = res == 1, true
