@@ -595,3 +595,27 @@ func BenchmarkHitL1Variant(b *testing.B) {
 		b.Fatalf("not a hit: %v", w.h)
 	}
 }
+
+// A variant's fill that races a write on another edge is not stored, in
+// Redis or L1: variants carry their tags' versions like other entries.
+func TestVariantFillRacingRemoteWriteIsNotStored(t *testing.T) {
+	p := newPair(t, nil)
+	o := newLangOrigin("Accept-Language")
+	withOrigin(p.a, o)
+	withOrigin(p.b, o)
+	var once sync.Once
+	p.a.cache.testHookBeforeStore = func() {
+		once.Do(func() { p.b.do(newReq("PUT", "/api/events/7")) })
+	}
+	if w := p.a.do(langReq("/api/events/7", "en")); bodyLang(t, w) != "en" || !strings.HasSuffix(w.Header().Get("Cache-Status"), "detail=not-stored") {
+		t.Fatalf("raced fill: %q", w.Header().Get("Cache-Status"))
+	}
+	if keys := p.srv.Client(t).Keys(context.Background(), "test_event:7~v*").Val(); len(keys) != 0 {
+		t.Fatalf("raced variant in redis: %v", keys)
+	}
+	// Not in a's L1 either: its next request fills again.
+	before := o.total.Load()
+	if w := p.a.do(langReq("/api/events/7", "en")); w.Header().Get("Cache-Status") == "ticketi-edge; hit" || o.total.Load() != before+1 {
+		t.Fatalf("the raced variant was served: %q", w.Header().Get("Cache-Status"))
+	}
+}
