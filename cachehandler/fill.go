@@ -160,6 +160,17 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 				return err
 			}
 		}
+		// The key turned out to vary and this request is another variant:
+		// it fills its own (variants.go).
+		if vkey, ok := c.otherVariant(key, fl.p, r); ok {
+			now := c.now()
+			if p, _ := c.lookup(r.Context(), vkey, now, func() []string { return tags }); p != nil && now.Before(p.freshUntil) && variantMatches(p.entry, r) {
+				if err := c.writeHit(w, r, p, c.status.collapsed, now); !errors.Is(err, errUnservable) {
+					return err
+				}
+			}
+			return c.fill(w, r, next, rule, ps, vkey, nil, noCache)
+		}
 		// The leader's answer could not be shared: ask upstream ourselves
 		// (on a public rule, anonymously like every request of that rule).
 		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=uri-miss; detail=not-shareable")

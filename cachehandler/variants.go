@@ -302,6 +302,19 @@ func (c *Cache) lookupVariant(ctx context.Context, base string, r *http.Request,
 	return base, nil, LookupMiss
 }
 
+// otherVariant is the variant key a follower of a rule key's fill uses
+// when the leader's answer was a variant of that key and not the
+// follower's: the follower then fills its own variant (coalesced with the
+// requests for it) instead of going upstream uncached. Only from a rule
+// key, so a request refills at most once.
+func (c *Cache) otherVariant(key string, leader *prepared, r *http.Request) (string, bool) {
+	if leader == nil || len(leader.entry.VaryNames) == 0 || variantMatches(leader.entry, r) || variantBase(key) != key {
+		return "", false
+	}
+	vkey, _, ok := requestVariant(key, leader.entry.VaryNames, r)
+	return vkey, ok
+}
+
 func (c *Cache) inL1(now time.Time) func(string) bool {
 	return func(k string) bool { return c.l1.get(k, now) != nil }
 }

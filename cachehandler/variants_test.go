@@ -309,6 +309,13 @@ func TestConcurrentMissesOfDifferentLanguagesEachGetTheirOwn(t *testing.T) {
 			t.Fatalf("request %d asked %s, got %s", i, l, got[i])
 		}
 	}
+	// The followers of other languages filled their own variants (not
+	// uncached trips upstream): every language now hits.
+	for _, l := range []string{"en", "fr", "de"} {
+		if w := g.do(langReq("/api/events/7", l)); bodyLang(t, w) != l || w.Header().Get("Cache-Status") != "ticketi-edge; hit" {
+			t.Fatalf("%s after the burst: %q", l, w.Header().Get("Cache-Status"))
+		}
+	}
 }
 
 func TestVariantEntryRoundTrip(t *testing.T) {

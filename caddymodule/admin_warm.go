@@ -93,11 +93,17 @@ type warmRequest struct {
 	Server string `json:"server,omitempty"`
 	// TimeoutSeconds bounds the whole warm (default 25, at most 300).
 	TimeoutSeconds int `json:"timeout_seconds,omitempty"`
+	// AcceptLanguage warms each path once per value (at most
+	// MaxRuleVariants), for rules whose answers vary on it; default once,
+	// without the header.
+	AcceptLanguage []string `json:"accept_language,omitempty"`
 }
 
 // warmResult is one path's outcome.
 type warmResult struct {
 	Path string `json:"path"`
+	// AcceptLanguage is the request's, when the warm was asked for several.
+	AcceptLanguage string `json:"accept_language,omitempty"`
 	// Result: stored, fresh (already a fresh entry), refreshing (served
 	// stale while one background refresh runs), not-cacheable (no rule,
 	// bypass or not stored: see detail), upstream-status (the answer was
@@ -131,12 +137,21 @@ func (a *adminAPI) cacheWarm(w http.ResponseWriter, r *http.Request, app *App, _
 		return bad(`"paths" must list at least one path`)
 	case len(req.Paths) > warmMaxPaths:
 		return bad(`"paths" lists %d paths; at most %d per call`, len(req.Paths), warmMaxPaths)
+	case len(req.AcceptLanguage) > cachehandler.MaxRuleVariants:
+		return bad(`"accept_language" lists %d values; at most %d (a key keeps at most %[2]d variants)`, len(req.AcceptLanguage), cachehandler.MaxRuleVariants)
+	case len(req.Paths)*max(len(req.AcceptLanguage), 1) > warmMaxPaths:
+		return bad(`%d paths in %d languages are %d requests; at most %d per call`, len(req.Paths), len(req.AcceptLanguage), len(req.Paths)*len(req.AcceptLanguage), warmMaxPaths)
 	case req.TimeoutSeconds < 0 || time.Duration(req.TimeoutSeconds)*time.Second > warmMaxBound:
 		return bad(`"timeout_seconds" must be 1 to %d`, int(warmMaxBound/time.Second))
 	}
 	for i, p := range req.Paths {
 		if err := validWarmPath(p); err != nil {
 			return bad("paths[%d]: %v", i, err)
+		}
+	}
+	for i, l := range req.AcceptLanguage {
+		if err := validWarmHeaderValue(l); err != nil {
+			return bad("accept_language[%d]: %v", i, err)
 		}
 	}
 	host := req.Host
@@ -173,19 +188,28 @@ func (a *adminAPI) cacheWarm(w http.ResponseWriter, r *http.Request, app *App, _
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(r.Context(), bound)
 	defer cancel()
-	rep.Results = warmPaths(ctx, srv, host, req.Paths, statusNames)
+	jobs := make([]warmJob, 0, len(req.Paths)*max(len(req.AcceptLanguage), 1))
+	for _, p := range req.Paths {
+		if len(req.AcceptLanguage) == 0 {
+			jobs = append(jobs, warmJob{path: p})
+		}
+		for _, l := range req.AcceptLanguage {
+			jobs = append(jobs, warmJob{path: p, lang: l})
+		}
+	}
+	rep.Results = warmPaths(ctx, srv, host, jobs, statusNames)
 	for _, res := range rep.Results {
 		rep.Counts[res.Result]++
 	}
 	rep.Elapsed = time.Since(start).Round(time.Millisecond).String()
 
-	fields := []zap.Field{zap.Int("paths", len(req.Paths)), zap.String("store", rep.Store), zap.Duration("elapsed", time.Since(start))}
+	fields := []zap.Field{zap.Int("paths", len(req.Paths)), zap.Int("requests", len(jobs)), zap.String("store", rep.Store), zap.Duration("elapsed", time.Since(start))}
 	for _, k := range sortedKeys(rep.Counts) {
 		fields = append(fields, zap.Int(k, rep.Counts[k]))
 	}
 	// Counts only, never the paths (they may carry ids); within the
 	// trail's field bound.
-	notStored := len(req.Paths) - rep.Counts["stored"] - rep.Counts["fresh"] - rep.Counts["refreshing"]
+	notStored := len(jobs) - rep.Counts["stored"] - rep.Counts["fresh"] - rep.Counts["refreshing"]
 	detail := map[string]string{"paths": strconv.Itoa(len(req.Paths)), "store": rep.Store,
 		"stored": strconv.Itoa(rep.Counts["stored"]), "fresh": strconv.Itoa(rep.Counts["fresh"] + rep.Counts["refreshing"]),
 		"not_stored": strconv.Itoa(notStored)}
@@ -219,6 +243,19 @@ func validWarmPath(p string) error {
 	u, err := url.ParseRequestURI(p)
 	if err != nil || u.Scheme != "" || u.Host != "" || u.Opaque != "" {
 		return fmt.Errorf("%q is not a valid request path", clip(p))
+	}
+	return nil
+}
+
+// validWarmHeaderValue accepts a short visible-ASCII header value.
+func validWarmHeaderValue(v string) error {
+	if v == "" || len(v) > 512 {
+		return errors.New("must be 1 to 512 bytes")
+	}
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; (c < ' ' && c != '\t') || c >= 0x7f {
+			return fmt.Errorf("%q has a control or non-ASCII character", clip(v))
+		}
 	}
 	return nil
 }
@@ -319,10 +356,10 @@ func (a *adminAPI) warmServer(name string) (*caddyhttp.Server, error) {
 // ctx ends; paths not finished by then are reported skipped (a request
 // still running finishes in the background, bounded by the fill's own
 // bounds).
-func warmPaths(ctx context.Context, srv *caddyhttp.Server, host string, paths []string, statusNames []string) []warmResult {
-	results := make([]warmResult, len(paths))
-	for i, p := range paths {
-		results[i] = warmResult{Path: p, Result: "skipped", Detail: "the time bound ran out first"}
+func warmPaths(ctx context.Context, srv *caddyhttp.Server, host string, jobs []warmJob, statusNames []string) []warmResult {
+	results := make([]warmResult, len(jobs))
+	for i, j := range jobs {
+		results[i] = warmResult{Path: j.path, AcceptLanguage: j.lang, Result: "skipped", Detail: "the time bound ran out first"}
 	}
 	next := make(chan int)
 	var wg sync.WaitGroup
@@ -332,7 +369,7 @@ func warmPaths(ctx context.Context, srv *caddyhttp.Server, host string, paths []
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				res := warmOne(ctx, srv, host, paths[i], statusNames)
+				res := warmOne(ctx, srv, host, jobs[i], statusNames)
 				mu.Lock()
 				results[i] = res
 				mu.Unlock()
@@ -340,7 +377,7 @@ func warmPaths(ctx context.Context, srv *caddyhttp.Server, host string, paths []
 		}()
 	}
 dispatch:
-	for i := range paths {
+	for i := range jobs {
 		select {
 		case next <- i:
 		case <-ctx.Done():
@@ -354,11 +391,15 @@ dispatch:
 	return append([]warmResult(nil), results...)
 }
 
+// warmJob is one warm request: a path, in a language or none.
+type warmJob struct{ path, lang string }
+
 // warmOne makes one in-process GET and reads the outcome from the named
 // caches' Cache-Status member. It returns when the answer is complete or
 // ctx ends (the request then finishes on its own).
-func warmOne(ctx context.Context, srv *caddyhttp.Server, host, path string, statusNames []string) warmResult {
-	res := warmResult{Path: path}
+func warmOne(ctx context.Context, srv *caddyhttp.Server, host string, job warmJob, statusNames []string) warmResult {
+	path := job.path
+	res := warmResult{Path: path, AcceptLanguage: job.lang}
 	req, err := http.NewRequestWithContext(context.WithValue(ctx, warmCtxKey{}, true), http.MethodGet, "http://"+host+path, http.NoBody)
 	if err != nil {
 		res.Result, res.Detail = "error", err.Error()
@@ -368,6 +409,9 @@ func warmOne(ctx context.Context, srv *caddyhttp.Server, host, path string, stat
 	req.RemoteAddr = warmRemoteAddress
 	req.Header.Set("User-Agent", "ticketi-edge-warm")
 	req.Header.Set("Accept-Encoding", "gzip")
+	if job.lang != "" {
+		req.Header.Set("Accept-Language", job.lang)
+	}
 	rec := &warmRecorder{header: http.Header{}}
 	select {
 	case warmSlots <- struct{}{}:

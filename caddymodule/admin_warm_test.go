@@ -333,3 +333,51 @@ func TestCacheWarmIsBounded(t *testing.T) {
 		t.Fatalf("%d requests at once, bound %d", most, warmConcurrency)
 	}
 }
+
+// TestCacheWarmLanguages warms each language variant of a Vary:
+// Accept-Language page, so every language's first client hits.
+func TestCacheWarmLanguages(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Vary", "Accept-Language")
+		fmt.Fprintf(w, "lang=%s", r.Header.Get("Accept-Language"))
+	}))
+	t.Cleanup(up.Close)
+	e := startEdge(t, "", fmt.Sprintf("edge_cache {\n\trule page /p/{id} {\n\t\tkey page:{id}\n\t\tttl 1m\n\t}\n\tupstream_host fixed\n}\nreverse_proxy %s", strings.TrimPrefix(up.URL, "http://")))
+	host := strings.Split(e.httpAddr, ":")[0]
+	code, rep, raw := warm(t, e, `{"paths":["/p/1","/p/2"],"accept_language":["en","fr-CH, fr;q=0.9"],"host":"`+host+`"}`)
+	if code != 200 || rep.Counts["stored"] != 4 || len(rep.Results) != 4 || rep.Results[1].AcceptLanguage != "fr-CH, fr;q=0.9" {
+		t.Fatalf("warm: %d %s", code, raw)
+	}
+	for _, lang := range []string{"en", "fr;q=0.9, fr-ch"} {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+e.httpAddr+"/p/2", nil)
+		req.Header.Set("Accept-Language", lang)
+		resp, err := e.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if cs := resp.Header.Get("Cache-Status"); cs != "ticketi-edge; hit" {
+			t.Fatalf("%s after the warm: %q", lang, cs)
+		}
+	}
+	out, err := runEdgeCommand(t, "warm", "/p/3", "--accept-language", "en", "--accept-language", "de", "--host", host, "--address", e.adminAddr)
+	if err != nil || !strings.Contains(out, "LANGUAGE") || !strings.Contains(out, "2 requests in") || strings.Count(out, "stored  200") != 2 {
+		t.Fatalf("command: %v\n%q", err, out)
+	}
+	nine := `["a","b","c","d","e","f","g","h","i"]`
+	many := make([]string, 200)
+	for i := range many {
+		many[i] = fmt.Sprintf("/p/%d", i)
+	}
+	manyJSON, _ := json.Marshal(many)
+	for _, tc := range []struct{ body, msg string }{
+		{`{"paths":["/p/1"],"accept_language":` + nine + `}`, "at most 8"},
+		{`{"paths":["/p/1"],"accept_language":["en\r\nX-Evil: 1"]}`, "control"},
+		{`{"paths":["/p/1"],"accept_language":[""]}`, "1 to 512 bytes"},
+		{`{"paths":` + string(manyJSON) + `,"accept_language":["a","b","c","d","e","f"]}`, "1200 requests"},
+	} {
+		if code, _, raw := warm(t, e, tc.body); code != 400 || !strings.Contains(raw, tc.msg) {
+			t.Errorf("%.60s: %d %s", tc.body, code, raw)
+		}
+	}
+}

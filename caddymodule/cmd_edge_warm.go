@@ -16,7 +16,7 @@ import (
 // edgeWarmCommand is `caddy edge warm`: POST /edge/cache/warm (admin_warm.go).
 func edgeWarmCommand() *cobra.Command {
 	warm := &cobra.Command{
-		Use:   "warm <path...> [--file paths.txt] [--cache <name>] [--host <host>] [--server <name>] [--timeout <seconds>]",
+		Use:   "warm <path...> [--file paths.txt] [--accept-language <value>]... [--cache <name>] [--host <host>] [--server <name>] [--timeout <seconds>]",
 		Short: "Fetches paths through the cache so the first buyers hit a warm edge",
 		Long: `
 Fetches each path with an anonymous GET through the running edge's own
@@ -32,11 +32,16 @@ lines starting with # are skipped). Only paths are accepted ("/api/events/42",
 request's Host (default localhost): it matters for host matchers and, unless
 edge_cache has upstream_host fixed, for the keys.
 
+--accept-language (repeatable, at most 8) warms each path once per value, for
+rules whose answers vary on it (Vary: Accept-Language); paths times languages
+is at most 1000.
+
 With Redis, one warm fills the whole fleet. While Redis is down the answers
 go into this edge's L1 only, and the report says so.
 
   $ caddy edge warm /api/events/featured /api/events/42
   $ caddy edge warm --file onsale-paths.txt
+  $ caddy edge warm /api/events/42 --accept-language en --accept-language fr
 `,
 		RunE: edgeRun(cmdEdgeWarm),
 	}
@@ -46,6 +51,7 @@ go into this edge's L1 only, and the report says so.
 	f.String("host", "", "Host of the warm requests (default localhost)")
 	f.String("server", "", "The http server to warm through, when the config has several")
 	f.Int("timeout", 0, "Bound on the whole warm in seconds (default 25, at most 300)")
+	f.StringArray("accept-language", nil, "Warm each path with this Accept-Language (repeatable)")
 	return warm
 }
 
@@ -64,7 +70,7 @@ func cmdEdgeWarm(c *edgeCLI, args []string) error {
 	if len(paths) == 0 {
 		return errors.New("give paths as arguments or with --file")
 	}
-	if len(paths) > warmMaxPaths {
+	if len(paths) > warmMaxPaths { // the edge checks paths × languages
 		return fmt.Errorf("%d paths; at most %d per call (split the list)", len(paths), warmMaxPaths)
 	}
 	timeout := c.fl.Int("timeout")
@@ -76,6 +82,9 @@ func cmdEdgeWarm(c *edgeCLI, args []string) error {
 		if v := c.fl.String(name); v != "" {
 			req[name] = v
 		}
+	}
+	if langs, err := c.fl.GetStringArray("accept-language"); err == nil && len(langs) > 0 {
+		req["accept_language"] = langs
 	}
 	bound := warmDefaultBound
 	if timeout > 0 {
@@ -117,14 +126,26 @@ func readWarmFile(name string) ([]string, error) {
 }
 
 func renderWarm(w io.Writer, rep warmReport) error {
+	langs := false
+	for _, r := range rep.Results {
+		langs = langs || r.AcceptLanguage != ""
+	}
 	t := newTable(w)
-	fmt.Fprintln(t, "PATH\tRESULT\tSTATUS\tDETAIL")
+	if langs {
+		fmt.Fprintln(t, "PATH\tLANGUAGE\tRESULT\tSTATUS\tDETAIL")
+	} else {
+		fmt.Fprintln(t, "PATH\tRESULT\tSTATUS\tDETAIL")
+	}
 	for _, r := range rep.Results {
 		status := "-"
 		if r.Status != 0 {
 			status = fmt.Sprint(r.Status)
 		}
-		fmt.Fprintf(t, "%s\t%s\t%s\t%s\n", r.Path, r.Result, status, strings.ReplaceAll(r.Detail, "\t", " "))
+		path := r.Path
+		if langs {
+			path += "\t" + strings.ReplaceAll(r.AcceptLanguage, "\t", " ")
+		}
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\n", path, r.Result, status, strings.ReplaceAll(r.Detail, "\t", " "))
 	}
 	if err := t.Flush(); err != nil {
 		return err
@@ -133,7 +154,11 @@ func renderWarm(w io.Writer, rep warmReport) error {
 	for _, k := range sortedKeys(rep.Counts) {
 		parts = append(parts, fmt.Sprintf("%s %d", k, rep.Counts[k]))
 	}
-	fmt.Fprintf(w, "%d paths in %s (store: %s): %s\n", len(rep.Results), rep.Elapsed, rep.Store, strings.Join(parts, ", "))
+	what := "paths"
+	if langs {
+		what = "requests"
+	}
+	fmt.Fprintf(w, "%d %s in %s (store: %s): %s\n", len(rep.Results), what, rep.Elapsed, rep.Store, strings.Join(parts, ", "))
 	if rep.Warning != "" {
 		fmt.Fprintf(w, "warning: %s\n", rep.Warning)
 	}
