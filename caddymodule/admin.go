@@ -83,7 +83,7 @@ var adminRoutes = []adminRoute{
 	{path: "cache/purge", methods: []string{http.MethodPost}, handle: (*adminAPI).cachePurge},
 	{path: "cache/stats", methods: []string{http.MethodGet}, handle: (*adminAPI).cacheStats},
 	{path: "cache/entry", shown: "cache/entry?key=…", methods: []string{http.MethodGet, http.MethodPost, http.MethodPatch}, handle: (*adminAPI).cacheEntry}, // admin_entry.go
-	{path: "cache/warm", methods: []string{http.MethodPost}, handle: (*adminAPI).cacheWarm}, // admin_warm.go
+	{path: "cache/warm", methods: []string{http.MethodPost}, handle: (*adminAPI).cacheWarm},
 	{path: "sessions/", shown: "sessions/{userId}[/{handle}]", methods: []string{http.MethodGet, http.MethodDelete}, handle: (*adminAPI).sessions},
 	{path: "ratelimit/reset", methods: []string{http.MethodPost}, handle: (*adminAPI).rateLimitReset},
 	{path: "ratelimit/remaining", methods: []string{http.MethodGet}, handle: (*adminAPI).rateLimitRemaining},
