@@ -68,6 +68,11 @@ type StoredEntry struct {
 	Status    int      `json:"status,omitempty"`
 	Tags      []string `json:"tags"`
 	Gzipped   bool     `json:"gzipped,omitempty"`
+	// A rule key whose answers vary (State "varies") holds the index of
+	// its variants: the Vary names and the variants' keys (variants.go),
+	// each inspectable itself.
+	VaryNames []string `json:"vary,omitempty"`
+	Variants  []string `json:"variants,omitempty"`
 }
 
 // Inspect reports what L1 and Redis hold under key. A Redis that cannot be
@@ -171,6 +176,10 @@ func (c *Cache) inspectL2(ctx context.Context, key string, now time.Time) (*Stor
 		ok, err := c.l2.current(ctx, rec.stamped(key), nil)
 		s.Servable = ok && err == nil
 		return s, err
+	}
+	if names, vkeys, ok := varyIndexOf(key, raw); ok {
+		s.State, s.VaryNames, s.Variants = "varies", names, vkeys
+		return s, nil
 	}
 	e, err := DecodeEntry(raw)
 	if err != nil {
@@ -284,6 +293,9 @@ func (c *Cache) setTTLRedis(ctx context.Context, key string, ttl time.Duration) 
 	}
 	if raw == nil {
 		return ErrNotStored
+	}
+	if _, _, ok := varyIndexOf(key, raw); ok {
+		return fmt.Errorf("%w: the key's answers vary; set the TTL of one of its variants (inspect the key to list them)", ErrNotFresh)
 	}
 	e, err := DecodeEntry(raw)
 	if err != nil {

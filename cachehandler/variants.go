@@ -346,6 +346,22 @@ func decodeVaryIndex(raw []byte) ([]string, bool) {
 	return names, true
 }
 
+// varyIndexOf reads a variant index stored under key: the Vary names and
+// the keys of the variants it lists (for inspection).
+func varyIndexOf(key string, raw []byte) (names, variantKeys []string, ok bool) {
+	names, ok = decodeVaryIndex(raw)
+	if !ok {
+		return nil, nil, false
+	}
+	_, list, _ := strings.Cut(strings.TrimPrefix(string(raw), varyIndexMagic), "|") // names|list
+	for _, item := range strings.Split(list, ",") {
+		if hash, _, found := strings.Cut(item, ":"); found && len(hash) == variantHashLen && len(variantKeys) < 4*MaxRuleVariants {
+			variantKeys = append(variantKeys, store.CacheVariant(key, hash))
+		}
+	}
+	return names, variantKeys, true
+}
+
 // admitVariantScript adds a variant to the key's index unless the index
 // already lists MaxRuleVariants other live ones. KEYS[1] the rule key;
 // ARGV names, hash, expiry ms, now ms, limit, life ms. An entry stored

@@ -626,3 +626,29 @@ func TestVariantFillRacingRemoteWriteIsNotStored(t *testing.T) {
 		t.Fatalf("the raced variant was served: %q", w.Header().Get("Cache-Status"))
 	}
 }
+
+// Inspection (caddy edge entry) shows a varying key's index and each
+// variant; a TTL is set per variant.
+func TestInspectVaryingKey(t *testing.T) {
+	p := newPair(t, nil)
+	o := newLangOrigin("Accept-Language")
+	withOrigin(p.a, o)
+	checkLanguages(t, p.a, "en", "fr")
+	ctx := context.Background()
+	info, err := p.b.cache.Inspect(ctx, "event:7")
+	if err != nil || info.L2 == nil || info.L2.State != "varies" || len(info.L2.Variants) != 2 || info.L2.VaryNames[0] != "Accept-Language" {
+		t.Fatalf("inspect the rule key: %+v %v", info.L2, err)
+	}
+	for _, vk := range info.L2.Variants {
+		vi, err := p.b.cache.Inspect(ctx, vk)
+		if err != nil || vi.L2 == nil || vi.L2.State != "fresh" || !vi.L2.Servable || vi.Rule != "event" {
+			t.Fatalf("inspect %s: %+v %v", vk, vi.L2, err)
+		}
+	}
+	if _, err := p.b.cache.SetTTL(ctx, "event:7", time.Minute); err == nil || !strings.Contains(err.Error(), "vary") {
+		t.Fatalf("SetTTL on the rule key: %v", err)
+	}
+	if vi, err := p.b.cache.SetTTL(ctx, info.L2.Variants[0], time.Minute); err != nil || vi.L2 == nil || vi.L2.TTLSeconds > 60+1 {
+		t.Fatalf("SetTTL on a variant: %+v %v", vi.L2, err)
+	}
+}

@@ -112,5 +112,15 @@ func renderEntry(w io.Writer, res entryAnswerView) error {
 				secs(s.RemainingSeconds), secs(s.TTLSeconds), secs(s.ExpiresInSeconds), humanBytes(int64(s.SizeBytes)), stored, strings.Join(s.Tags, ","))
 		}
 	}
-	return t.Flush()
+	if err := t.Flush(); err != nil {
+		return err
+	}
+	// A key whose answers vary holds its variants' index: name them, so
+	// each can be inspected (or given a TTL) in turn.
+	for _, name := range sortedKeys(res.Caches) {
+		if s := res.Caches[name].L2; s != nil && len(s.Variants) > 0 {
+			fmt.Fprintf(w, "%s: the answers vary on %s; variants: %s\n", name, strings.Join(s.VaryNames, ", "), strings.Join(s.Variants, " "))
+		}
+	}
+	return nil
 }
