@@ -36,6 +36,9 @@ type Entry struct {
 	// Accept-Encoding, and the request's normalised values for them.
 	VaryNames  []string
 	VaryValues []string
+	// OriginETag: ETag is the origin's (weakened), not one the edge derived
+	// from the body, so it can validate a conditional refresh.
+	OriginETag bool
 }
 
 // ErrCorrupt means a stored value could not be decoded; the caller deletes
@@ -47,6 +50,7 @@ const (
 	flagGzip       = 1
 	flagVersions   = 2 // a version follows each tag
 	flagVary       = 4 // a variant: its Vary names and values follow the tags
+	flagOriginETag = 8
 	maxHeaderCount = 64
 	maxHeaderBytes = 16 << 10
 	maxTagCount    = 32
@@ -84,6 +88,9 @@ func (e *Entry) Encode() []byte {
 	vary := len(e.VaryNames) > 0 && len(e.VaryNames) == len(e.VaryValues)
 	if vary {
 		flags |= flagVary
+	}
+	if e.OriginETag {
+		flags |= flagOriginETag
 	}
 	b = append(b, flags)
 	b = binary.BigEndian.AppendUint16(b, uint16(e.Status))
@@ -136,6 +143,7 @@ func DecodeEntry(b []byte) (*Entry, error) {
 	e := &Entry{}
 	flags := r.u8()
 	e.Gzipped = flags&flagGzip != 0
+	e.OriginETag = flags&flagOriginETag != 0
 	e.Status = int(r.u16())
 	e.StoredAt = time.UnixMilli(int64(r.u64()))
 	e.TTL = time.Duration(r.u64()) * time.Millisecond

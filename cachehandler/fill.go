@@ -204,6 +204,11 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 	up := c.upstreamIdentity(upstreamRequest(r), rule).WithContext(ctx)
 	fw := newFillWriter(w, r, c, rule, fwd, stale != nil, release)
 	fw.credentialed = !rule.PerUser && c.credentialed(up, false)
+	if stale != nil && !noCache && revalidatable(stale.entry) {
+		// Ask with the stored validators: a 304 renews the entry without a
+		// body transfer (revalidate.go).
+		up, fw.revalidating = conditionalFor(up, stale.entry), true
+	}
 	err := next.ServeHTTP(fw, up)
 	fw.mu.Lock() // the upstream is done with fw; a late flush timer must not race
 	mode, status := fw.mode, fw.status
@@ -224,16 +229,24 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 		}
 		return caddyErrorLike(err, code)
 	}
-	if err != nil || !fw.complete() {
-		// A failed upstream has written nothing to the client unless its
-		// answer was streaming through: the error handler can still answer.
-		return err
-	}
-	entry := c.entryFrom(fw, rule, tags)
-	if entry == nil {
-		fw.reason = "encoding"
-		release()
-		return fw.writeBuffered()
+	var entry *Entry
+	if mode == modeNotModified && err == nil {
+		if entry = c.renewed(stale.entry, fw.header, rule, tags, fw.credentialed); entry == nil {
+			// The 304 cannot update this entry: ask again for the whole answer.
+			release()
+			return c.fill(w, r, next, rule, ps, key, nil, noCache)
+		}
+	} else {
+		if err != nil || !fw.complete() {
+			// A failed upstream has written nothing to the client unless its
+			// answer was streaming through: the error handler can still answer.
+			return err
+		}
+		if entry = c.entryFrom(fw, rule, tags); entry == nil {
+			fw.reason = "encoding"
+			release()
+			return fw.writeBuffered()
+		}
 	}
 	// A response that varies goes under its variant's key (variants.go);
 	// the flight stays the key the request looked up. A Vary set by a
@@ -264,7 +277,7 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 		p = prepare(storeKey, entry, 0, 0, c.now())
 		cs += "; detail=not-stored"
 	}
-	if entry.Gzipped && isIdentity(fw.header.Get("Content-Encoding")) {
+	if entry.Gzipped && mode != modeNotModified && isIdentity(fw.header.Get("Content-Encoding")) {
 		// The edge compressed this body itself: the plain representation is
 		// the one just read, so neither this leader nor a later plain hit
 		// has to inflate it (prepare counts its size already).
@@ -305,6 +318,7 @@ func (c *Cache) entryFrom(fw *fillWriter, rule *Rule, tags []string) *Entry {
 	switch strings.ToLower(fw.header.Get("Content-Encoding")) {
 	case "", "identity":
 		e.ETag = fw.header.Get("Etag")
+		e.OriginETag = e.ETag != ""
 		if e.ETag == "" {
 			e.ETag = weakETag(body)
 		}

@@ -17,10 +17,11 @@ var cacheableStatus = map[int]bool{200: true, 203: true, 204: true, 300: true, 3
 type fillMode uint8
 
 const (
-	modePending fillMode = iota // no final header yet
-	modeBuffer                  // shareable and small enough: read into memory at upstream speed
-	modeStream                  // not storable: passed through to the leading client
-	modeHeld                    // a 5xx with a stale entry in hand: swallowed
+	modePending     fillMode = iota // no final header yet
+	modeBuffer                      // shareable and small enough: read into memory at upstream speed
+	modeStream                      // not storable: passed through to the leading client
+	modeHeld                        // a 5xx with a stale entry in hand: swallowed
+	modeNotModified                 // a 304 to the fill's own conditional request: renews the stale entry
 )
 
 // fillWriter is the ResponseWriter a fill's upstream writes to; it is not
@@ -43,6 +44,9 @@ type fillWriter struct {
 	// credentialed: the request went upstream with credentials (RFC 9111
 	// §3.5: such an answer is shared only if it says public or s-maxage).
 	credentialed bool
+	// revalidating: the fill asked with the stale entry's validators, so a
+	// 304 is the origin's answer for the cache, not for the client.
+	revalidating bool
 	// release tells the followers there is nothing to share (idempotent).
 	release func()
 
@@ -100,6 +104,10 @@ func (fw *fillWriter) writeHeader(code int) {
 		fw.mode = modeHeld
 		return
 	}
+	if fw.revalidating && code == http.StatusNotModified {
+		fw.mode = modeNotModified
+		return
+	}
 	// What goes to the client is judged whole: a Set-Cookie or
 	// Cache-Control set by a handler before the cache (a header directive)
 	// is part of this answer too, though it is never stored.
@@ -149,7 +157,7 @@ func (fw *fillWriter) Write(b []byte) (int, error) {
 		fw.writeHeader(http.StatusOK)
 	}
 	switch fw.mode {
-	case modeHeld:
+	case modeHeld, modeNotModified:
 		return len(b), nil // swallowed: the stale entry will be sent instead
 	case modeBuffer:
 		if fw.body.Len()+len(b) <= fw.c.cfg.MaxEntryBytes {

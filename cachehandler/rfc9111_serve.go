@@ -352,14 +352,7 @@ func (c *Cache) stdFetch(w http.ResponseWriter, r *http.Request, next Next, key 
 		up = r.Clone(ctx)
 		up.Method = http.MethodGet // a HEAD miss fetches what can be stored; the client still gets no body
 		if revalidating {
-			up.Header.Del("If-None-Match")
-			up.Header.Del("If-Modified-Since")
-			if et := v.Header.Get("Etag"); et != "" {
-				up.Header.Set("If-None-Match", et)
-			}
-			if lm := v.Header.Get("Last-Modified"); lm != "" {
-				up.Header.Set("If-Modified-Since", lm)
-			}
+			setValidators(up.Header, v.Header.Get("Etag"), v.Header.Get("Last-Modified"))
 		}
 	}
 	fwd := "uri-miss"
@@ -467,13 +460,7 @@ func (c *Cache) stdStore(ctx context.Context, key string, rec *stdRecord, v *std
 // and the exchange's times, so its age restarts from the revalidation.
 func (v *stdVariant) freshened(h http.Header, requestTime, responseTime time.Time, s *Standard) *stdVariant {
 	nv := *v
-	nv.Header = v.Header.Clone()
-	for name, vs := range h {
-		if excludedFromStorage(name) || name == "Content-Length" || name == "Content-Encoding" || name == "Content-Range" {
-			continue
-		}
-		nv.Header[name] = append([]string(nil), vs...)
-	}
+	nv.Header = updatedHeader(v.Header, h, excludedFromStorage)
 	nv.RequestTime, nv.ResponseTime = requestTime, responseTime
 	nv.derive(s)
 	return &nv
