@@ -395,7 +395,7 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 	// less than noCacheRefetch ago has just been: a client (or a flood of
 	// them) sending no-cache gets at most one fill per key per interval,
 	// and between fills joins the coalesced one like any miss.
-	if p != nil && now.Before(p.freshUntil) && (!noCache || now.Sub(p.entry.StoredAt) < noCacheRefetch) {
+	if p != nil && p.fresh(now) && (!noCache || now.Sub(p.entry.StoredAt) < noCacheRefetch) {
 		status := c.status.hit
 		if noCache {
 			status = c.status.hitRecent
@@ -460,7 +460,7 @@ func (c *Cache) lookup(ctx context.Context, key string, now time.Time, tags func
 		return nil, LookupMiss
 	}
 	snap := c.clock.snapshot()
-	raw, vers, err := c.l2.getWithVersions(ctx, key, tags())
+	raw, st, err := c.l2.getWithStamps(ctx, key, tags())
 	if err != nil || raw == nil {
 		return nil, LookupMiss
 	}
@@ -474,7 +474,7 @@ func (c *Cache) lookup(ctx context.Context, key string, now time.Time, tags func
 		_ = c.l2.del(context.WithoutCancel(ctx), key)
 		return nil, LookupMiss
 	}
-	if ok, err := c.l2.current(ctx, e, vers); !ok || err != nil {
+	if ok, err := c.l2.current(ctx, e, st.hard); !ok || err != nil {
 		// Filled before an invalidation of one of its tags: its filler is
 		// deleting it, or died before it could. A miss; the next fill
 		// overwrites it.
@@ -483,6 +483,9 @@ func (c *Cache) lookup(ctx context.Context, key string, now time.Time, tags func
 	p := prepare(key, e, c.cfg.Grace, c.l1TTL(), now)
 	if !now.Before(p.staleUntil) {
 		return nil, LookupMiss
+	}
+	if at := softSince(e, st); at != 0 {
+		p.softMs.Store(at) // soft-purged since its fill: stale, still servable
 	}
 	c.l1.add(p, func() bool { return !c.clock.changedSince(e.Tags, snap) })
 	return p, LookupHitL2

@@ -197,9 +197,10 @@ func TestL2ReadOverlappingRemoteWriteDoesNotRefillL1(t *testing.T) {
 func TestRacedFillIsNeverServedFromRedis(t *testing.T) {
 	p := newPair(t, nil)
 	before, after := p.gates[0][0], p.gates[0][1]
-	// a's second read of event 12's version is the store's pre-check
-	// (the first is the fill's snapshot): b's write lands right after it.
-	before.arm(nthOnly(2, "get", "test_tagver:", "test_tagver:{event:12}"))
+	// a's first pipeline of plain version reads is the store's pre-check
+	// (the fill's snapshot reads soft stamps too, with MGET): b's write
+	// lands right after it.
+	before.arm(nthOnly(1, "get", "test_tagver:", "test_tagver:{event:12}"))
 	// Then a's SET is answered: hold a before it re-reads the version and
 	// deletes its entry.
 	after.arm(hasCmd("set", "test_event:12"))

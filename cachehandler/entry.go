@@ -29,8 +29,13 @@ type Entry struct {
 	// never served, even in the moment before its filler deletes it or
 	// when its filler died before it could. nil for an L1-only entry.
 	TagVersions []int64
-	Body        []byte // gzip when Gzipped, else identity
-	Gzipped     bool
+	// SoftVersions are the soft-purge stamps (softpurge.go) of Tags when
+	// the fill began, then the key's own (len(Tags)+1 values): a tag or
+	// key soft-purged since makes the entry stale, not unservable. nil: 0
+	// for each (any soft purge of its tags makes it stale).
+	SoftVersions []int64
+	Body         []byte // gzip when Gzipped, else identity
+	Gzipped      bool
 	// VaryNames and VaryValues make the entry one variant of its rule key
 	// (variants.go): the request headers the response varies on, beyond
 	// Accept-Encoding, and the request's normalised values for them.
@@ -51,6 +56,7 @@ const (
 	flagVersions   = 2 // a version follows each tag
 	flagVary       = 4 // a variant: its Vary names and values follow the tags
 	flagOriginETag = 8
+	flagSoft       = 16 // soft-purge stamps follow the tags (and the Vary values)
 	maxHeaderCount = 64
 	maxHeaderBytes = 16 << 10
 	maxTagCount    = 32
@@ -70,7 +76,7 @@ func (e *Entry) Encode() []byte {
 		}
 	}
 	for _, t := range e.Tags {
-		size += 10 + len(t)
+		size += 18 + len(t)
 	}
 	for i := range e.VaryNames {
 		size += 4 + len(e.VaryNames[i]) + len(e.VaryValues[i])
@@ -92,6 +98,10 @@ func (e *Entry) Encode() []byte {
 	if e.OriginETag {
 		flags |= flagOriginETag
 	}
+	soft := len(e.SoftVersions) > 0 && len(e.SoftVersions) <= maxTagCount+1
+	if soft {
+		flags |= flagSoft
+	}
 	b = append(b, flags)
 	b = binary.BigEndian.AppendUint16(b, uint16(e.Status))
 	b = binary.BigEndian.AppendUint64(b, uint64(e.StoredAt.UnixMilli()))
@@ -109,6 +119,12 @@ func (e *Entry) Encode() []byte {
 		for i := range e.VaryNames {
 			b = appendStr(b, e.VaryNames[i])
 			b = appendStr(b, e.VaryValues[i])
+		}
+	}
+	if soft {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(e.SoftVersions)))
+		for _, v := range e.SoftVersions {
+			b = binary.BigEndian.AppendUint64(b, uint64(v))
 		}
 	}
 	b = binary.BigEndian.AppendUint16(b, uint16(len(e.Header)))
@@ -169,6 +185,16 @@ func DecodeEntry(b []byte) (*Entry, error) {
 		for range n {
 			e.VaryNames = append(e.VaryNames, r.str())
 			e.VaryValues = append(e.VaryValues, r.str())
+		}
+	}
+	if flags&flagSoft != 0 {
+		n := int(r.u16())
+		if n > maxTagCount+1 {
+			return nil, ErrCorrupt
+		}
+		e.SoftVersions = make([]int64, 0, n)
+		for range n {
+			e.SoftVersions = append(e.SoftVersions, int64(r.u64()))
 		}
 	}
 	nh := int(r.u16())

@@ -187,11 +187,11 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 	defer stop()
 	localSnap := c.clock.snapshot()
 	fl.snap = localSnap
-	var redisSnap []int64
+	var redisSnap, softSnap []int64
 	redisOK := false
 	if c.l2 != nil && c.cfg.Redis.Available() {
-		if v, err := c.l2.versions(ctx, tags); err == nil {
-			redisSnap, redisOK = v, true
+		if v, soft, err := c.l2.stampsAt(ctx, key, tags); err == nil {
+			redisSnap, softSnap, redisOK = v, soft, true
 		}
 	}
 	fwd := "uri-miss"
@@ -250,18 +250,29 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 	}
 	// A response that varies goes under its variant's key (variants.go);
 	// the flight stays the key the request looked up. A Vary set by a
-	// handler before the cache counts too, as it does for shareable.
+	// handler before the cache counts too, as it does for shareable. A
+	// renewal keeps the stale entry's place: the Vary names it was stored
+	// under (a 304 need not repeat them), which also renews its place in
+	// the key's variant index.
 	vary := fw.header
-	if pre := w.Header()["Vary"]; len(pre) > 0 {
+	if mode == modeNotModified {
+		vary = http.Header{}
+		if len(stale.entry.VaryNames) > 0 {
+			vary["Vary"] = []string{strings.Join(stale.entry.VaryNames, ", ")}
+		}
+	} else if pre := w.Header()["Vary"]; len(pre) > 0 {
 		vary = http.Header{"Vary": append(append([]string(nil), pre...), fw.header["Vary"]...)}
 	}
 	storeKey, refused := c.placeVariant(ctx, key, r, vary, entry, rule, redisOK)
 	if refused != "" {
 		fw.reason = refused
 		release()
+		if mode == modeNotModified {
+			return c.fill(w, r, next, rule, ps, key, nil, noCache)
+		}
 		return fw.writeBuffered()
 	}
-	entry.TagVersions = redisSnap
+	entry.TagVersions, entry.SoftVersions = redisSnap, softSnap
 	fl.p = c.store(ctx, storeKey, entry, tags, localSnap, redisSnap, redisOK, rule)
 	if fl.p != nil && len(entry.VaryNames) > 0 {
 		c.variantStored(rule.Name)

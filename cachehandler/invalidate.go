@@ -36,22 +36,26 @@ const (
 // Invalidating at the hang-up instead would let a read that runs before
 // the origin commits store the old version again.
 func (c *Cache) handleMutation(w http.ResponseWriter, r *http.Request, next Next) error {
-	var tags []string
+	var tags, soft []string
 	var pbuf [4]param
 	for _, ir := range c.cfg.Invalidations {
 		if !containsString(ir.Methods, r.Method) {
 			continue
 		}
 		if ps, ok := ir.path.match(r.URL.EscapedPath(), pbuf[:0]); ok {
-			tags = append(tags, renderTags(ir.tags, ps, r, c.cfg.Resolve)...)
+			if ir.Soft {
+				soft = append(soft, renderTags(ir.tags, ps, r, c.cfg.Resolve)...)
+			} else {
+				tags = append(tags, renderTags(ir.tags, ps, r, c.cfg.Resolve)...)
+			}
 		}
 	}
-	if len(tags) == 0 && c.cfg.InvalidateHeader == "" {
+	if len(tags) == 0 && len(soft) == 0 && c.cfg.InvalidateHeader == "" {
 		return next.ServeHTTP(w, r)
 	}
 	ctx, stop := detachContext(r.Context(), mutationDetachBound)
 	defer stop()
-	mw := &mutationWriter{ResponseWriter: w, c: c, ctx: ctx, tags: tags}
+	mw := &mutationWriter{ResponseWriter: w, c: c, ctx: ctx, tags: tags, soft: soft}
 	err := next.ServeHTTP(mw, r.WithContext(ctx))
 	if !mw.done {
 		// No answer went through us: nothing was written (net/http sends
@@ -97,6 +101,7 @@ type mutationWriter struct {
 	c    *Cache
 	ctx  context.Context // survives the client
 	tags []string
+	soft []string // from invalidate lines marked soft
 	done bool
 }
 
@@ -111,8 +116,20 @@ func (mw *mutationWriter) commit(code int) {
 	}
 	mw.done = true
 	tags := append(mw.tags, mw.c.stripInvalidateHeader(mw.Header())...)
-	if rejected := code >= 400 && code < 500 && code != 499; !rejected && len(tags) > 0 {
-		mw.c.Invalidate(mw.ctx, tags)
+	if rejected := code >= 400 && code < 500 && code != 499; !rejected {
+		if len(tags) > 0 {
+			mw.c.Invalidate(mw.ctx, tags)
+		}
+		// A tag also dropped hard is never merely soft-purged.
+		var soft []string
+		for _, t := range mw.soft {
+			if !containsString(tags, t) {
+				soft = append(soft, t)
+			}
+		}
+		if len(soft) > 0 {
+			mw.c.softInvalidate(mw.ctx, soft, "invalidate")
+		}
 	}
 }
 
@@ -352,6 +369,9 @@ type busMessage struct {
 	Tags    []string `json:"t,omitempty"`
 	Keys    []string `json:"k,omitempty"`
 	Pattern string   `json:"p,omitempty"`
+	// Soft, when set, is a soft purge's time (unix ms): the tags, keys or
+	// pattern are marked stale instead of dropped (softpurge.go).
+	Soft int64 `json:"s,omitempty"`
 }
 
 // newOrigin names one Cache on the bus, so it can skip its own messages
@@ -414,6 +434,10 @@ func (c *Cache) publish(ctx context.Context, m busMessage) {
 func (c *Cache) onBusMessage(msg string) {
 	var m busMessage
 	if err := json.Unmarshal([]byte(msg), &m); err != nil || m.Origin == c.origin {
+		return
+	}
+	if m.Soft != 0 {
+		c.onSoftMessage(m)
 		return
 	}
 	if len(m.Tags) > 0 {

@@ -201,6 +201,9 @@ type prepared struct {
 	staleUntil time.Time
 	l1Until    time.Time
 	promoted   atomic.Int64
+	// softMs: when the entry was soft-purged (unix ms), 0 if it was not
+	// (softpurge.go); set on a copy other readers share, so atomic.
+	softMs atomic.Int64
 
 	gzipHeader  headerList // when the client accepts gzip and the body is gzip
 	plainHeader headerList

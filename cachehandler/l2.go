@@ -215,6 +215,12 @@ func (s *l2) del(ctx context.Context, keys ...string) error {
 // batches (admin only: never on the request path). On Cluster each master
 // is scanned.
 func (s *l2) purgePattern(ctx context.Context, glob string, keep func(key string) bool) (int, error) {
+	return s.scanPattern(ctx, glob, keep, s.unlink)
+}
+
+// scanPattern runs act on every batch of full keys matching glob that keep
+// accepts (SCAN, admin only) and counts them.
+func (s *l2) scanPattern(ctx context.Context, glob string, keep func(key string) bool, act func(ctx context.Context, fullKeys []string) error) (int, error) {
 	ctx = store.WithoutBudget(ctx)
 	match := s.rdb.Keys().CacheEntry(glob)
 	var total atomic.Int64 // Cluster scans masters concurrently
@@ -232,7 +238,7 @@ func (s *l2) purgePattern(ctx context.Context, glob string, keep func(key string
 				}
 			}
 			if len(victims) > 0 {
-				if err := s.unlink(ctx, victims); err != nil {
+				if err := act(ctx, victims); err != nil {
 					return err
 				}
 				total.Add(int64(len(victims)))

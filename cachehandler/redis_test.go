@@ -284,7 +284,9 @@ func TestPatternPurgeSparesEverythingElse(t *testing.T) {
 
 // On Redis Cluster the entry, its tag sets and versions live in different
 // slots: the store writes the entry first, then the sets (see l2).
-func TestCacheOnRedisCluster(t *testing.T) {
+// newClusterRig is an edge on a private three-node Redis Cluster.
+func newClusterRig(t *testing.T) *rig {
+	t.Helper()
 	cl := redistest.StartCluster(t, 3)
 	rdb, err := store.New(store.Options{Addrs: cl.Addrs, KeyPrefix: "test_"}, nil)
 	if err != nil {
@@ -295,6 +297,11 @@ func TestCacheOnRedisCluster(t *testing.T) {
 	if !g.cache.l2.cluster {
 		t.Fatal("cluster client not detected")
 	}
+	return g
+}
+
+func TestCacheOnRedisCluster(t *testing.T) {
+	g := newClusterRig(t)
 	for id := range 10 {
 		g.get(fmt.Sprintf("/api/events/%d", id+1))
 	}

@@ -78,6 +78,12 @@ type InvalidationRule struct {
 	Path string
 	// Tags to drop, templates over the path parameters.
 	Tags []string
+	// Soft marks the tags' entries stale instead of dropping them
+	// (softpurge.go): readers get the old answer, marked stale, while one
+	// refresh runs, so the writer may not read its own write at once. A tag
+	// that another (hard) rule or the upstream's header also names for the
+	// same request is dropped hard.
+	Soft bool
 
 	path pattern
 	tags []template

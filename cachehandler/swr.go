@@ -56,17 +56,15 @@ const refreshPrefix = store.RefreshClaimPrefix
 
 var releaseClaim = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], 1000) end return 0`)
 
-// serveWhileRevalidating answers with the expired entry at once when the
-// rule's stale-while-revalidate window allows, and starts one background
+// serveWhileRevalidating answers with the expired (or soft-purged) entry
+// at once when the rule's stale-while-revalidate window (or the soft
+// purge's) allows, and starts one background
 // fill for the key (the fill stores under the usual race checks; the
 // other edges then drop their L1 copies so none of them refreshes again).
 func (c *Cache) serveWhileRevalidating(w http.ResponseWriter, r *http.Request, next Next, rule *Rule, ps params,
 	key string, stale *prepared, now time.Time) (bool, error) {
-	window := rule.StaleWhileRevalidate
-	if window == 0 {
-		window = c.cfg.StaleWhileRevalidate
-	}
-	if window <= 0 || !now.Before(stale.freshUntil.Add(window)) {
+	until, reason, ok := c.staleWindow(rule, stale) // the rule's window, or a soft purge's (softpurge.go)
+	if !ok || !now.Before(until) {
 		return false, nil
 	}
 	ps = append(params(nil), ps...) // the caller's are on its stack
@@ -75,7 +73,7 @@ func (c *Cache) serveWhileRevalidating(w http.ResponseWriter, r *http.Request, n
 		c.publish(r2.Context(), busMessage{Keys: []string{key}})
 		return err
 	})
-	status := c.cfg.StatusName + "; fwd=stale; detail=stale-while-revalidate"
+	status := c.cfg.StatusName + "; fwd=stale; detail=" + reason
 	if !refreshing {
 		status += "-refresh-running"
 	}
@@ -84,6 +82,7 @@ func (c *Cache) serveWhileRevalidating(w http.ResponseWriter, r *http.Request, n
 		return false, nil
 	}
 	c.obs.Lookup(rule.Name, LookupStale)
+	c.observeStale(rule.Name, reason)
 	return true, err
 }
 

@@ -113,40 +113,13 @@ func (s *l2) invalidate(ctx context.Context, tags []string, now time.Time) (inva
 	}
 	type call struct{ keys []string }
 	calls := make([]call, len(tags))
+	keysets := make([][]string, len(tags))
 	for i, t := range tags {
 		calls[i] = call{keys: []string{s.tagVer(t), s.tagSet(t), s.detachedSet(t)}}
+		keysets[i] = calls[i].keys
 	}
 	args := []any{s.tagTTL.Milliseconds(), inlineUnlinkMax, now.UnixMilli()}
-	run := func(eval func(redis.Pipeliner, []string) *redis.Cmd, idx []int) []*redis.Cmd {
-		pipe := s.rdb.Client().Pipeline()
-		cmds := make([]*redis.Cmd, len(idx))
-		for n, i := range idx {
-			cmds[n] = eval(pipe, calls[i].keys)
-		}
-		_, _ = pipe.Exec(ctx)
-		return cmds
-	}
-	all := make([]int, len(tags))
-	for i := range all {
-		all[i] = i
-	}
-	cmds := run(func(p redis.Pipeliner, keys []string) *redis.Cmd {
-		return p.EvalSha(ctx, invalidateScript.Hash(), keys, args...)
-	}, all)
-	var again []int
-	for i, cmd := range cmds {
-		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-			again = append(again, i)
-		}
-	}
-	if len(again) > 0 {
-		// A new or restarted node: send the source once; Redis caches it.
-		for n, cmd := range run(func(p redis.Pipeliner, keys []string) *redis.Cmd {
-			return p.Eval(ctx, invalidateLua, keys, args...)
-		}, again) {
-			cmds[again[n]] = cmd
-		}
-	}
+	cmds := s.evalEach(ctx, invalidateScript, keysets, args)
 	var firstErr error
 	var unlink []string
 	var expiries []int64
@@ -193,6 +166,42 @@ func (s *l2) invalidate(ctx context.Context, tags []string, now time.Time) (inva
 		out.keys[i] = strings.TrimPrefix(k, s.rdb.Prefix())
 	}
 	return out, nil
+}
+
+// evalEach runs script once per key set (each set's keys share a Cluster
+// slot) in one pipelined round trip; nodes that do not have the script
+// cached (a new or restarted node) get its source in a second one.
+func (s *l2) evalEach(ctx context.Context, script *redis.Script, keysets [][]string, args []any) []*redis.Cmd {
+	run := func(eval func(redis.Pipeliner, []string) *redis.Cmd, idx []int) []*redis.Cmd {
+		pipe := s.rdb.Client().Pipeline()
+		cmds := make([]*redis.Cmd, len(idx))
+		for n, i := range idx {
+			cmds[n] = eval(pipe, keysets[i])
+		}
+		_, _ = pipe.Exec(ctx)
+		return cmds
+	}
+	all := make([]int, len(keysets))
+	for i := range all {
+		all[i] = i
+	}
+	cmds := run(func(p redis.Pipeliner, keys []string) *redis.Cmd {
+		return script.EvalSha(ctx, p, keys, args...)
+	}, all)
+	var again []int
+	for i, cmd := range cmds {
+		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		for n, cmd := range run(func(p redis.Pipeliner, keys []string) *redis.Cmd {
+			return script.Eval(ctx, p, keys, args...)
+		}, again) {
+			cmds[again[n]] = cmd
+		}
+	}
+	return cmds
 }
 
 func firstOf(first, err error) error {
