@@ -184,7 +184,9 @@ func (a *adminAPI) reconnect(w http.ResponseWriter, r *http.Request, app *App, _
 // cachePurge drops cache entries: {"key": "event:42"}, {"tag": "events:lists"}
 // or {"pattern": "events:*"} (exactly one), in every edge_cache handler of
 // the running config (or the one named by "cache"). Other edges drop their
-// L1 copies through pub/sub.
+// L1 copies through pub/sub. With "soft": true the entries are marked stale
+// instead (served stale while one refresh per key runs); the answer's
+// "soft" says false when Redis was unreachable and the purge was done hard.
 func (a *adminAPI) cachePurge(w http.ResponseWriter, r *http.Request, app *App, _ string) error {
 	var req struct {
 		Key     string `json:"key"`
@@ -196,9 +198,6 @@ func (a *adminAPI) cachePurge(w http.ResponseWriter, r *http.Request, app *App, 
 	}
 	if err := decodeJSON(r, &req); err != nil {
 		return err
-	}
-	if req.Soft {
-		return caddy.APIError{HTTPStatus: http.StatusNotImplemented, Err: errors.New("soft purge is not supported yet; purge without \"soft\" to drop the entries")}
 	}
 	given := 0
 	for _, v := range []string{req.Key, req.Tag, req.Pattern} {
@@ -215,28 +214,46 @@ func (a *adminAPI) cachePurge(w http.ResponseWriter, r *http.Request, app *App, 
 	}
 	ctx := r.Context()
 	purged := 0
+	soft := req.Soft // stays true only if every handler could purge softly
 	for _, c := range caches {
+		var n int
+		var err error
+		applied := false
 		switch {
+		case req.Key != "" && req.Soft:
+			applied, err = c.engine.SoftPurgeKey(ctx, req.Key)
 		case req.Key != "":
-			if err := c.engine.PurgeKey(ctx, req.Key); err != nil {
-				return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
-			}
+			err = c.engine.PurgeKey(ctx, req.Key)
+		case req.Tag != "" && req.Soft:
+			n, applied = c.engine.SoftInvalidate(ctx, []string{req.Tag})
 		case req.Tag != "":
-			purged += c.engine.Invalidate(ctx, []string{req.Tag})
+			n = c.engine.Invalidate(ctx, []string{req.Tag})
+		case req.Soft:
+			n, applied, err = c.engine.SoftPurgePattern(ctx, req.Pattern)
 		default:
-			n, err := c.engine.PurgePattern(ctx, req.Pattern)
-			if err != nil {
-				return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
-			}
-			purged += n
+			n, err = c.engine.PurgePattern(ctx, req.Pattern)
 		}
+		if err != nil {
+			status := http.StatusBadRequest
+			if errors.Is(err, store.ErrUnavailable) || store.IsConnectivityError(err) {
+				status = http.StatusServiceUnavailable
+			}
+			return caddy.APIError{HTTPStatus: status, Err: err}
+		}
+		purged += n
+		soft = soft && applied
 	}
 	what := map[bool]string{true: "key", false: "tag"}[req.Key != ""]
 	if req.Pattern != "" {
 		what = "pattern"
 	}
-	a.log.Info("cache purged through the admin API", zap.String("by", what), zap.Int("entries", purged))
 	shown := req.Pattern
+	target := req.Pattern
+	if what != "pattern" {
+		target = store.KeyPattern(req.Key + req.Tag)
+	}
+	a.log.Info("cache purged through the admin API", zap.String("by", what), zap.String("target_pattern", target),
+		zap.Int("entries", purged), zap.Bool("soft", req.Soft), zap.Bool("done_hard", req.Soft && !soft))
 	if what != "pattern" {
 		v := req.Key + req.Tag
 		shown = store.KeyPattern(v) + " " + app.audit().hash(v)
@@ -245,8 +262,14 @@ func (a *adminAPI) cachePurge(w http.ResponseWriter, r *http.Request, app *App, 
 	if req.Cache != "" {
 		detail["cache"] = req.Cache
 	}
+	if req.Soft {
+		detail["soft"] = "true"
+		if !soft {
+			detail["done_hard"] = "true" // redis was unreachable
+		}
+	}
 	app.audit().record(ctx, "admin", "cache_purge", detail)
-	return writeJSON(w, http.StatusOK, map[string]any{"purged": purged})
+	return writeJSON(w, http.StatusOK, map[string]any{"purged": purged, "soft": soft})
 }
 
 // sessions serves the seed's getAllSessions and destroyByUserId:

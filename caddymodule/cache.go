@@ -113,6 +113,12 @@ type CacheInvalidation struct {
 	Methods []string `json:"methods"`
 	Path    string   `json:"path"`
 	Tags    []string `json:"tags"`
+	// Mark the tags' entries stale instead of dropping them: readers get
+	// the old answer (Cache-Status fwd=stale; detail=soft-purge) while one
+	// refresh per key runs, so the writer may not see its own write at
+	// once. A tag a hard line or the upstream's header also names for the
+	// same request is still dropped hard.
+	Soft bool `json:"soft,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -166,7 +172,7 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 	}
 	for _, inv := range c.Invalidations {
 		cfg.Invalidations = append(cfg.Invalidations, &cachehandler.InvalidationRule{
-			Methods: append([]string(nil), inv.Methods...), Path: inv.Path, Tags: inv.Tags,
+			Methods: append([]string(nil), inv.Methods...), Path: inv.Path, Tags: inv.Tags, Soft: inv.Soft,
 		})
 	}
 	if c.app.redis != nil {

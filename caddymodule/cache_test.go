@@ -29,6 +29,7 @@ func TestCacheDirectiveParses(t *testing.T) {
 			per_user
 		}
 		invalidate put,DELETE /api/events/{id} event:{id} events:lists
+		invalidate soft POST /api/events/{id}/tickets events:lists
 		l1_size 16MiB
 		l1_ttl 2s
 		max_entry 512KiB
@@ -50,8 +51,11 @@ func TestCacheDirectiveParses(t *testing.T) {
 		!c.Rules[0].Disabled || !c.Rules[1].PerUser || c.Rules[0].IgnoreQuery[0] != "utm_source" {
 		t.Fatalf("rules %+v", c.Rules)
 	}
-	if inv := c.Invalidations[0]; strings.Join(inv.Methods, ",") != "PUT,DELETE" || len(inv.Tags) != 2 {
+	if inv := c.Invalidations[0]; strings.Join(inv.Methods, ",") != "PUT,DELETE" || len(inv.Tags) != 2 || inv.Soft {
 		t.Fatalf("invalidation %+v", inv)
+	}
+	if inv := c.Invalidations[1]; strings.Join(inv.Methods, ",") != "POST" || inv.Path != "/api/events/{id}/tickets" || !inv.Soft {
+		t.Fatalf("soft invalidation %+v", inv)
 	}
 	if c.L1Size != 16<<20 || c.MaxEntrySize != 512<<10 || !c.DisableStale || c.CompressMin != 2000 ||
 		c.StatusName != "edge-a" || c.InvalidateHeader != "X-Purge" || len(c.CredentialCookies) != 2 ||
@@ -63,7 +67,8 @@ func TestCacheDirectiveParses(t *testing.T) {
 		"edge_cache {\n rule a /x {\n key a\n }\n}":         "needs a key and a ttl",
 		"edge_cache {\n rule a /x {\n color red\n }\n}":     "unrecognized rule option",
 		"edge_cache {\n l1_size lots\n}":                    "expected a size",
-		"edge_cache {\n invalidate PUT /x\n}":               "needs methods, a path and at least one tag",
+		"edge_cache {\n invalidate PUT /x\n}":               "needs [soft], methods, a path and at least one tag",
+		"edge_cache {\n invalidate soft PUT /x\n}":          "needs [soft], methods, a path and at least one tag",
 		"edge_cache {\n rule a /x {\n enabled maybe\n }\n}": "expected on or off",
 		"edge_cache {\n bogus\n}":                           "unrecognized edge_cache option",
 		"edge_cache {\n strict_routing on\n}":               "wrong argument count",
@@ -207,5 +212,38 @@ func TestExampleConfigFixesTheUpstreamHost(t *testing.T) {
 	}
 	if len(forwarded) != 0 {
 		t.Fatalf("the upstream saw X-Forwarded-Host %v", forwarded)
+	}
+}
+
+// A soft purge through the admin API: the entry is served stale while one
+// refresh runs, the answer says soft, the metrics count it and the audit
+// trail records soft=true.
+func TestAdminSoftPurge(t *testing.T) {
+	e, _ := startExampleEdgeOnRedis(t)
+	e.get(t, "/api/events/featured")
+	code, body := e.admin(t, http.MethodPost, "/edge/cache/purge", `{"tag":"events:lists","soft":true}`)
+	if code != 200 || !strings.Contains(string(body), `"soft":true`) || !strings.Contains(string(body), `"purged":1`) {
+		t.Fatalf("soft purge: %d %s", code, body)
+	}
+	_, h, _ := e.get(t, "/api/events/featured")
+	if cs := h.Get("Cache-Status"); !strings.HasPrefix(cs, "ticketi-edge; fwd=stale; detail=soft-purge") {
+		t.Fatalf("after the soft purge: %q", cs)
+	}
+	if code, body := e.admin(t, http.MethodPost, "/edge/cache/purge", `{"key":"event:1","soft":true}`); code != 200 || !strings.Contains(string(body), `"soft":true`) {
+		t.Fatalf("soft key purge: %d %s", code, body)
+	}
+	if code, body := e.admin(t, http.MethodPost, "/edge/cache/purge", `{"pattern":"[x","soft":true}`); code != 400 {
+		t.Fatalf("bad soft pattern: %d %s", code, body)
+	}
+	_, metrics := e.admin(t, http.MethodGet, "/metrics", "")
+	for _, want := range []string{`ticketi_edge_cache_soft_purges_total{by="tag"} 1`, `ticketi_edge_cache_soft_purges_total{by="key"} 1`,
+		`ticketi_edge_cache_stale_served_total{reason="soft_purge",rule="events_featured"} 1`} {
+		if !strings.Contains(string(metrics), want) {
+			t.Fatalf("metrics lack %s:\n%s", want, grepLines(string(metrics), "ticketi_edge_cache_s"))
+		}
+	}
+	_, audit := e.admin(t, http.MethodGet, "/edge/audit?limit=5", "")
+	if !strings.Contains(string(audit), `"soft":"true"`) {
+		t.Fatalf("audit lacks soft=true: %s", audit)
 	}
 }

@@ -31,7 +31,7 @@ func init() {
 //			enabled      on|off
 //			stale_while_revalidate <duration>
 //		}
-//		invalidate <METHOD[,METHOD...]> <path> <tag...>
+//		invalidate [soft] <METHOD[,METHOD...]> <path> <tag...>  # soft: mark stale, refresh once
 //		rfc9111 [<path pattern...>] {    # standards mode for paths no rule matches
 //			max_ttl      <duration>       # default 1h
 //			heuristic    <percent>|off    # default 10
@@ -73,11 +73,15 @@ func (c *Cache) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = c.parseRFC9111(d)
 		case "invalidate":
 			args := d.RemainingArgs()
+			soft := len(args) > 0 && args[0] == "soft"
+			if soft {
+				args = args[1:]
+			}
 			if len(args) < 3 {
-				return d.Errf("invalidate needs methods, a path and at least one tag")
+				return d.Errf("invalidate needs [soft], methods, a path and at least one tag")
 			}
 			c.Invalidations = append(c.Invalidations, CacheInvalidation{
-				Methods: strings.Split(strings.ToUpper(args[0]), ","), Path: args[1], Tags: args[2:],
+				Methods: strings.Split(strings.ToUpper(args[0]), ","), Path: args[1], Tags: args[2:], Soft: soft,
 			})
 		case "l1_size":
 			var n int

@@ -72,8 +72,10 @@ func edgeSubcommands() []*cobra.Command {
 Drops cache entries from L2 (Redis) and from the L1 copies of every edge
 (through pub/sub). Give exactly one of --key, --tag or --pattern. --cache
 limits the purge to one edge_cache handler (by name, as /edge/stats lists
-them). --soft is to mark entries stale instead of dropping them; until soft
-purge exists the admin API refuses it (501) and nothing is purged.
+them). --soft marks the entries stale instead of dropping them: every edge
+serves them stale (Cache-Status detail=soft-purge) while one refresh per key
+runs, for at most the rule's stale_while_revalidate window (30s for a rule
+without one). While Redis is unreachable a soft purge is done hard (said so).
 `,
 		Args: cobra.NoArgs,
 		RunE: edgeRun(cmdEdgePurge),
@@ -330,12 +332,21 @@ func cmdEdgePurge(c *edgeCLI, _ []string) error {
 		req["soft"] = true
 	}
 	var res struct {
-		Purged int `json:"purged"`
+		Purged int  `json:"purged"`
+		Soft   bool `json:"soft"`
 	}
 	if printed, err := c.call(http.MethodPost, "/edge/cache/purge", req, &res); printed || err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(c.out, "purged %d entries\n", res.Purged)
+	var err error
+	switch {
+	case res.Soft:
+		_, err = fmt.Fprintf(c.out, "soft-purged %d entries (served stale while one refresh per key runs)\n", res.Purged)
+	case c.fl.Bool("soft"):
+		_, err = fmt.Fprintf(c.out, "purged %d entries (hard: redis is unreachable)\n", res.Purged)
+	default:
+		_, err = fmt.Fprintf(c.out, "purged %d entries\n", res.Purged)
+	}
 	return err
 }
 

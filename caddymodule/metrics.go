@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,6 +30,8 @@ type metrics struct {
 	cacheAckWait     *prometheus.HistogramVec
 	cacheAges        *prometheus.HistogramVec
 	cacheVariants    *prometheus.CounterVec
+	cacheSoftPurges  *prometheus.CounterVec
+	cacheStaleServed *prometheus.CounterVec
 	sessionResults   *prometheus.CounterVec
 	limitDecisions   *prometheus.CounterVec
 	sessionLogins    prometheus.Counter
@@ -70,6 +73,14 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 			Help:    "How much of its TTL an entry had lived when an invalidation this edge made dropped it (age / TTL; above 1: stale), by rule.",
 			Buckets: cachehandler.AgeBuckets(),
 		}, []string{"rule"}),
+		cacheSoftPurges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "cache", Name: "soft_purges_total",
+			Help: "Soft purges (entries marked stale, not dropped) by what named them (key, tag, pattern, invalidate).",
+		}, []string{"by"}),
+		cacheStaleServed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: "cache", Name: "stale_served_total",
+			Help: "Stale answers given while one refresh runs, by rule and reason (stale_while_revalidate, soft_purge).",
+		}, []string{"rule", "reason"}),
 		sessionResults: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: "session", Name: "validations_total",
 			Help: "Session checks by result (valid, missing, invalid, expired, unknown, unavailable).",
@@ -111,6 +122,7 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 	collectors := []prometheus.Collector{
 		m.redisCalls, m.fallbackEntries, m.fallbackRecovers,
 		m.cacheLookups, m.cacheStored, m.cacheStoredBytes, m.cacheDropped, m.cacheAckWait, m.cacheAges, m.cacheVariants,
+		m.cacheSoftPurges, m.cacheStaleServed,
 		m.sessionResults, m.sessionLogins, m.sessionLogouts, m.limitDecisions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: metricsNamespace, Subsystem: "redis", Name: "breaker_open",
@@ -296,6 +308,25 @@ func (o *cacheObserver) Variant(rule, result string) {
 // Acknowledged implements cachehandler.Observer.
 func (o *cacheObserver) Acknowledged(result string, waited time.Duration) {
 	o.m.cacheAckWait.WithLabelValues(result).Observe(waited.Seconds())
+}
+
+// SoftPurged implements cachehandler.SoftPurgeObserver.
+func (o *cacheObserver) SoftPurged(by string) {
+	switch by {
+	case "key", "tag", "pattern", "invalidate":
+		o.m.cacheSoftPurges.WithLabelValues(by).Inc()
+	}
+}
+
+// StaleServed implements cachehandler.SoftPurgeObserver.
+func (o *cacheObserver) StaleServed(rule, reason string) {
+	if o.perRule[rule] == nil {
+		return
+	}
+	switch reason {
+	case "stale-while-revalidate", "soft-purge":
+		o.m.cacheStaleServed.WithLabelValues(rule, strings.ReplaceAll(reason, "-", "_")).Inc()
+	}
 }
 
 // Invalidated implements cachehandler.Observer.

@@ -184,8 +184,8 @@ func TestEdgeCommand(t *testing.T) {
 	if errOut := e.cliFails(t, "purge", "--key", "a", "--tag", "b"); !strings.Contains(errOut, "exactly one of --key, --tag or --pattern") {
 		t.Errorf("purge with two selectors: %s", errOut)
 	}
-	if errOut := e.cliFails(t, "purge", "--key", "event:1", "--soft"); !strings.Contains(errOut, "soft purge is not supported yet") {
-		t.Errorf("purge --soft: %s", errOut)
+	if out := e.cli(t, "purge", "--key", "event:1", "--soft"); !strings.Contains(out, "soft-purged") {
+		t.Errorf("purge --soft: %s", out)
 	}
 	if errOut := e.cliFails(t, "purge", "--tag", "x", "--cache", "nope"); !strings.Contains(errOut, `no edge_cache handler named \"nope\"`) {
 		t.Errorf("purge --cache nope: %s", errOut)
