@@ -9,6 +9,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/ticketi/edge/internal/store"
 )
 
 // Soft purge: entries become stale instead of being deleted. A reader
@@ -60,11 +62,11 @@ return {v, redis.call('ZCOUNT', KEYS[2], ARGV[1], '+inf')}
 var softPurgeScript = redis.NewScript(softPurgeLua)
 
 // tagSoft names a tag's soft stamp: in the slot of its hard version.
-func (s *l2) tagSoft(tag string) string { return s.tagVer(tag) + ":soft" }
+func (s *l2) tagSoft(tag string) string { return s.rdb.Keys().TagSoftStamp(tag) }
 
 // keyTag is the pseudo-tag whose soft stamp soft-purges one key: every
 // variant of a rule key (variants.go) shares the key's stamp.
-func keyTag(key string) string { return "edge:key:" + variantBase(key) }
+func keyTag(key string) string { return store.KeyTagPrefix + variantBase(key) }
 
 // stamps are the versions a rule entry is checked against on a read.
 type stamps struct {
@@ -310,13 +312,13 @@ type SoftPurgeObserver interface {
 }
 
 func (c *Cache) observeSoftPurge(by string) {
-	if o, ok := c.obs.(SoftPurgeObserver); ok {
+	if o, ok := c.cfg.Observer.(SoftPurgeObserver); ok {
 		o.SoftPurged(by)
 	}
 }
 
 func (c *Cache) observeStale(rule, reason string) {
-	if o, ok := c.obs.(SoftPurgeObserver); ok {
+	if o, ok := c.cfg.Observer.(SoftPurgeObserver); ok {
 		o.StaleServed(rule, reason)
 	}
 }
@@ -326,7 +328,9 @@ func (c *Cache) observeStale(rule, reason string) {
 // hard invalidation can be queued for replay.
 func (c *Cache) softFallback() bool {
 	if c.l2 != nil && !c.cfg.Redis.Available() {
-		c.log.Warn("soft purge done as a hard one: redis is unavailable")
+		// Debug: the outage itself is logged once by the store, and the
+		// admin purge's own line says done_hard.
+		c.log.Debug("soft purge done as a hard one: redis is unavailable")
 		return true
 	}
 	return false

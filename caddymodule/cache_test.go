@@ -219,7 +219,7 @@ func TestExampleConfigFixesTheUpstreamHost(t *testing.T) {
 // refresh runs, the answer says soft, the metrics count it and the audit
 // trail records soft=true.
 func TestAdminSoftPurge(t *testing.T) {
-	e, _ := startExampleEdgeOnRedis(t)
+	e, srv := startExampleEdgeOnRedis(t)
 	e.get(t, "/api/events/featured")
 	code, body := e.admin(t, http.MethodPost, "/edge/cache/purge", `{"tag":"events:lists","soft":true}`)
 	if code != 200 || !strings.Contains(string(body), `"soft":true`) || !strings.Contains(string(body), `"purged":1`) {
@@ -245,5 +245,22 @@ func TestAdminSoftPurge(t *testing.T) {
 	_, audit := e.admin(t, http.MethodGet, "/edge/audit?limit=5", "")
 	if !strings.Contains(string(audit), `"soft":"true"`) {
 		t.Fatalf("audit lacks soft=true: %s", audit)
+	}
+
+	// Redis down: by tag the purge is done hard (and says so), by key it
+	// fails like a hard purge, with 503.
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 10*time.Second, "fallback mode after redis stopped", func() bool {
+		_, rep, _ := e.health(t)
+		return rep.FallbackMode
+	})
+	code, body = e.admin(t, http.MethodPost, "/edge/cache/purge", `{"tag":"events:lists","soft":true}`)
+	if code != 200 || !strings.Contains(string(body), `"soft":false`) {
+		t.Fatalf("soft tag purge with redis down: %d %s", code, body)
+	}
+	if code, body := e.admin(t, http.MethodPost, "/edge/cache/purge", `{"key":"event:1","soft":true}`); code != http.StatusServiceUnavailable {
+		t.Fatalf("soft key purge with redis down: %d %s", code, body)
 	}
 }

@@ -18,6 +18,7 @@ import (
 //	standards entry     std:<scheme>://<host><path>[?query]   cachehandler (rfc9111)
 //	tag set             tag:z:{<tag>}                         cachehandler (tagset.go)
 //	tag version         tagver:{<tag>}                        cachehandler (l2.go)
+//	tag soft stamp      tagver:{<tag>}:soft                   cachehandler (softpurge.go)
 //	refresh claim       refresh:<entry key>                   cachehandler (swr.go)
 //	rate limit          ratelimit:<tier>:{<client key>}       ratelimit
 //	session             session:<storage id>                  sessionauth
@@ -32,7 +33,8 @@ import (
 //	bus ack channel     {<prefix>edge:…}:ack:<member>         internal/store (bus.go)
 //
 // Tags the edge gives entries itself start with EdgeTagPrefix (edge:rule:
-// <rule>, edge:url:<hash>); configured and upstream tags may not.
+// <rule>, edge:url:<hash>; edge:key:<key> names one key's soft stamp);
+// configured and upstream tags may not.
 
 // Family prefixes, as they follow the environment prefix.
 const (
@@ -62,6 +64,9 @@ const (
 	EdgeTagPrefix = "edge:"
 	RuleTagPrefix = EdgeTagPrefix + "rule:"
 	URLTagPrefix  = EdgeTagPrefix + "url:"
+	// KeyTagPrefix + a cache key is the pseudo-tag whose soft stamp
+	// soft-purges that one key (no entry carries it in its tag list).
+	KeyTagPrefix = EdgeTagPrefix + "key:"
 )
 
 // The fleet counters (internal/stats).
@@ -87,6 +92,7 @@ var Families = []Family{
 	{Name: "standards-mode cache entry", Prefix: StandardEntryPrefix, Owner: "cachehandler"},
 	{Name: "tag set", Prefix: TagSetPrefix, Owner: "cachehandler"},
 	{Name: "tag version", Prefix: TagVersionPrefix, Owner: "cachehandler"},
+	{Name: "tag soft stamp", Prefix: TagVersionPrefix, Owner: "cachehandler"},
 	{Name: "refresh claim", Prefix: RefreshClaimPrefix, Owner: "cachehandler"},
 	{Name: "rate limit", Prefix: RateLimitPrefix, Owner: "ratelimit"},
 	{Name: "session", Prefix: SessionPrefix, Owner: "sessionauth"},
@@ -144,6 +150,10 @@ func (k Keys) TagSet(tag string) string { return k.Prefix + TagSetPrefix + "{" +
 
 // TagVersion is a tag's version counter.
 func (k Keys) TagVersion(tag string) string { return k.Prefix + TagVersionPrefix + "{" + tag + "}" }
+
+// TagSoftStamp is a tag's soft-purge stamp: in its version's Cluster slot,
+// so one MGET reads both.
+func (k Keys) TagSoftStamp(tag string) string { return k.TagVersion(tag) + ":soft" }
 
 // RefreshClaim is the fleet-wide claim on a stale entry's refresh.
 func (k Keys) RefreshClaim(key string) string { return k.Prefix + RefreshClaimPrefix + key }

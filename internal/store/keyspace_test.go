@@ -18,6 +18,8 @@ func TestKeyspacePinned(t *testing.T) {
 		{k.CacheEntry(StandardEntryPrefix + "https://api.example/x"), "prod_std:https://api.example/x"},
 		{k.TagSet("events:lists"), "prod_tag:z:{events:lists}"},
 		{k.TagVersion("events:lists"), "prod_tagver:{events:lists}"},
+		{k.TagSoftStamp("events:lists"), "prod_tagver:{events:lists}:soft"},
+		{k.TagSoftStamp(KeyTagPrefix + "event:42"), "prod_tagver:{edge:key:event:42}:soft"},
 		{k.RefreshClaim("event:42"), "prod_refresh:event:42"},
 		{k.RateLimitTier("api"), "prod_ratelimit:api:{"},
 		{k.RateLimit("api", "ip:203.0.113.9"), "prod_ratelimit:api:{ip:203.0.113.9}"},
@@ -35,6 +37,7 @@ func TestKeyspacePinned(t *testing.T) {
 		{BusAck(k.Channel(CacheBusChannel), "m1"), "{prod_edge:cache:invalidate}:ack:m1"},
 		{RuleTagPrefix + "events", "edge:rule:events"},
 		{URLTagPrefix + "00ff", "edge:url:00ff"},
+		{KeyTagPrefix + "event:42", "edge:key:event:42"},
 	} {
 		if c.got != c.want {
 			t.Errorf("key %q, want %q", c.got, c.want)
@@ -51,7 +54,7 @@ func TestReservedKeyPrefixesCoverEveryFamily(t *testing.T) {
 	k := Keys{}
 	owned := []string{
 		k.CacheEntry(StandardEntryPrefix + "https://h/p"),
-		k.TagSet("t"), k.TagVersion("t"), k.RefreshClaim("event:1"),
+		k.TagSet("t"), k.TagVersion("t"), k.TagSoftStamp("t"), k.RefreshClaim("event:1"),
 		k.RateLimit("api", "ip:1"), k.Session("s"), k.SessionIndex("u"),
 		ExpressSession(ExpressSessionPrefix, "sid"),
 		k.FleetCounter(FleetHits), k.AuditStream(),
