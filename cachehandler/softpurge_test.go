@@ -351,3 +351,63 @@ func TestSoftPurgeOfExpiredEntryKeepsItsWindow(t *testing.T) {
 		t.Fatalf("past its own window: %q", cs)
 	}
 }
+
+// A fill whose upstream answer predates a soft purge is never served as
+// fresh afterwards, on either edge: the soft purge lands while edge a's
+// fill waits to store.
+func TestFillSpanningSoftPurgeIsNotFresh(t *testing.T) {
+	p := newPair(t, nil)
+	p.a.cache.testHookBeforeStore = func() {
+		p.a.cache.testHookBeforeStore = nil
+		p.b.cache.SoftInvalidate(context.Background(), []string{"event:21"})
+	}
+	p.a.get("/api/events/21")
+	// Whatever the fill left (here: nothing, the purge bumped a's clock
+	// first) must not be fresh: not a's L1 copy, not the entry in Redis.
+	now := p.a.clock.Now()
+	if l1 := p.a.cache.l1.get("event:21", now); l1 != nil && l1.fresh(now) {
+		t.Fatal("edge a kept a fresh L1 copy of an answer from before the soft purge")
+	}
+	raw, st, err := p.b.cache.l2.getWithStamps(context.Background(), "event:21", []string{"event:21", "edge:rule:event"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if raw != nil {
+		e, err := DecodeEntry(raw)
+		if err != nil || softSince(e, st) == 0 {
+			t.Fatalf("redis holds an answer from before the soft purge as fresh (%v)", err)
+		}
+	}
+	// The next reader refills (or refreshes) and is fresh from then on.
+	p.b.get("/api/events/21")
+	waitFor(t, 5*time.Second, "a fresh hit after the refill", func() bool {
+		cs, _ := cacheStatus(p.a, "/api/events/21")
+		return cs == "ticketi-edge; hit"
+	})
+}
+
+// The Redis side alone: an entry stored with the stamps read before a soft
+// purge (its filler had not heard of the purge) is read as stale.
+func TestEntryStampedBeforeSoftPurgeIsStaleFromRedis(t *testing.T) {
+	p := newPair(t, nil)
+	ctx := context.Background()
+	p.a.get("/api/events/22") // a real entry to copy
+	raw, _, err := p.a.cache.l2.getWithStamps(ctx, "event:22", nil)
+	if err != nil || raw == nil {
+		t.Fatalf("entry: %v", err)
+	}
+	e, _ := DecodeEntry(raw)
+	hard, soft, err := p.a.cache.l2.stampsAt(ctx, "event:22", e.Tags) // the "fill" begins
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.b.cache.SoftInvalidate(ctx, []string{"event:22"})
+	e.TagVersions, e.SoftVersions, e.StoredAt = hard, soft, p.a.clock.Now()
+	if err := p.a.cache.l2.store(ctx, "event:22", e.Encode(), time.Hour, e.Tags, hard); err != nil {
+		t.Fatalf("store: %v", err) // hard versions unchanged: a soft purge never refuses a store
+	}
+	p.b.cache.l1 = newL1(DefaultL1Bytes)
+	if cs, _ := cacheStatus(p.b, "/api/events/22"); !strings.Contains(cs, "detail=soft-purge") {
+		t.Fatalf("entry stamped before the soft purge read as %q", cs)
+	}
+}
