@@ -58,8 +58,11 @@ type StoredEntry struct {
 	// ExpiresInSeconds is how long the copy is kept (the grace for stale
 	// serving included): Redis's PTTL for L2, the L1 deadline for L1.
 	ExpiresInSeconds float64 `json:"expires_in_seconds"`
-	// State is "fresh", "stale" (past its TTL, within grace) or "expired".
+	// State is "fresh", "stale" (past its TTL or soft-purged, within
+	// grace) or "expired".
 	State string `json:"state"`
+	// SoftPurgedAt: when a soft purge made the entry stale (softpurge.go).
+	SoftPurgedAt *time.Time `json:"soft_purged_at,omitempty"`
 	// Servable: a request would be answered from this copy now (L2: every
 	// tag still at the version the entry was filled under; L1: the edge
 	// trusts its copy).
@@ -129,6 +132,9 @@ func (c *Cache) describeL1(p *prepared, now time.Time) *StoredEntry {
 	}
 	e := p.entry
 	fillEntryTimes(s, e, now, p.staleUntil)
+	if at, soft := p.softPurgedAt(); soft {
+		markSoftPurged(s, at)
+	}
 	s.Status, s.Gzipped = e.Status, e.Gzipped
 	s.Servable = c.hearing() && now.Before(p.l1Until) && now.Before(p.staleUntil)
 	return s
@@ -190,6 +196,12 @@ func (c *Cache) inspectL2(ctx context.Context, key string, now time.Time) (*Stor
 	s.Status, s.Gzipped, s.Tags = e.Status, e.Gzipped, e.Tags
 	current, err := c.l2.current(ctx, e, nil)
 	s.Servable = current && s.State != "expired"
+	if err == nil {
+		var at int64
+		if at, err = c.l2.softPurgedSince(ctx, key, e); at != 0 {
+			markSoftPurged(s, time.UnixMilli(at))
+		}
+	}
 	return s, err
 }
 
@@ -243,7 +255,7 @@ func (c *Cache) setTTLL1(key string, ttl time.Duration) error {
 	if p == nil || p.std != nil {
 		return ErrNotStored
 	}
-	if !now.Before(p.freshUntil) {
+	if !p.fresh(now) {
 		return fmt.Errorf("%w: it is %s", ErrNotFresh, stateAt(p, now))
 	}
 	e := *p.entry
@@ -309,6 +321,11 @@ func (c *Cache) setTTLRedis(ctx context.Context, key string, ttl time.Duration) 
 		return fmt.Errorf("%w: %v", ErrRedisUnavailable, err)
 	} else if !ok {
 		return fmt.Errorf("%w: one of its tags was invalidated since it was stored", ErrNotFresh)
+	}
+	if at, err := c.l2.softPurgedSince(ctx, key, e); err != nil {
+		return fmt.Errorf("%w: %v", ErrRedisUnavailable, err)
+	} else if at != 0 {
+		return fmt.Errorf("%w: it was soft-purged (stale until refreshed)", ErrNotFresh)
 	}
 	e.TTL = now.Sub(e.StoredAt) + ttl
 	life := ttl + c.cfg.Grace

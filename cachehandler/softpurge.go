@@ -166,6 +166,34 @@ func softSince(e *Entry, st stamps) int64 {
 	return at
 }
 
+// softPurgedSince reads the soft stamps of e's tags and of key now (one
+// round trip) and returns when e was soft-purged since its fill, or 0.
+func (s *l2) softPurgedSince(ctx context.Context, key string, e *Entry) (int64, error) {
+	pipe := s.rdb.Client().Pipeline()
+	cmds := make([]*redis.StringCmd, len(e.Tags))
+	for i, t := range e.Tags {
+		cmds[i] = pipe.Get(ctx, s.tagSoft(t))
+	}
+	keySoft := pipe.Get(ctx, s.tagSoft(keyTag(key)))
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return 0, err
+	}
+	st := stamps{soft: make(map[string]int64, len(e.Tags))}
+	for i, t := range e.Tags {
+		st.soft[t], _ = cmds[i].Int64()
+	}
+	st.key, _ = keySoft.Int64()
+	return softSince(e, st), nil
+}
+
+// markSoftPurged shows a soft purge in an inspected copy.
+func markSoftPurged(s *StoredEntry, at time.Time) {
+	s.SoftPurgedAt = &at
+	if s.State == "fresh" {
+		s.State = "stale"
+	}
+}
+
 // softPurge stamps tags (or key pseudo-tags) soft at now and returns how
 // many live entries their tag sets hold.
 func (s *l2) softPurge(ctx context.Context, tags []string, now time.Time) (int, error) {

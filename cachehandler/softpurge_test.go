@@ -2,6 +2,7 @@ package cachehandler
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -409,5 +410,41 @@ func TestEntryStampedBeforeSoftPurgeIsStaleFromRedis(t *testing.T) {
 	p.b.cache.l1 = newL1(DefaultL1Bytes)
 	if cs, _ := cacheStatus(p.b, "/api/events/22"); !strings.Contains(cs, "detail=soft-purge") {
 		t.Fatalf("entry stamped before the soft purge read as %q", cs)
+	}
+}
+
+// Inspection shows a soft-purged entry as stale, in L1 and in Redis, and
+// SetTTL does not make it fresh again.
+func TestInspectAndSetTTLSeeSoftPurge(t *testing.T) {
+	for _, redis := range []bool{false, true} {
+		t.Run(map[bool]string{false: "embedded", true: "redis"}[redis], func(t *testing.T) {
+			var g *rig
+			if redis {
+				g = newPair(t, nil).a
+			} else {
+				g = newRig(t, nil)
+			}
+			ctx := context.Background()
+			g.get("/api/events/23")
+			g.cache.SoftInvalidate(ctx, []string{"event:23"})
+			info, err := g.cache.Inspect(ctx, "event:23")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range []*StoredEntry{info.L1, info.L2} {
+				if s == nil {
+					continue
+				}
+				if s.State != "stale" || s.SoftPurgedAt == nil {
+					t.Fatalf("inspected copy after the soft purge: %+v", s)
+				}
+			}
+			if redis && info.L2 == nil {
+				t.Fatal("no redis copy inspected")
+			}
+			if _, err := g.cache.SetTTL(ctx, "event:23", time.Hour); !errors.Is(err, ErrNotFresh) {
+				t.Fatalf("SetTTL on a soft-purged entry: %v, want ErrNotFresh", err)
+			}
+		})
 	}
 }
