@@ -3,7 +3,9 @@ package cachehandler
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -446,5 +448,121 @@ func TestInspectAndSetTTLSeeSoftPurge(t *testing.T) {
 				t.Fatalf("SetTTL on a soft-purged entry: %v, want ErrNotFresh", err)
 			}
 		})
+	}
+}
+
+// langETagOrigin answers in the language asked for, varies on it, and
+// validates: ETag "<lang>-v1", a bodiless 304 on a match.
+type langETagOrigin struct {
+	mu          sync.Mutex
+	build       int
+	full        map[string]int
+	notModified map[string]int
+	asked       map[string]string // lang → last If-None-Match
+}
+
+func newLangETagOrigin() *langETagOrigin {
+	return &langETagOrigin{build: 1, full: map[string]int{}, notModified: map[string]int{}, asked: map[string]string{}}
+}
+
+func (o *langETagOrigin) serve(w http.ResponseWriter, r *http.Request) error {
+	lang := r.Header.Get("Accept-Language")
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	h := w.Header()
+	h.Set("Vary", "Accept-Language")
+	h.Set("Etag", `"`+lang+`-v1"`)
+	h.Set("X-Build", strconv.Itoa(o.build))
+	o.asked[lang] = r.Header.Get("If-None-Match")
+	if etagMatches([]string{r.Header.Get("If-None-Match")}, `"`+lang+`-v1"`) {
+		o.notModified[lang]++
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	o.full[lang]++
+	_, err := io.WriteString(w, `{"lang":"`+lang+`"}`)
+	return err
+}
+
+func (o *langETagOrigin) counts(lang string) (full, notModified int, asked string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.full[lang], o.notModified[lang], o.asked[lang]
+}
+
+// A variant's refresh asks with that variant's validator, and its 304
+// renews that variant only, under its own key.
+func TestVariantRefreshIsConditional(t *testing.T) {
+	for _, redis := range []bool{false, true} {
+		t.Run(map[bool]string{false: "embedded", true: "redis"}[redis], func(t *testing.T) {
+			var g *rig
+			if redis {
+				g = newPair(t, func(c *Config) { c.StaleWhileRevalidate = time.Minute }).a
+			} else {
+				g = newRig(t, func(c *Config) { c.StaleWhileRevalidate = time.Minute })
+			}
+			o := newLangETagOrigin()
+			g.next = o.serve
+			for _, l := range []string{"en", "de"} {
+				g.do(langReq("/api/events/7", l))
+			}
+			g.clock.Advance(1801 * time.Second)
+			o.mu.Lock()
+			o.build = 2
+			o.mu.Unlock()
+			for _, l := range []string{"en", "de"} {
+				if cs := g.do(langReq("/api/events/7", l)).Header().Get("Cache-Status"); !strings.Contains(cs, "detail=stale-while-revalidate") {
+					t.Fatalf("%s stale: %q", l, cs)
+				}
+				refreshesDone(t, g)
+			}
+			for _, l := range []string{"en", "de"} {
+				full, nm, asked := o.counts(l)
+				if full != 1 || nm != 1 || asked != `W/"`+l+`-v1"` {
+					t.Fatalf("%s: %d bodies, %d 304s, asked with %q", l, full, nm, asked)
+				}
+				w := g.do(langReq("/api/events/7", l))
+				if w.Header().Get("Cache-Status") != "ticketi-edge; hit" || w.Header().Get("X-Build") != "2" ||
+					w.Body.String() != `{"lang":"`+l+`"}` || w.Header().Get("Vary") != "Accept-Encoding, Accept-Language" {
+					t.Fatalf("%s renewed: %q X-Build %q body %q Vary %q", l, w.Header().Get("Cache-Status"),
+						w.Header().Get("X-Build"), w.Body.String(), w.Header().Get("Vary"))
+				}
+			}
+		})
+	}
+}
+
+// A soft purge by key reaches every variant of the key, on every edge and
+// in Redis (the variants share the key's stamp).
+func TestSoftPurgeKeyReachesEveryVariant(t *testing.T) {
+	p := newPair(t, nil)
+	o := newLangETagOrigin()
+	p.a.next, p.b.next = o.serve, o.serve
+	for _, g := range []*rig{p.a, p.b} {
+		for _, l := range []string{"en", "de"} {
+			g.do(langReq("/api/events/7", l))
+		}
+	}
+	gate := newRefreshGate() // hold the refreshes so the stale answers are seen
+	defer gate.open()
+	held := func(w http.ResponseWriter, r *http.Request) error {
+		gate.refreshes.Add(1)
+		<-gate.release
+		return o.serve(w, r)
+	}
+	p.a.next, p.b.next = held, held
+	if soft, err := p.a.cache.SoftPurgeKey(context.Background(), "event:7"); err != nil || !soft {
+		t.Fatalf("soft key purge: %v %v", soft, err)
+	}
+	for round := range 2 {
+		if round == 1 {
+			p.b.cache.l1 = newL1(DefaultL1Bytes) // now from Redis
+		}
+		for _, l := range []string{"en", "de"} {
+			w := p.b.do(langReq("/api/events/7", l))
+			if cs := w.Header().Get("Cache-Status"); !strings.Contains(cs, "detail=soft-purge") || w.Body.String() != `{"lang":"`+l+`"}` {
+				t.Fatalf("round %d, %s: %q %q", round, l, cs, w.Body.String())
+			}
+		}
 	}
 }
