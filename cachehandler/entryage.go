@@ -165,15 +165,15 @@ func (c *Cache) ruleForKey(key string) *Rule {
 // dropTagEntries removes every entry carrying tag and returns them.
 func (c *l1) dropTagEntries(tag string) []*prepared {
 	var dropped []*prepared
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		for key := range s.tags[tag] {
-			if p, ok := s.lru.Peek(key); ok && s.lru.Remove(key) {
+	for i := range c.books {
+		s, b := c.entries.Shard(i), &c.books[i]
+		s.Lock()
+		for key := range b.tags[tag] {
+			if p, ok := s.LRU.Peek(key); ok && s.LRU.Remove(key) {
 				dropped = append(dropped, p)
 			}
 		}
-		s.mu.Unlock()
+		s.Unlock()
 	}
 	return dropped
 }

@@ -261,11 +261,11 @@ func (c *Cache) setTTLL1(key string, ttl time.Duration) error {
 	e := *p.entry
 	e.TTL = now.Sub(e.StoredAt) + ttl
 	np := prepare(key, &e, c.cfg.Grace, c.l1TTL(), now)
-	shard := c.l1.shard(key)
+	shard, _ := c.l1.shard(key)
 	if !c.l1.add(np, func() bool {
 		// Runs under the shard's lock (l1.add): the entry must still be
 		// the one read, and none of its tags invalidated since.
-		cur, ok := shard.lru.Peek(key)
+		cur, ok := shard.LRU.Peek(key)
 		return ok && cur == p && !c.clock.changedSince(e.Tags, snap)
 	}) {
 		return ErrEntryChanged
@@ -353,10 +353,7 @@ func (c *Cache) setTTLRedis(ctx context.Context, key string, ttl time.Duration) 
 // peek returns the L1 copy of key whatever its deadlines, without
 // promoting it.
 func (c *l1) peek(key string) *prepared {
-	s := c.shard(key)
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	p, _ := s.lru.Peek(key)
+	p, _ := c.entries.Peek(key)
 	return p
 }
 

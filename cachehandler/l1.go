@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/ticketi/edge/internal/lru"
 )
 
 const (
@@ -24,41 +24,39 @@ const (
 // each entry valid until its own l1 deadline (a short TTL that bounds
 // staleness when pub/sub invalidations are lost).
 type l1 struct {
-	seed   maphash.Seed
-	shards [l1Shards]l1Shard
+	entries *lru.Sharded[string, *prepared]
+	books   [l1Shards]l1Books // books[i] under entries' shard i lock
 }
 
-type l1Shard struct {
-	mu    sync.RWMutex
-	lru   *simplelru.LRU[string, *prepared]
+// l1Books is what a shard keeps beside its LRU, under the shard's lock.
+type l1Books struct {
 	bytes int64
 	max   int64
 	tags  map[string]map[string]struct{} // tag → keys, for drop-by-tag without a scan
 }
 
 func newL1(maxBytes int64) *l1 {
-	c := &l1{seed: maphash.MakeSeed()}
-	per := max(maxBytes/l1Shards, 1)
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.max = per
-		s.tags = map[string]map[string]struct{}{}
-		// The count bound is only a backstop; bytes are the real bound.
-		s.lru, _ = simplelru.NewLRU[string, *prepared](1<<20, s.evicted)
+	c := &l1{}
+	for i := range c.books {
+		c.books[i].max = max(maxBytes/l1Shards, 1)
+		c.books[i].tags = map[string]map[string]struct{}{}
 	}
+	seed := maphash.MakeSeed()
+	// The count bound is only a backstop; bytes are the real bound.
+	c.entries = lru.New(l1Shards, 1<<20, func(key string) uint64 { return maphash.String(seed, key) },
+		func(i int, key string, p *prepared) { c.books[i].evicted(key, p) })
 	return c
 }
 
-func (c *l1) shard(key string) *l1Shard {
-	return &c.shards[maphash.String(c.seed, key)%l1Shards]
+// shard returns key's shard and its books (under the shard's lock).
+func (c *l1) shard(key string) (*lru.Shard[string, *prepared], *l1Books) {
+	i := c.entries.Index(key)
+	return c.entries.Shard(i), &c.books[i]
 }
 
 // get returns the entry if its L1 copy is still valid at now.
 func (c *l1) get(key string, now time.Time) *prepared {
-	s := c.shard(key)
-	s.mu.RLock()
-	p, ok := s.lru.Peek(key)
-	s.mu.RUnlock()
+	p, ok := c.entries.Peek(key)
 	if !ok {
 		return nil
 	}
@@ -67,9 +65,7 @@ func (c *l1) get(key string, now time.Time) *prepared {
 	}
 	nowNano := now.UnixNano()
 	if last := p.promoted.Load(); nowNano-last > int64(promoteEvery) && p.promoted.CompareAndSwap(last, nowNano) {
-		s.mu.Lock()
-		s.lru.Get(key)
-		s.mu.Unlock()
+		c.entries.Get(key)
 	}
 	return p
 }
@@ -84,30 +80,30 @@ func (c *l1) get(key string, now time.Time) *prepared {
 // bump or the drop sees the entry. Checking before or after add instead
 // leaves a window in which a reader gets the old entry as a hit.
 func (c *l1) add(p *prepared, valid func() bool) bool {
-	s := c.shard(p.key)
-	if p.size > s.max {
+	s, b := c.shard(p.key)
+	if p.size > b.max {
 		return false
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.Lock()
+	defer s.Unlock()
 	if valid != nil && !valid() {
 		return false
 	}
-	if old, ok := s.lru.Peek(p.key); ok {
-		s.lru.Remove(old.key) // runs evicted: bytes and tags stay right
+	if old, ok := s.LRU.Peek(p.key); ok {
+		s.LRU.Remove(old.key) // runs evicted: bytes and tags stay right
 	}
-	s.lru.Add(p.key, p)
-	s.bytes += p.size
+	s.LRU.Add(p.key, p)
+	b.bytes += p.size
 	for _, t := range p.entry.Tags {
-		keys := s.tags[t]
+		keys := b.tags[t]
 		if keys == nil {
 			keys = map[string]struct{}{}
-			s.tags[t] = keys
+			b.tags[t] = keys
 		}
 		keys[p.key] = struct{}{}
 	}
-	for s.bytes > s.max {
-		if _, _, ok := s.lru.RemoveOldest(); !ok {
+	for b.bytes > b.max {
+		if _, _, ok := s.LRU.RemoveOldest(); !ok {
 			break
 		}
 	}
@@ -115,35 +111,23 @@ func (c *l1) add(p *prepared, valid func() bool) bool {
 }
 
 // purge drops every entry (after missed invalidations).
-func (c *l1) purge() {
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		s.lru.Purge()
-		s.mu.Unlock()
-	}
-}
+func (c *l1) purge() { c.entries.Purge() }
 
 // evicted keeps the byte count and the tag index in step; it runs under
-// the shard lock (simplelru calls it from Add/Remove/RemoveOldest).
-func (s *l1Shard) evicted(key string, p *prepared) {
-	s.bytes -= p.size
+// the shard lock (simplelru calls it from Add/Remove/RemoveOldest/Purge).
+func (b *l1Books) evicted(key string, p *prepared) {
+	b.bytes -= p.size
 	for _, t := range p.entry.Tags {
-		if keys := s.tags[t]; keys != nil {
+		if keys := b.tags[t]; keys != nil {
 			delete(keys, key)
 			if len(keys) == 0 {
-				delete(s.tags, t)
+				delete(b.tags, t)
 			}
 		}
 	}
 }
 
-func (c *l1) remove(key string) {
-	s := c.shard(key)
-	s.mu.Lock()
-	s.lru.Remove(key)
-	s.mu.Unlock()
-}
+func (c *l1) remove(key string) { c.entries.Remove(key) }
 
 // dropTag removes every entry carrying tag and returns their keys.
 func (c *l1) dropTag(tag string) []string {
@@ -164,28 +148,17 @@ func globMatch(glob, key string) bool {
 
 // dropMatching removes entries whose key matches a glob (admin purge).
 func (c *l1) dropMatching(glob string) int {
-	n := 0
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		for _, key := range s.lru.Keys() {
-			if globMatch(glob, key) && s.lru.Remove(key) {
-				n++
-			}
-		}
-		s.mu.Unlock()
-	}
-	return n
+	return c.entries.RemoveIf(func(key string, _ *prepared) bool { return globMatch(glob, key) })
 }
 
 // stats reports entries and bytes held.
 func (c *l1) stats() (entries int, bytes int64) {
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.RLock()
-		entries += s.lru.Len()
-		bytes += s.bytes
-		s.mu.RUnlock()
+	for i := range c.books {
+		s := c.entries.Shard(i)
+		s.RLock()
+		entries += s.LRU.Len()
+		bytes += c.books[i].bytes
+		s.RUnlock()
 	}
 	return entries, bytes
 }

@@ -266,16 +266,16 @@ func (p *prepared) markSoft(ms int64) {
 // softTag marks every rule entry carrying tag soft-purged at ms.
 func (c *l1) softTag(tag string, ms int64) int {
 	n := 0
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.RLock()
-		for key := range s.tags[tag] {
-			if p, ok := s.lru.Peek(key); ok && p.std == nil {
+	for i := range c.books {
+		s, b := c.entries.Shard(i), &c.books[i]
+		s.RLock()
+		for key := range b.tags[tag] {
+			if p, ok := s.LRU.Peek(key); ok && p.std == nil {
 				p.markSoft(ms)
 				n++
 			}
 		}
-		s.mu.RUnlock()
+		s.RUnlock()
 	}
 	return n
 }
@@ -283,15 +283,15 @@ func (c *l1) softTag(tag string, ms int64) int {
 // softKey marks key's entry soft-purged at ms; a standards-mode entry is
 // dropped instead.
 func (c *l1) softKey(key string, ms int64) bool {
-	s := c.shard(key)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	p, ok := s.lru.Peek(key)
+	s, _ := c.shard(key)
+	s.Lock()
+	defer s.Unlock()
+	p, ok := s.LRU.Peek(key)
 	if !ok {
 		return false
 	}
 	if p.std != nil {
-		s.lru.Remove(key)
+		s.LRU.Remove(key)
 	} else {
 		p.markSoft(ms)
 	}
@@ -302,23 +302,23 @@ func (c *l1) softKey(key string, ms int64) bool {
 // standards-mode entries are dropped instead.
 func (c *l1) softMatching(glob string, ms int64) int {
 	n := 0
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		for _, key := range s.lru.Keys() {
+	for i := range c.books {
+		s := c.entries.Shard(i)
+		s.Lock()
+		for _, key := range s.LRU.Keys() {
 			if !globMatch(glob, key) {
 				continue
 			}
-			if p, ok := s.lru.Peek(key); ok {
+			if p, ok := s.LRU.Peek(key); ok {
 				if p.std != nil {
-					s.lru.Remove(key)
+					s.LRU.Remove(key)
 				} else {
 					p.markSoft(ms)
 				}
 				n++
 			}
 		}
-		s.mu.Unlock()
+		s.Unlock()
 	}
 	return n
 }

@@ -1,10 +1,6 @@
 package ratelimit
 
-import (
-	"hash/maphash"
-
-	"github.com/hashicorp/golang-lru/v2/simplelru"
-)
+import "github.com/ticketi/edge/internal/lru"
 
 const denyShards = 16
 
@@ -15,36 +11,26 @@ const denyShards = 16
 // under a flood of distinct keys the oldest entries go first, which only
 // means those keys ask Redis again.
 type denyCache struct {
-	seed   maphash.Seed
-	shards [denyShards]lruShard[int64]
+	entries *lru.Sharded[stateKey, int64]
 }
 
 func newDenyCache(size int) *denyCache {
-	d := &denyCache{seed: maphash.MakeSeed()}
-	per := max(size/denyShards, 1)
-	for i := range d.shards {
-		d.shards[i].lru, _ = simplelru.NewLRU[stateKey, int64](per, nil)
-	}
-	return d
-}
-
-func (d *denyCache) shard(k stateKey) *lruShard[int64] {
-	return &d.shards[maphash.String(d.seed, k.key)%denyShards]
+	return &denyCache{entries: lru.New[stateKey, int64](denyShards, size/denyShards, keyHash(), nil)}
 }
 
 // until returns when the tier stops denying k, if that is after now.
 func (d *denyCache) until(k stateKey, now int64) (int64, bool) {
-	s := d.shard(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s := d.entries.ShardOf(k)
+	s.Lock()
+	defer s.Unlock()
 	// Peek, not Get: a denied key hammering the cache should not keep its
 	// entry young; expiry, not recency, decides its life.
-	t, ok := s.lru.Peek(k)
+	t, ok := s.LRU.Peek(k)
 	if !ok {
 		return 0, false
 	}
 	if t <= now {
-		s.lru.Remove(k)
+		s.LRU.Remove(k)
 		return 0, false
 	}
 	return t, true
@@ -52,16 +38,16 @@ func (d *denyCache) until(k stateKey, now int64) (int64, bool) {
 
 // deny records that k is denied until t.
 func (d *denyCache) deny(k stateKey, t int64) {
-	s := d.shard(k)
-	s.mu.Lock()
-	if old, ok := s.lru.Peek(k); !ok || t > old {
-		s.lru.Add(k, t)
+	s := d.entries.ShardOf(k)
+	s.Lock()
+	if old, ok := s.LRU.Peek(k); !ok || t > old {
+		s.LRU.Add(k, t)
 	}
-	s.mu.Unlock()
+	s.Unlock()
 }
 
-func (d *denyCache) forget(k stateKey) { d.shard(k).remove(k) }
+func (d *denyCache) forget(k stateKey) { d.entries.Remove(k) }
 
-func (d *denyCache) len() int { return shardsLen(d.shards[:]) }
+func (d *denyCache) len() int { return d.entries.Len() }
 
-func (d *denyCache) purge() { purgeShards(d.shards[:]) }
+func (d *denyCache) purge() { d.entries.Purge() }

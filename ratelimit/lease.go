@@ -1,11 +1,10 @@
 package ratelimit
 
 import (
-	"hash/maphash"
 	"sync"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/ticketi/edge/internal/lru"
 )
 
 // Leases let an edge decide most requests of a busy client without a Redis
@@ -81,18 +80,14 @@ type refillItem struct {
 	want  int64
 }
 
-type leaseShard struct {
-	mu   sync.Mutex
-	lru  *simplelru.LRU[stateKey, *lease]
-	held map[stateKey]*lease // entries that hold tokens (swept for expiry)
-}
-
 // leaseTable holds this edge's leases, bounded by an LRU; an evicted
 // lease's tokens are given back.
 type leaseTable struct {
-	seed   maphash.Seed
-	shards [leaseShards]leaseShard
-	kick   chan struct{} // wakes the background loop for a refill
+	leases *lru.Sharded[stateKey, *lease]
+	// held[i] are shard i's entries that hold tokens (swept for expiry),
+	// guarded by that shard's lock.
+	held [leaseShards]map[stateKey]*lease
+	kick chan struct{} // wakes the background loop for a refill
 
 	mu      sync.Mutex
 	returns []giveBackItem
@@ -101,25 +96,25 @@ type leaseTable struct {
 }
 
 func newLeaseTable(maxLeases int) *leaseTable {
-	t := &leaseTable{seed: maphash.MakeSeed(), kick: make(chan struct{}, 1)}
-	per := max(maxLeases/leaseShards, 1)
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.held = make(map[stateKey]*lease)
-		s.lru, _ = simplelru.NewLRU[stateKey, *lease](per, func(k stateKey, le *lease) {
-			// Called under s.mu, from Add.
-			if le.tokens > 0 {
-				t.queueReturn(giveBackItem{le.check, le.bucket, le.tokens})
-				le.tokens = 0
-			}
-			delete(s.held, k)
-		})
+	t := &leaseTable{kick: make(chan struct{}, 1)}
+	for i := range t.held {
+		t.held[i] = make(map[stateKey]*lease)
 	}
+	t.leases = lru.New(leaseShards, maxLeases/leaseShards, keyHash(), func(i int, k stateKey, le *lease) {
+		// Called under shard i's lock, from Add.
+		if le.tokens > 0 {
+			t.queueReturn(giveBackItem{le.check, le.bucket, le.tokens})
+			le.tokens = 0
+		}
+		delete(t.held[i], k)
+	})
 	return t
 }
 
-func (t *leaseTable) shard(k stateKey) *leaseShard {
-	return &t.shards[maphash.String(t.seed, k.key)%leaseShards]
+// shard returns k's shard and its held entries (under the shard's lock).
+func (t *leaseTable) shard(k stateKey) (*lru.Shard[stateKey, *lease], map[stateKey]*lease) {
+	i := t.leases.Index(k)
+	return t.leases.Shard(i), t.held[i]
 }
 
 func bucketDuration(c *preparedCheck) time.Duration {
@@ -129,11 +124,11 @@ func bucketDuration(c *preparedCheck) time.Duration {
 // take spends one reserved request of c's key, if a live lease has one.
 func (t *leaseTable) take(c *preparedCheck, now time.Time) (outcome, bool) {
 	k := c.stateKey()
-	s := t.shard(k)
-	s.mu.Lock()
-	le, ok := s.lru.Get(k)
+	s, _ := t.shard(k)
+	s.Lock()
+	le, ok := s.LRU.Get(k)
 	if !ok || le.tokens <= 0 || !now.Before(le.expires) {
-		s.mu.Unlock()
+		s.Unlock()
 		return outcome{}, false
 	}
 	le.tokens--
@@ -146,7 +141,7 @@ func (t *leaseTable) take(c *preparedCheck, now time.Time) (outcome, bool) {
 		le.refill = true
 		item = refillItem{le.check, nextWant(le.grant)} // le.check has its Redis key
 	}
-	s.mu.Unlock()
+	s.Unlock()
 	if refill {
 		t.mu.Lock()
 		t.refills = append(t.refills, item)
@@ -162,13 +157,13 @@ func (t *leaseTable) take(c *preparedCheck, now time.Time) (outcome, bool) {
 // untake puts back a request take spent, for a request another tier denied.
 func (t *leaseTable) untake(c *preparedCheck) {
 	k := c.stateKey()
-	s := t.shard(k)
-	s.mu.Lock()
-	if le, ok := s.lru.Peek(k); ok && le.spent > 0 {
+	s, _ := t.shard(k)
+	s.Lock()
+	if le, ok := s.LRU.Peek(k); ok && le.spent > 0 {
 		le.tokens++
 		le.spent--
 	}
-	s.mu.Unlock()
+	s.Unlock()
 }
 
 func nextWant(grant int64) int64 { return min(max(2*grant, firstLeaseWant), maxLeaseWant) }
@@ -177,12 +172,12 @@ func nextWant(grant int64) int64 { return min(max(2*grant, firstLeaseWant), maxL
 // not seen within two buckets, or while another request of the key asks.
 func (t *leaseTable) want(c *preparedCheck, now time.Time) int64 {
 	k := c.stateKey()
-	s := t.shard(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	le, ok := s.lru.Get(k)
+	s, _ := t.shard(k)
+	s.Lock()
+	defer s.Unlock()
+	le, ok := s.LRU.Get(k)
 	if !ok {
-		s.lru.Add(k, &lease{check: *c, lastSeen: now})
+		s.LRU.Add(k, &lease{check: *c, lastSeen: now})
 		return 0
 	}
 	hot := now.Sub(le.lastSeen) < 2*bucketDuration(c)
@@ -200,16 +195,16 @@ func (t *leaseTable) want(c *preparedCheck, now time.Time) int64 {
 // is added to the grant (a refill's own consumed request is a token too).
 func (t *leaseTable) settle(c *preparedCheck, o *outcome, sent time.Time, asked, refill bool, extra int64) {
 	k := c.stateKey()
-	s := t.shard(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	le, ok := s.lru.Peek(k)
+	s, held := t.shard(k)
+	s.Lock()
+	defer s.Unlock()
+	le, ok := s.LRU.Peek(k)
 	if !ok {
 		if o == nil || o.grant <= 0 {
 			return
 		}
 		le = &lease{check: *c, lastSeen: sent}
-		s.lru.Add(k, le)
+		s.LRU.Add(k, le)
 	}
 	if asked {
 		le.asking = false
@@ -241,7 +236,7 @@ func (t *leaseTable) settle(c *preparedCheck, o *outcome, sent time.Time, asked,
 	le.rem0 = o.remaining
 	le.resetAt = sent.Add(time.Duration(o.reset) * time.Microsecond)
 	le.grant = n
-	s.held[k] = le
+	held[k] = le
 }
 
 func maxTime(a, b time.Time) time.Time {
@@ -254,21 +249,21 @@ func maxTime(a, b time.Time) time.Time {
 // sweep queues the unspent tokens of every lease whose bucket has ended
 // (all of them with all set) for giving back.
 func (t *leaseTable) sweep(now time.Time, all bool) {
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.mu.Lock()
-		for k, le := range s.held {
+	for i, held := range t.held {
+		s := t.leases.Shard(i)
+		s.Lock()
+		for k, le := range held {
 			if le.tokens <= 0 {
-				delete(s.held, k)
+				delete(held, k)
 				continue
 			}
 			if all || !now.Before(le.expires) {
 				t.queueReturn(giveBackItem{le.check, le.bucket, le.tokens})
 				le.tokens = 0
-				delete(s.held, k)
+				delete(held, k)
 			}
 		}
-		s.mu.Unlock()
+		s.Unlock()
 	}
 }
 
@@ -295,28 +290,28 @@ func (t *leaseTable) drain() ([]giveBackItem, []refillItem) {
 
 // forget drops k's lease (admin reset: its tokens were deleted with the key).
 func (t *leaseTable) forget(k stateKey) {
-	s := t.shard(k)
-	s.mu.Lock()
-	if le, ok := s.lru.Peek(k); ok {
+	s, held := t.shard(k)
+	s.Lock()
+	if le, ok := s.LRU.Peek(k); ok {
 		le.tokens = 0
-		delete(s.held, k)
-		s.lru.Remove(k)
+		delete(held, k)
+		s.LRU.Remove(k)
 	}
-	s.mu.Unlock()
+	s.Unlock()
 }
 
 // outstanding is the number of tokens held (for stats and tests).
 func (t *leaseTable) outstanding() (keys int, tokens int64) {
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.mu.Lock()
-		for _, le := range s.held {
+	for i, held := range t.held {
+		s := t.leases.Shard(i)
+		s.Lock()
+		for _, le := range held {
 			if le.tokens > 0 {
 				keys++
 				tokens += le.tokens
 			}
 		}
-		s.mu.Unlock()
+		s.Unlock()
 	}
 	return keys, tokens
 }

@@ -4,7 +4,7 @@ import (
 	"hash/maphash"
 	"slices"
 
-	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/ticketi/edge/internal/lru"
 )
 
 // memShards spreads the memory limiter's lock; a power of two.
@@ -24,22 +24,18 @@ type stateKey struct {
 // active within one window does a key lose its state early (and get its
 // quota back): that is the price of the bound, documented for operators.
 type memoryLimiter struct {
-	seed   maphash.Seed
-	shards [memShards]lruShard[*limitState]
+	states *lru.Sharded[stateKey, *limitState]
 }
 
 func newMemoryLimiter(maxKeys int) *memoryLimiter {
-	m := &memoryLimiter{seed: maphash.MakeSeed()}
-	per := max(maxKeys/memShards, 1)
-	for i := range m.shards {
-		// NewLRU fails only for a size below 1.
-		m.shards[i].lru, _ = simplelru.NewLRU[stateKey, *limitState](per, nil)
-	}
-	return m
+	return &memoryLimiter{states: lru.New[stateKey, *limitState](memShards, maxKeys/memShards, keyHash(), nil)}
 }
 
-func (m *memoryLimiter) shardOf(k stateKey) int {
-	return int(maphash.String(m.seed, k.key) % memShards)
+// keyHash places a tier+key by its key alone, so the tiers of one request
+// for one client share a shard (one lock).
+func keyHash() func(stateKey) uint64 {
+	seed := maphash.MakeSeed()
+	return func(k stateKey) uint64 { return maphash.String(seed, k.key) }
 }
 
 // decide decides one request, all checks atomically: the shards involved
@@ -56,18 +52,18 @@ func (m *memoryLimiter) decideWants(now int64, pen penaltyParams, consume bool, 
 	var shardBuf [4]int
 	shards := shardBuf[:0]
 	for i := range checks {
-		s := m.shardOf(checks[i].stateKey())
+		s := m.states.Index(checks[i].stateKey())
 		if !slices.Contains(shards, s) {
 			shards = append(shards, s)
 		}
 	}
 	slices.Sort(shards)
 	for _, s := range shards {
-		m.shards[s].mu.Lock()
+		m.states.Shard(s).Lock()
 	}
 	defer func() {
 		for _, s := range shards {
-			m.shards[s].mu.Unlock()
+			m.states.Shard(s).Unlock()
 		}
 	}()
 
@@ -82,14 +78,14 @@ func (m *memoryLimiter) decideWants(now int64, pen penaltyParams, consume bool, 
 	lims, states, scratch = lims[:n], states[:n], scratch[:2*n]
 	for i := range checks {
 		k := checks[i].stateKey()
-		lru := m.shards[m.shardOf(k)].lru
+		table := m.states.ShardOf(k).LRU // locked above
 		lims[i] = checks[i].lim
-		st, ok := lru.Get(k)
+		st, ok := table.Get(k)
 		if !ok {
 			st = &limitState{}
 			// A peek must not fill the table with states nobody used.
 			if consume {
-				lru.Add(k, st)
+				table.Add(k, st)
 			}
 		}
 		// The same tier+key twice in one request shares one state, as the
@@ -106,9 +102,9 @@ func (m *memoryLimiter) decideWants(now int64, pen penaltyParams, consume bool, 
 }
 
 // reset forgets one tier+key.
-func (m *memoryLimiter) reset(k stateKey) { m.shards[m.shardOf(k)].remove(k) }
+func (m *memoryLimiter) reset(k stateKey) { m.states.Remove(k) }
 
 // len is the number of states held.
-func (m *memoryLimiter) len() int { return shardsLen(m.shards[:]) }
+func (m *memoryLimiter) len() int { return m.states.Len() }
 
-func (m *memoryLimiter) purge() { purgeShards(m.shards[:]) }
+func (m *memoryLimiter) purge() { m.states.Purge() }

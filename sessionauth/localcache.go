@@ -6,7 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/ticketi/edge/internal/lru"
 )
 
 // cacheKey names a session in the local caches: the storage id's bytes for
@@ -27,81 +27,12 @@ type entry struct {
 
 const cacheShards = 16
 
-// shardedLRU is a size-bounded LRU split in shards so that concurrent
-// requests for different sessions rarely meet on a lock (the golang-lru
-// advice for a hot cache).
-type shardedLRU[V any] struct {
-	shards [cacheShards]lruShard[V]
-}
-
-type lruShard[V any] struct {
-	mu  sync.Mutex
-	lru *simplelru.LRU[cacheKey, V]
-}
-
-func newShardedLRU[V any](size int) *shardedLRU[V] {
-	per := max(1, (size+cacheShards-1)/cacheShards)
-	c := &shardedLRU[V]{}
-	for i := range c.shards {
-		l, err := simplelru.NewLRU[cacheKey, V](per, nil)
-		if err != nil {
-			panic(err) // only for size <= 0, excluded above
-		}
-		c.shards[i].lru = l
-	}
-	return c
-}
-
-func (c *shardedLRU[V]) shard(k cacheKey) *lruShard[V] { return &c.shards[k[0]%cacheShards] }
-
-func (c *shardedLRU[V]) get(k cacheKey) (V, bool) {
-	s := c.shard(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.lru.Get(k)
-}
-
-func (c *shardedLRU[V]) add(k cacheKey, v V) {
-	s := c.shard(k)
-	s.mu.Lock()
-	s.lru.Add(k, v)
-	s.mu.Unlock()
-}
-
-func (c *shardedLRU[V]) remove(k cacheKey) {
-	s := c.shard(k)
-	s.mu.Lock()
-	s.lru.Remove(k)
-	s.mu.Unlock()
-}
-
-// removeIf drops every entry for which drop returns true. It walks the
-// whole cache, so it is for rare events (logout everywhere).
-func (c *shardedLRU[V]) removeIf(drop func(V) bool) int {
-	n := 0
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		for _, k := range s.lru.Keys() {
-			if v, ok := s.lru.Peek(k); ok && drop(v) {
-				s.lru.Remove(k)
-				n++
-			}
-		}
-		s.mu.Unlock()
-	}
-	return n
-}
-
-func (c *shardedLRU[V]) len() int {
-	n := 0
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		n += s.lru.Len()
-		s.mu.Unlock()
-	}
-	return n
+// newLocalCache is a local cache of size entries, sharded (lru.Sharded) so
+// that concurrent requests for different sessions rarely meet on a lock.
+// Keys are already uniform (ids and hashes), so their first byte places
+// them.
+func newLocalCache[V any](size int) *lru.Sharded[cacheKey, V] {
+	return lru.New[cacheKey, V](cacheShards, (size+cacheShards-1)/cacheShards, func(k cacheKey) uint64 { return uint64(k[0]) }, nil)
 }
 
 // flight makes concurrent lookups of one session share a single store

@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ticketi/edge/internal/lru"
 	"github.com/ticketi/edge/internal/store"
 )
 
@@ -132,8 +133,8 @@ type Manager struct {
 	bus     Bus
 	unsub   func()
 
-	pos    *shardedLRU[*entry]
-	neg    *shardedLRU[int64] // until (unix ms)
+	pos    *lru.Sharded[cacheKey, *entry]
+	neg    *lru.Sharded[cacheKey, int64] // until (unix ms)
 	flight flight
 	// pending: logouts waiting for Redis (nil with the memory store).
 	pending *store.ReplayQueue
@@ -207,8 +208,8 @@ func New(opts Options) (*Manager, error) {
 		now:     opts.Now,
 		log:     opts.Logger,
 		bus:     opts.Bus,
-		pos:     newShardedLRU[*entry](opts.LocalSize),
-		neg:     newShardedLRU[int64](max(1, opts.LocalSize/4)),
+		pos:     newLocalCache[*entry](opts.LocalSize),
+		neg:     newLocalCache[int64](max(1, opts.LocalSize/4)),
 		closed:  make(chan struct{}),
 	}
 	m.keepMs = max(m.localMs, m.graceMs)
@@ -359,38 +360,28 @@ func (m *Manager) Create(ctx context.Context, id Identity, meta Meta) (string, S
 // runs under the shard lock and invalidations bump the epoch before they
 // remove, so a stale answer can never outlive the invalidation.
 func (m *Manager) cacheIf(k cacheKey, e *entry, epoch uint64) {
-	s := m.pos.shard(k)
-	s.mu.Lock()
-	if m.epoch.Load() == epoch {
-		s.lru.Add(k, e)
-	}
-	s.mu.Unlock()
+	m.pos.AddIf(k, e, func() bool { return m.epoch.Load() == epoch })
 }
 
 func (m *Manager) negIf(k cacheKey, now int64, epoch uint64) {
 	if m.negMs <= 0 {
 		return
 	}
-	s := m.neg.shard(k)
-	s.mu.Lock()
-	if m.epoch.Load() == epoch {
-		s.lru.Add(k, now+m.negMs)
-	}
-	s.mu.Unlock()
+	m.neg.AddIf(k, now+m.negMs, func() bool { return m.epoch.Load() == epoch })
 }
 
 // dropLocal forgets a session locally and remembers it as gone.
 func (m *Manager) dropLocal(k cacheKey) {
 	m.epoch.Add(1)
-	m.pos.remove(k)
+	m.pos.Remove(k)
 	if m.negMs > 0 {
-		m.neg.add(k, m.nowMs()+m.negMs)
+		m.neg.Add(k, m.nowMs()+m.negMs)
 	}
 }
 
 func (m *Manager) dropUserLocal(userID string) {
 	m.epoch.Add(1)
-	m.pos.removeIf(func(e *entry) bool { return e.sess.UserID == userID })
+	m.pos.RemoveIf(func(_ cacheKey, e *entry) bool { return e.sess.UserID == userID })
 }
 
 // Validate looks a token up (as returned by VerifyCookie). Order: the local
@@ -444,22 +435,22 @@ func (m *Manager) result(s Session, r Result) (Session, Result) {
 func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Context, int64) lookup) (e *entry, r Result, outage bool) {
 	now := m.nowMs()
 	gen, settling := m.generation(now)
-	if c, ok := m.pos.get(k); ok {
+	if c, ok := m.pos.Get(k); ok {
 		if m.trusted(c, now, gen) {
 			m.stats.localHits.Add(1)
 			return c, Valid, false
 		}
 		if now-c.confirmed > m.keepMs {
-			m.pos.remove(k) // too old even for the outage fallback
+			m.pos.Remove(k) // too old even for the outage fallback
 		}
 		// Otherwise kept: the store decides, or the outage fallback uses it.
 	}
-	if until, ok := m.neg.get(k); ok {
+	if until, ok := m.neg.Get(k); ok {
 		if now < until {
 			m.stats.negativeHits.Add(1)
 			return nil, Unknown, false
 		}
-		m.neg.remove(k)
+		m.neg.Remove(k)
 	}
 	var res lookup
 	if !m.backend.available() {
@@ -470,7 +461,7 @@ func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Con
 			// A caller that missed the cache just as an earlier flight for
 			// this key finished starts a new flight: that flight has filled
 			// the cache by now, so look again before asking the store.
-			if c, ok := m.pos.get(k); ok && m.trusted(c, now, gen) {
+			if c, ok := m.pos.Get(k); ok && m.trusted(c, now, gen) {
 				return lookup{e: c}
 			}
 			m.stats.storeLookups.Add(1)
@@ -479,10 +470,10 @@ func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Con
 			switch {
 			case r.err != nil:
 			case r.e == nil:
-				m.pos.remove(k)
+				m.pos.Remove(k)
 				m.negIf(k, now, epoch)
 			case now >= r.e.expiresMs:
-				m.pos.remove(k)
+				m.pos.Remove(k)
 			case settling && !m.confirmedSince(k, gen):
 				// Not a confirmation yet: see settledAnswer.
 			default:
@@ -510,7 +501,7 @@ func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Con
 // outageAnswer is what a session gets while the store cannot be asked: Valid
 // if this instance confirmed it within OutageGrace, else Unavailable.
 func (m *Manager) outageAnswer(k cacheKey, now int64) (*entry, Result, bool) {
-	if c, ok := m.pos.get(k); ok && m.graceMs > 0 && now-c.confirmed <= m.graceMs {
+	if c, ok := m.pos.Get(k); ok && m.graceMs > 0 && now-c.confirmed <= m.graceMs {
 		if now >= c.expiresMs {
 			return nil, Expired, true
 		}
@@ -548,7 +539,7 @@ func (m *Manager) trusted(c *entry, now int64, gen uint64) bool {
 // made since the last outage began (a login here, or a read after the
 // settling).
 func (m *Manager) confirmedSince(k cacheKey, gen uint64) bool {
-	c, ok := m.pos.get(k)
+	c, ok := m.pos.Get(k)
 	return ok && c.gen == gen
 }
 

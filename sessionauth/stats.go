@@ -58,7 +58,7 @@ func (m *Manager) Stats() Stats {
 		PermissionErrors: m.permissionErrors(),
 		Problems:         m.Problems(),
 		BusInvalidations: c.busInvalidations.Load(),
-		LocalEntries:     m.pos.len(),
+		LocalEntries:     m.pos.Len(),
 		StorageKeyID:     m.storageFP,
 	}
 	for r := range numResults {
