@@ -109,14 +109,15 @@ type Config struct {
 	Counters *stats.CacheCounters
 }
 
-// Bus carries invalidations between edges: store.Bus on Redis pub/sub.
+// Bus carries invalidations between edges: a *store.Bus on Redis pub/sub.
+// It keeps the store.PubSub contract (Subscribe delivers every message, in
+// order, one at a time; Publish sends without waiting for anyone), under
+// which the cache hears its own messages: each carries the cache's origin
+// and onBusMessage skips its own. A fleet bus adds the rest.
 type Bus interface {
-	// Subscribe delivers every message, in order, one at a time.
-	Subscribe(fn func(msg string)) (unsubscribe func())
+	store.PubSub
 	// OnResync runs fn when messages may have been missed.
 	OnResync(fn func()) (remove func())
-	// Publish sends without waiting for anyone.
-	Publish(ctx context.Context, msg string) error
 	// Broadcast sends and waits (bounded) until every live edge handled it.
 	Broadcast(ctx context.Context, msg string) store.AckResult
 	// Hearing reports whether every message sent more than a small bound

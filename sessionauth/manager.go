@@ -78,8 +78,14 @@ type Options struct {
 	Now func() time.Time
 	// Logger; never given tokens, only HashForLog values and handles.
 	Logger *zap.Logger
-	// Bus, when set, spreads invalidations to the other instances.
-	Bus Bus
+	// Bus, when set, spreads invalidations to the other instances, so a
+	// logout on one drops the session from every instance's local cache at
+	// once rather than after LocalTTL; a lost message costs at most LocalTTL
+	// of a destroyed session still accepted elsewhere. The Caddy glue passes
+	// a *store.Bus (Redis pub/sub); tests sharing one process pass a
+	// store.MemoryBus. With the in-memory store there is none: one instance
+	// has no one to tell.
+	Bus store.PubSub
 	// Express enables ValidateExpress (needs Redis).
 	Express *ExpressOptions
 }
@@ -130,7 +136,7 @@ type Manager struct {
 	express *expressCompat
 	now     func() time.Time
 	log     *zap.Logger
-	bus     Bus
+	bus     store.PubSub
 	unsub   func()
 
 	pos    *lru.Sharded[cacheKey, *entry]

@@ -70,9 +70,9 @@ func TestBusDropsOtherInstancesCacheAtOnce(t *testing.T) {
 		t.Run(map[bool]string{true: "bus", false: "no bus (control)"}[withBus], func(t *testing.T) {
 			_, r := startRedis(t)
 			clk := newClock()
-			var bus Bus
+			var bus store.PubSub
 			if withBus {
-				bus = NewMemoryBus()
+				bus = store.NewMemoryBus()
 			}
 			a := newManager(t, Options{Redis: r, Now: clk.Now, Bus: bus})
 			b := newManager(t, Options{Redis: r, Now: clk.Now, Bus: bus})
@@ -110,7 +110,7 @@ func TestBusDropsOtherInstancesCacheAtOnce(t *testing.T) {
 }
 
 func TestBusIgnoresJunk(t *testing.T) {
-	bus := NewMemoryBus()
+	bus := store.NewMemoryBus()
 	m := newManager(t, Options{Bus: bus})
 	tok := mustCreate(t, m, alice)
 	for _, msg := range []string{"", "hello", busDestroy, busDestroy + "zz", busDestroyUser, busDestroyUser + "a b",

@@ -17,7 +17,9 @@ import (
 )
 
 // Bus is a Redis pub/sub channel that edge instances use to tell each
-// other to drop local copies (cache L1 entries, cached sessions).
+// other to drop local copies (cache L1 entries, cached sessions). It keeps
+// the PubSub contract: every subscriber hears every message, its own
+// publisher's included.
 //
 // A plain bus is best effort: while Redis is down nothing arrives, which is
 // why every local copy also has a short TTL.
@@ -548,7 +550,8 @@ type AckResult struct {
 }
 
 // Broadcast publishes msg and waits until every other live member has run
-// its handlers for it, at most AckWait. When the PUBLISH fails it still
+// its handlers for it, at most AckWait. This bus's own handlers run too
+// (see PubSub), later and unawaited. When the PUBLISH fails it still
 // waits out AckWait (measured from when Redis became unreachable, so a
 // long outage costs nothing): members that could hear Redis before it
 // failed have stopped trusting their copies by then. A plain bus only
@@ -615,8 +618,9 @@ func (b *Bus) Publish(ctx context.Context, msg string) error {
 	return b.publish(ctx, b.channel, msg)
 }
 
-// Subscribe registers fn for every message; the returned func removes it.
-// Handlers run one at a time, in publication order.
+// Subscribe registers fn for every message, this bus's own included (see
+// PubSub); the returned func removes it. Handlers run one at a time, in
+// publication order.
 func (b *Bus) Subscribe(fn func(msg string)) (unsubscribe func()) {
 	b.mu.Lock()
 	id := b.nextID

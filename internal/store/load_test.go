@@ -246,7 +246,7 @@ func newEngines(t *testing.T, r *store.Redis) edgeEngines {
 }
 
 // newEnginesWithBus gives the session manager a bus for invalidations.
-func newEnginesWithBus(t *testing.T, r *store.Redis, bus sessionauth.Bus) edgeEngines {
+func newEnginesWithBus(t *testing.T, r *store.Redis, bus store.PubSub) edgeEngines {
 	t.Helper()
 	l, err := ratelimit.New(ratelimit.Options{Redis: r, DisableLeases: true}) // counts decisions made in Redis: no leases
 	if err != nil {
