@@ -17,7 +17,6 @@ package cachehandler
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -45,7 +44,8 @@ const (
 	busChannel     = store.CacheBusChannel
 )
 
-// Config configures a Cache.
+// Config configures a Cache. Zero values take the defaults, and New
+// refuses what Validate refuses (config.go).
 type Config struct {
 	Rules         []*Rule
 	Invalidations []*InvalidationRule
@@ -75,10 +75,12 @@ type Config struct {
 	// StatusName is the cache's name in Cache-Status.
 	StatusName string
 	// InvalidateHeader is a response header in which the upstream names
-	// tags to drop (comma-separated); the edge strips it.
+	// tags to drop (comma-separated); the edge strips it. Empty means
+	// none (DefaultInvalidateHeader is the Ticketi server's).
 	InvalidateHeader string
 	// CredentialCookies: requests carrying one of these cookies (or an
-	// Authorization header) use only per-user rules.
+	// Authorization header) use only per-user rules. nil means
+	// DefaultCredentialCookies; empty means none.
 	CredentialCookies []string
 	// IdentityHeaders are the trusted headers a session handler sets on
 	// identified requests (matched in any case, '_' for '-'): a request
@@ -197,77 +199,11 @@ const maxPendingTags = 10000
 
 // New validates cfg and builds the cache.
 func New(cfg Config) (*Cache, error) {
-	if cfg.L1Bytes <= 0 {
-		cfg.L1Bytes = DefaultL1Bytes
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
-	if cfg.L1TTL <= 0 {
-		cfg.L1TTL = DefaultL1TTL
-	}
-	if cfg.MaxEntryBytes <= 0 {
-		cfg.MaxEntryBytes = DefaultMaxEntryBytes
-	}
-	switch {
-	case cfg.Grace < 0:
-		return nil, errors.New("grace must not be negative")
-	case cfg.DisableStale:
-		cfg.Grace = 0
-	case cfg.Grace == 0:
-		cfg.Grace = DefaultGrace
-	}
-	if cfg.CompressMin <= 0 {
-		cfg.CompressMin = DefaultCompressMin
-	}
-	if cfg.NegativeTTL <= 0 {
-		cfg.NegativeTTL = DefaultNegativeTTL
-	}
-	if cfg.StatusName == "" {
-		cfg.StatusName = DefaultStatusName
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = zap.NewNop()
-	}
-	if cfg.Observer == nil {
-		cfg.Observer = nopObserver{}
-	}
-	if cfg.IdentityHeaders == nil {
-		cfg.IdentityHeaders = DefaultIdentityHeaders
-	}
-	names := map[string]bool{}
-	maxLife := time.Duration(0)
-	for _, r := range cfg.Rules {
-		if err := r.compile(cfg.Paths); err != nil {
-			return nil, err
-		}
-		if names[r.Name] {
-			return nil, fmt.Errorf("cache rule name %q is used twice", r.Name)
-		}
-		names[r.Name] = true
-		swr := r.StaleWhileRevalidate
-		if swr == 0 {
-			swr = cfg.StaleWhileRevalidate
-		}
-		if swr > cfg.Grace || swr < 0 {
-			return nil, fmt.Errorf("cache rule %q: stale_while_revalidate %v exceeds grace %v (entries live ttl+grace)", r.Name, swr, cfg.Grace)
-		}
-		maxLife = max(maxLife, r.TTL+cfg.Grace)
-	}
-	for _, ir := range cfg.Invalidations {
-		if err := ir.compile(cfg.Paths); err != nil {
-			return nil, err
-		}
-	}
-	if cfg.Standard != nil {
-		if names[StandardRuleName] {
-			return nil, fmt.Errorf("cache rule name %q is the standards mode's own", StandardRuleName)
-		}
-		if err := cfg.Standard.compile(cfg.Paths); err != nil {
-			return nil, err
-		}
-		maxLife = max(maxLife, 2*cfg.Standard.MaxTTL)
-	}
+	maxLife := cfg.maxLife()
 	c := &Cache{
 		cfg:    cfg,
 		log:    cfg.Logger,

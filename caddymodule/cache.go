@@ -1,7 +1,7 @@
 package caddymodule
 
 import (
-	"fmt"
+	"cmp"
 	"net/http"
 	"time"
 
@@ -136,45 +136,11 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 	if c.app, err = edgeApp(ctx); err != nil {
 		return err
 	}
-	cfg := cachehandler.Config{
-		L1Bytes:              c.L1Size,
-		L1TTL:                time.Duration(c.L1TTL),
-		MaxEntryBytes:        c.MaxEntrySize,
-		Grace:                time.Duration(c.Grace),
-		DisableStale:         c.DisableStale,
-		StaleWhileRevalidate: time.Duration(c.StaleWhileRevalidate),
-		CompressMin:          c.CompressMin,
-		NegativeTTL:          time.Duration(c.NegativeTTL),
-		StatusName:           c.StatusName,
-		InvalidateHeader:     c.InvalidateHeader,
-		CredentialCookies:    c.CredentialCookies,
-		IdentityHeaders:      c.IdentityHeaders,
-		Paths:                cachehandler.PathMatching{CaseSensitive: c.CaseSensitiveRouting, Strict: c.StrictRouting},
-		FixedUpstreamHost:    c.FixedUpstreamHost,
-		Standard:             c.RFC9111.engine(),
-		Redis:                c.app.redis,
-		Now:                  time.Now,
-		Logger:               c.log,
-		Resolve:              resolvePlaceholder,
-	}
-	if cfg.InvalidateHeader == "" {
-		cfg.InvalidateHeader = "X-Ticketi-Invalidate"
-	}
-	if cfg.CredentialCookies == nil {
-		cfg.CredentialCookies = []string{"connect.sid", DefaultSessionCookie}
-	}
-	for _, r := range c.Rules {
-		cfg.Rules = append(cfg.Rules, &cachehandler.Rule{
-			Name: r.Name, Path: r.Path, Key: r.Key, TTL: time.Duration(r.TTL), Tags: r.Tags,
-			PerUser: r.PerUser, Public: r.Public, IgnoreQuery: r.IgnoreQuery, Disabled: r.Disabled,
-			StaleWhileRevalidate: time.Duration(r.StaleWhileRevalidate),
-		})
-	}
-	for _, inv := range c.Invalidations {
-		cfg.Invalidations = append(cfg.Invalidations, &cachehandler.InvalidationRule{
-			Methods: append([]string(nil), inv.Methods...), Path: inv.Path, Tags: inv.Tags, Soft: inv.Soft,
-		})
-	}
+	cfg := c.engineConfig()
+	cfg.Redis = c.app.redis
+	cfg.Now = time.Now
+	cfg.Logger = c.log
+	cfg.Resolve = resolvePlaceholder
 	if c.app.redis != nil {
 		cfg.Bus = c.app.bus(store.CacheBusChannel)
 	}
@@ -195,19 +161,43 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// DefaultSessionCookie is edge_session's cookie name.
-const DefaultSessionCookie = "ticketi_session"
-
-// Validate checks the configuration (the engine validates rules in Provision).
-func (c *Cache) Validate() error {
-	if c.L1Size < 0 || c.MaxEntrySize < 0 || c.CompressMin < 0 {
-		return fmt.Errorf("edge_cache: sizes must not be negative")
+// engineConfig is the cache's configuration as the user set it; the
+// engine applies the defaults and checks it (cachehandler.Config).
+func (c *Cache) engineConfig() cachehandler.Config {
+	cfg := cachehandler.Config{
+		L1Bytes:              c.L1Size,
+		L1TTL:                time.Duration(c.L1TTL),
+		MaxEntryBytes:        c.MaxEntrySize,
+		Grace:                time.Duration(c.Grace),
+		DisableStale:         c.DisableStale,
+		StaleWhileRevalidate: time.Duration(c.StaleWhileRevalidate),
+		CompressMin:          c.CompressMin,
+		NegativeTTL:          time.Duration(c.NegativeTTL),
+		StatusName:           c.StatusName,
+		InvalidateHeader:     cmp.Or(c.InvalidateHeader, cachehandler.DefaultInvalidateHeader), // empty is "none" in the engine
+		CredentialCookies:    c.CredentialCookies,
+		IdentityHeaders:      c.IdentityHeaders,
+		Paths:                cachehandler.PathMatching{CaseSensitive: c.CaseSensitiveRouting, Strict: c.StrictRouting},
+		FixedUpstreamHost:    c.FixedUpstreamHost,
+		Standard:             c.RFC9111.engine(),
 	}
-	if len(c.Rules) == 0 && len(c.Invalidations) == 0 && c.RFC9111 == nil {
-		return fmt.Errorf("edge_cache: no rules and no invalidations: nothing to do")
+	for _, r := range c.Rules {
+		cfg.Rules = append(cfg.Rules, &cachehandler.Rule{
+			Name: r.Name, Path: r.Path, Key: r.Key, TTL: time.Duration(r.TTL), Tags: r.Tags,
+			PerUser: r.PerUser, Public: r.Public, IgnoreQuery: r.IgnoreQuery, Disabled: r.Disabled,
+			StaleWhileRevalidate: time.Duration(r.StaleWhileRevalidate),
+		})
 	}
-	return nil
+	for _, inv := range c.Invalidations {
+		cfg.Invalidations = append(cfg.Invalidations, &cachehandler.InvalidationRule{
+			Methods: append([]string(nil), inv.Methods...), Path: inv.Path, Tags: inv.Tags, Soft: inv.Soft,
+		})
+	}
+	return cfg
 }
+
+// Validate checks the configuration with the engine's rules.
+func (c *Cache) Validate() error { return c.engineConfig().Validate() }
 
 // Cleanup detaches the engine.
 func (c *Cache) Cleanup() error {

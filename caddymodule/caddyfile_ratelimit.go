@@ -163,10 +163,13 @@ func (rl *RateLimit) parsePenalty(d *caddyfile.Dispenser) error {
 		return d.Errf("expected: penalty <factor> [max <duration>] [memory <duration>]")
 	}
 	factor, err := strconv.ParseFloat(args[0], 64)
-	if err != nil || factor <= 1 {
-		return d.Errf("penalty factor must be a number greater than 1, got %q", args[0])
+	if err != nil {
+		return d.Errf("penalty factor must be a number, got %q", args[0])
 	}
 	p := &RateLimitPenalty{Factor: factor}
+	if err := p.engine().ValidateFactor(); err != nil {
+		return d.Err(err.Error())
+	}
 	for i := 1; i < len(args); i += 2 {
 		dur, err := parseCaddyDuration(args[i+1])
 		if err != nil || dur <= 0 {

@@ -129,7 +129,7 @@ func (rl *RateLimit) Provision(ctx caddy.Context) error {
 	seen := map[string]bool{}
 	for _, t := range rl.Tiers {
 		if seen[t.Name] {
-			return fmt.Errorf("edge_rate_limit: tier %q is defined twice", t.Name)
+			return fmt.Errorf("tier %q is defined twice", t.Name)
 		}
 		seen[t.Name] = true
 		rt := tierRuntime{
@@ -140,9 +140,6 @@ func (rl *RateLimit) Provision(ctx caddy.Context) error {
 		}
 		rt.clientOnly = rt.key == clientIPPlaceholder
 		rt.usesClient = strings.Contains(rt.key, clientIPPlaceholder)
-		if rt.tier.Message == "" {
-			rt.tier.Message = "Too many requests"
-		}
 		if err := rt.paths.Provision(ctx); err != nil {
 			return err
 		}
@@ -156,54 +153,69 @@ func (rl *RateLimit) Provision(ctx caddy.Context) error {
 	}
 	rl.prefixes = ratelimit.IPPrefixes{V4: rl.IPv4Prefix, V6: rl.IPv6Prefix}
 	if err := rl.prefixes.Validate(); err != nil {
-		return fmt.Errorf("edge_rate_limit: %w", err)
+		return err
 	}
 	if rl.conn, err = rl.app.connectionFor(rl.Redis); err != nil {
 		return err
 	}
-	opts := ratelimit.Options{
-		Redis:            rl.conn.redis,
-		DryRun:           rl.DryRun,
-		DisableLocalDeny: rl.DisableLocalDeny,
-		DisableLeases:    rl.DisableLeases,
-		TopK:             rl.TopK,
-		KeyDisplay:       rl.KeyDisplay,
-		HashSalt:         caddy.NewReplacer().ReplaceKnown(rl.HashSalt, ""),
-		Logger:           rl.app.auditAbuse(rl.log), // abuse lines also go to the audit trail
-	}
-	if rl.Penalty != nil {
-		opts.Penalty = ratelimit.Penalty{Factor: rl.Penalty.Factor, Max: time.Duration(rl.Penalty.Max), Memory: time.Duration(rl.Penalty.Memory)}
-	}
+	opts := rl.engineOptions()
+	opts.Redis = rl.conn.redis
+	opts.HashSalt = caddy.NewReplacer().ReplaceKnown(rl.HashSalt, "")
+	opts.Logger = rl.app.auditAbuse(rl.log) // abuse lines also go to the audit trail
 	rl.counters = rl.app.metrics.limitCounters(rl.Tiers)
 	opts.Observer = limitObserver(rl.counters)
 	if rl.engine, err = ratelimit.New(opts); err != nil {
-		return fmt.Errorf("edge_rate_limit: %w", err)
+		return err
 	}
 	// Tier definitions are checked by the engine on first use; check them
 	// now so a bad tier fails the config load, not a request.
 	for _, rt := range rl.tiers {
 		if err := rt.tier.Validate(); err != nil {
-			return fmt.Errorf("edge_rate_limit: %w", err)
+			return err
 		}
 	}
 	rl.name = rl.app.handlers.limiters.add(rl)
 	return nil
 }
 
+// engineOptions are the limiter's options as the user set them; the
+// engine applies the defaults and checks them (ratelimit.Options).
+func (rl *RateLimit) engineOptions() ratelimit.Options {
+	return ratelimit.Options{
+		DryRun:           rl.DryRun,
+		DisableLocalDeny: rl.DisableLocalDeny,
+		DisableLeases:    rl.DisableLeases,
+		TopK:             rl.TopK,
+		KeyDisplay:       rl.KeyDisplay,
+		Penalty:          rl.Penalty.engine(),
+	}
+}
+
+// engine is the penalty as the limiter takes it; nil is off.
+func (p *RateLimitPenalty) engine() ratelimit.Penalty {
+	if p == nil {
+		return ratelimit.Penalty{}
+	}
+	return ratelimit.Penalty{Factor: p.Factor, Max: time.Duration(p.Max), Memory: time.Duration(p.Memory)}
+}
+
 // Validate checks the configuration.
 func (rl *RateLimit) Validate() error {
 	if len(rl.Tiers) == 0 {
-		return errors.New("edge_rate_limit: no tiers")
+		return errors.New("no tiers")
 	}
 	for _, t := range rl.Tiers {
 		if t.MissingKey != "" && t.MissingKey != "client_ip" && t.MissingKey != "deny" {
-			return fmt.Errorf("edge_rate_limit: tier %s: missing_key must be client_ip or deny", t.Name)
+			return fmt.Errorf("tier %s: missing_key must be client_ip or deny", t.Name)
 		}
 	}
-	if rl.Penalty != nil && rl.Penalty.Factor <= 1 {
-		return errors.New("edge_rate_limit: penalty factor must be greater than 1")
+	if rl.Penalty != nil {
+		// A penalty block turns penalties on: its factor cannot be 0 (off).
+		if err := rl.Penalty.engine().ValidateFactor(); err != nil {
+			return err
+		}
 	}
-	return nil
+	return rl.engineOptions().Validate()
 }
 
 // Cleanup stops the limiter.

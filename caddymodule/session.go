@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -120,40 +119,19 @@ func (s *Session) Provision(ctx caddy.Context) error {
 	if s.app, err = edgeApp(ctx); err != nil {
 		return err
 	}
-	s.CookieName = orDefault(s.CookieName, DefaultSessionCookie)
-	s.CookiePath = orDefault(s.CookiePath, "/")
-	s.IdentityHeader = orDefault(s.IdentityHeader, "X-Ticketi-Identity")
-	s.UserIDHeader = orDefault(s.UserIDHeader, "X-Ticketi-User-Id")
-	s.UsernameHeader = orDefault(s.UsernameHeader, "X-Ticketi-Username")
-	s.VerifiedHeader = orDefault(s.VerifiedHeader, "X-Ticketi-Verified")
-	if s.LoginPaths == nil {
-		s.LoginPaths = []string{"/api/auth/login", "/api/auth/register"}
+	hopts, err := s.httpOptions()
+	if err != nil {
+		return err
 	}
-	if s.LogoutPaths == nil {
-		s.LogoutPaths = []string{"/api/auth/logout"}
-	}
-	hopts := sessionauth.HTTPOptions{
-		CookieName: s.CookieName, CookiePath: s.CookiePath, CookieDomain: s.CookieDomain,
-		InsecureCookie: s.InsecureCookie, MaxAge: time.Duration(s.AbsoluteTimeout),
-		IdentityHeader: s.IdentityHeader, UserIDHeader: s.UserIDHeader,
-		UsernameHeader: s.UsernameHeader, VerifiedHeader: s.VerifiedHeader,
-		ProtectMutations: s.ProtectMutations, LoginRedirect: s.LoginRedirect,
-		ClientIP: clientIP, OnIdentity: setIdentityPlaceholders, Logger: s.log,
-	}
-	switch strings.ToLower(orDefault(s.SameSite, "lax")) {
-	case "lax":
-		hopts.SameSite = http.SameSiteLaxMode
-	case "strict":
-		hopts.SameSite = http.SameSiteStrictMode
-	case "none":
-		hopts.SameSite = http.SameSiteNoneMode
-	default:
-		return fmt.Errorf("edge_session: same_site must be lax, strict or none, got %q", s.SameSite)
-	}
+	hopts.ClientIP, hopts.OnIdentity, hopts.Logger = clientIP, setIdentityPlaceholders, s.log
 	for _, m := range []struct {
 		paths []string
 		into  *sessionauth.RequestMatcher
-	}{{s.Protect, &hopts.Protect}, {s.MutationsExcept, &hopts.MutationsExcept}, {s.LoginPaths, &hopts.Login}, {s.LogoutPaths, &hopts.Logout}} {
+	}{
+		{s.Protect, &hopts.Protect}, {s.MutationsExcept, &hopts.MutationsExcept},
+		{pathsOr(s.LoginPaths, sessionauth.DefaultLoginPaths), &hopts.Login},
+		{pathsOr(s.LogoutPaths, sessionauth.DefaultLogoutPaths), &hopts.Logout},
+	} {
 		if len(m.paths) == 0 {
 			continue // nil: matches nothing
 		}
@@ -183,19 +161,45 @@ func (s *Session) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if s.engine, err = sessionauth.New(opts); err != nil {
-		return fmt.Errorf("edge_session: %w", err)
-	}
-	if s.Express != nil {
-		hopts.ExpressCookie = s.Express.CookieName
+		return err
 	}
 	hopts.Observer = s.app.metrics.sessionObserver()
 	if s.handler, err = sessionauth.NewHandler(s.engine, hopts); err != nil {
-		return fmt.Errorf("edge_session: %w", err)
+		return err
 	}
 	s.name = s.app.handlers.sessions.add(s)
 	return nil
 }
 
+// httpOptions are the handler's options as the user set them, with the
+// engine's defaults (sessionauth.HTTPOptions.SetDefaults).
+func (s *Session) httpOptions() (sessionauth.HTTPOptions, error) {
+	sameSite, err := sessionauth.ParseSameSite(s.SameSite)
+	if err != nil {
+		return sessionauth.HTTPOptions{}, err
+	}
+	o := sessionauth.HTTPOptions{
+		CookieName: s.CookieName, CookiePath: s.CookiePath, CookieDomain: s.CookieDomain,
+		SameSite: sameSite, InsecureCookie: s.InsecureCookie, MaxAge: time.Duration(s.AbsoluteTimeout),
+		IdentityHeader: s.IdentityHeader, UserIDHeader: s.UserIDHeader,
+		UsernameHeader: s.UsernameHeader, VerifiedHeader: s.VerifiedHeader,
+		ProtectMutations: s.ProtectMutations, LoginRedirect: s.LoginRedirect,
+	}
+	o.SetDefaults()
+	return o, nil
+}
+
+// pathsOr is paths, or def when the user set none (nil; an empty list
+// matches nothing).
+func pathsOr(paths, def []string) []string {
+	if paths == nil {
+		return def
+	}
+	return paths
+}
+
+// engineOptions are the Manager's options as the user set them: the
+// engine applies the defaults and checks them (sessionauth.Options).
 func (s *Session) engineOptions() (sessionauth.Options, error) {
 	repl := caddy.NewReplacer()
 	opts := sessionauth.Options{
@@ -226,7 +230,7 @@ func (s *Session) engineOptions() (sessionauth.Options, error) {
 	}
 	if len(opts.SigningKeys) == 0 {
 		if s.conn.redis != nil {
-			return opts, errors.New("edge_session: signing_keys are required with redis: every edge must sign and verify cookies with the same keys (set e.g. EDGE_SESSION_KEYS to a random 32+ byte secret)")
+			return opts, errors.New("signing_keys are required with redis: every edge must sign and verify cookies with the same keys (set e.g. EDGE_SESSION_KEYS to a random 32+ byte secret)")
 		}
 		key := make([]byte, 32)
 		_, _ = rand.Read(key)
@@ -241,20 +245,14 @@ func (s *Session) engineOptions() (sessionauth.Options, error) {
 		}
 	}
 	if s.Express != nil {
-		if s.express.redis == nil {
-			return opts, errors.New("edge_session: express compatibility reads connect-redis sessions and needs redis")
-		}
-		ex := &sessionauth.ExpressOptions{Prefix: s.Express.Prefix, Redis: s.express.redis}
+		ex := &sessionauth.ExpressOptions{Prefix: s.Express.Prefix, CookieName: s.Express.CookieName, Redis: s.express.redis}
 		for _, sec := range s.Express.Secrets {
+			// A secret whose placeholder resolves empty is left out.
 			if v := repl.ReplaceKnown(sec, ""); v != "" {
 				ex.Secrets = append(ex.Secrets, v)
 			}
 		}
-		if len(ex.Secrets) == 0 {
-			return opts, errors.New("edge_session: express needs at least one secret")
-		}
 		opts.Express = ex
-		s.Express.CookieName = orDefault(s.Express.CookieName, "connect.sid")
 	}
 	return opts, nil
 }
@@ -264,7 +262,7 @@ func decodeKey(s string) ([]byte, error) {
 	if rest, ok := strings.CutPrefix(s, "base64:"); ok {
 		b, err := base64.StdEncoding.DecodeString(rest)
 		if err != nil {
-			return nil, errors.New("edge_session: a base64: key is not valid base64")
+			return nil, errors.New("a base64: key is not valid base64")
 		}
 		return b, nil
 	}
@@ -292,15 +290,15 @@ func setIdentityPlaceholders(r *http.Request, sess sessionauth.Session) {
 	}
 }
 
-// Validate checks the configuration.
+// Validate checks the handler's configuration with the engine's rules;
+// the Manager's (timeouts, keys, express) are checked by sessionauth.New
+// in Provision, which Caddy runs first.
 func (s *Session) Validate() error {
-	if s.IdleTimeout < 0 || s.AbsoluteTimeout < 0 || s.TouchInterval < 0 {
-		return errors.New("edge_session: timeouts must not be negative")
+	o, err := s.httpOptions()
+	if err != nil {
+		return err
 	}
-	if s.LoginRedirect != "" && !strings.HasPrefix(s.LoginRedirect, "/") && !strings.HasPrefix(s.LoginRedirect, "https://") {
-		return errors.New("edge_session: login_redirect must be a path or an https:// URL")
-	}
-	return nil
+	return o.Validate()
 }
 
 // Cleanup releases the engine and any connection of its own.

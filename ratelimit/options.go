@@ -3,7 +3,6 @@ package ratelimit
 import (
 	"errors"
 	"fmt"
-	"math"
 	"time"
 
 	"go.uber.org/zap"
@@ -59,6 +58,15 @@ type Penalty struct {
 
 func (p Penalty) enabled() bool { return p.Factor > 1 }
 
+// ValidateFactor checks the factor of a penalty that is on: greater than 1
+// and at most 1000. (In Options, 0 turns penalties off.)
+func (p Penalty) ValidateFactor() error {
+	if p.Factor > 1 && p.Factor <= maxFactor {
+		return nil
+	}
+	return fmt.Errorf("penalty factor must be greater than 1 and at most %d, got %v", maxFactor, p.Factor)
+}
+
 // Options configure a Limiter. The zero value is a working in-memory limiter.
 type Options struct {
 	// Redis is the shared connection; nil means in-memory only (the
@@ -110,6 +118,15 @@ type Options struct {
 	Observer Observer
 }
 
+// Validate reports what New would refuse in o, without building anything:
+// the Caddy glue calls it from its Validate.
+func (o Options) Validate() error {
+	o.setDefaults()
+	return o.validate()
+}
+
+// setDefaults fills what o leaves zero; it and validate are the only
+// places the limiter's defaults and limits are applied.
 func (o *Options) setDefaults() {
 	if o.Now == nil {
 		o.Now = time.Now
@@ -150,27 +167,26 @@ func (o *Options) setDefaults() {
 
 func (o *Options) validate() error {
 	var errs []error
-	f := o.Penalty.Factor
-	if math.IsNaN(f) || f < 0 || (f > 0 && f <= 1) || f > maxFactor {
-		errs = append(errs, fmt.Errorf("ratelimit: penalty factor must be 0 (off) or in (1, %d], got %v", maxFactor, f))
+	if o.Penalty.Factor != 0 { // 0: off
+		errs = append(errs, o.Penalty.ValidateFactor())
 	}
 	if o.Penalty.Max > maxWindow || o.Penalty.Memory > maxWindow {
-		errs = append(errs, fmt.Errorf("ratelimit: penalty max and memory must be at most %v", maxWindow))
+		errs = append(errs, fmt.Errorf("penalty max and memory must be at most %v", maxWindow))
 	}
 	if o.TopK < 0 || o.TopK > maxTopK {
-		errs = append(errs, fmt.Errorf("ratelimit: top_k must be between 1 and %d, got %d", maxTopK, o.TopK))
+		errs = append(errs, fmt.Errorf("top_k must be between 1 and %d, got %d", maxTopK, o.TopK))
 	}
 	if o.KeyDisplay != KeyDisplayHash && o.KeyDisplay != KeyDisplayTruncate {
-		errs = append(errs, fmt.Errorf("ratelimit: key display must be %q or %q, got %q", KeyDisplayHash, KeyDisplayTruncate, o.KeyDisplay))
+		errs = append(errs, fmt.Errorf("key display must be %q or %q, got %q", KeyDisplayHash, KeyDisplayTruncate, o.KeyDisplay))
 	}
 	if o.MaxKeys < 0 || o.DenyCacheSize < 0 || o.MaxLeases < 0 {
-		errs = append(errs, errors.New("ratelimit: max_keys, max_leases and deny_cache_size must not be negative"))
+		errs = append(errs, errors.New("max_keys, max_leases and deny_cache_size must not be negative"))
 	}
 	if o.MaxInFlight < 0 {
-		errs = append(errs, errors.New("ratelimit: max_in_flight must not be negative"))
+		errs = append(errs, errors.New("max_in_flight must not be negative"))
 	}
 	if o.MaxBatch < 0 || o.MaxBatch > maxMaxBatch {
-		errs = append(errs, fmt.Errorf("ratelimit: max_batch must be between 1 and %d, got %d", maxMaxBatch, o.MaxBatch))
+		errs = append(errs, fmt.Errorf("max_batch must be between 1 and %d, got %d", maxMaxBatch, o.MaxBatch))
 	}
 	return errors.Join(errs...)
 }

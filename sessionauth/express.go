@@ -9,7 +9,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"math"
 	"net/url"
 	"strings"
@@ -27,6 +26,7 @@ import (
 type expressCompat struct {
 	secrets [][]byte
 	prefix  string
+	cookie  string // the express-session cookie's name
 	redis   *store.Redis
 }
 
@@ -35,27 +35,16 @@ const (
 	maxExpressValue = 64 << 10
 )
 
-func newExpressCompat(o ExpressOptions, r *store.Redis) (*expressCompat, error) {
+// newExpressCompat builds from options Options.validate accepted.
+func newExpressCompat(o ExpressOptions, r *store.Redis) *expressCompat {
 	if o.Redis != nil {
 		r = o.Redis
 	}
-	if r == nil {
-		return nil, errors.New("sessionauth: express compatibility needs Redis (connect-redis keeps the sessions there)")
-	}
-	if len(o.Secrets) == 0 {
-		return nil, errors.New("sessionauth: express compatibility needs the express-session secret(s)")
-	}
-	x := &expressCompat{prefix: o.Prefix, redis: r}
-	if x.prefix == "" {
-		x.prefix = DefaultExpressPrefix
-	}
-	for i, s := range o.Secrets {
-		if s == "" {
-			return nil, fmt.Errorf("sessionauth: express secret #%d is empty", i+1)
-		}
+	x := &expressCompat{prefix: o.Prefix, cookie: o.CookieName, redis: r}
+	for _, s := range o.Secrets {
 		x.secrets = append(x.secrets, []byte(s))
 	}
-	return x, nil
+	return x
 }
 
 // unsign does what express-session's getcookie/unsigncookie do with the

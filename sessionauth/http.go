@@ -39,8 +39,8 @@ type HTTPObserver interface {
 	LoggedOut()
 }
 
-// HTTPOptions configure a Handler. Every name must be set (the glue
-// applies the documented defaults).
+// HTTPOptions configure a Handler. Every name must be set: SetDefaults
+// fills the documented defaults (options.go).
 type HTTPOptions struct {
 	// The session cookie: SameSite, HttpOnly, and Secure unless
 	// InsecureCookie. It lives for MaxAge (the absolute timeout).
@@ -52,9 +52,6 @@ type HTTPOptions struct {
 	// identity); it never reaches a client. UserIDHeader, UsernameHeader and
 	// VerifiedHeader are the trusted headers sent upstream.
 	IdentityHeader, UserIDHeader, UsernameHeader, VerifiedHeader string
-	// ExpressCookie, when set, is the express-session cookie to validate
-	// with ValidateExpress when a request has none of ours.
-	ExpressCookie string
 	// Login and Logout match the POST routes whose 2xx answer carries the
 	// identity (a session is created) and that end the session.
 	Login, Logout RequestMatcher
@@ -94,13 +91,8 @@ func NewHandler(m *Manager, o HTTPOptions) (*Handler, error) {
 	if m == nil {
 		return nil, errors.New("sessionauth: NewHandler needs a Manager")
 	}
-	for name, v := range map[string]string{
-		"cookie name": o.CookieName, "cookie path": o.CookiePath, "identity header": o.IdentityHeader,
-		"user id header": o.UserIDHeader, "username header": o.UsernameHeader, "verified header": o.VerifiedHeader,
-	} {
-		if v == "" {
-			return nil, errors.New("sessionauth: the " + name + " must be set")
-		}
+	if err := o.validate(); err != nil {
+		return nil, err
 	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
@@ -175,8 +167,8 @@ func (h *Handler) identify(r *http.Request, meta Meta) (token string, fromCookie
 		sess, res = h.m.Validate(ctx, tok, meta)
 		return tok, fromCookie, sess, res
 	}
-	if h.o.ExpressCookie != "" {
-		if c, err := r.Cookie(h.o.ExpressCookie); err == nil {
+	if h.m.express != nil { // the Manager validates express-session cookies
+		if c, err := r.Cookie(h.m.express.cookie); err == nil {
 			sess, res = h.m.ValidateExpress(ctx, c.Value)
 			return "", false, sess, res
 		}

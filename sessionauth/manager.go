@@ -19,91 +19,6 @@ import (
 	"github.com/ticketi/edge/internal/store"
 )
 
-// Defaults. IdleTimeout is the seed's session TTL (86400 s).
-const (
-	DefaultIdleTimeout     = 24 * time.Hour
-	DefaultAbsoluteTimeout = 7 * 24 * time.Hour
-	DefaultTouchInterval   = time.Minute
-	DefaultLocalTTL        = 10 * time.Second
-	DefaultNegativeTTL     = 2 * time.Second
-	DefaultLocalSize       = 10000
-	DefaultOutageGrace     = 5 * time.Minute
-	DefaultMemoryLimit     = 100000
-	DefaultExpressPrefix   = store.ExpressSessionPrefix
-)
-
-// Options configure a Manager. Zero durations and sizes mean "default".
-type Options struct {
-	// Redis is the shared connection; nil selects the in-memory store (one
-	// instance only: sessions are lost on restart).
-	Redis *store.Redis
-	// SigningKeys sign and verify cookies: the first signs, all verify, so
-	// a new key is rolled out by putting it first and an old one retired by
-	// removing it. Each must be at least 32 bytes.
-	SigningKeys [][]byte
-	// StorageKey, when set (at least 32 bytes), keys the token → Redis key
-	// derivation. When empty it is derived from the LAST signing key; see
-	// the package doc for what that means for rotation.
-	StorageKey []byte
-	// IdleTimeout ends a session not used for this long; use extends it.
-	IdleTimeout time.Duration
-	// AbsoluteTimeout ends a session this long after login, used or not.
-	AbsoluteTimeout time.Duration
-	// TouchInterval throttles idle extension: a session is written back at
-	// most once per interval, not on every request. Must be below IdleTimeout.
-	TouchInterval time.Duration
-	// LocalTTL is how long a session confirmed by the store is trusted from
-	// the local cache without asking again; negative disables it.
-	LocalTTL time.Duration
-	// NegativeTTL is how long "no such session" is remembered; negative
-	// disables it.
-	NegativeTTL time.Duration
-	// LocalSize bounds the local cache (entries; the negative cache gets a
-	// quarter of it, so a flood of bogus tokens cannot evict live sessions).
-	LocalSize int
-	// OutageGrace: while the store is unreachable, a session confirmed
-	// within this window is still accepted from the local cache; others get
-	// Unavailable. Negative disables it. It is also the bound for a logout
-	// another instance took during an outage (recovery.go).
-	OutageGrace time.Duration
-	// RecoverySettle: for this long after Redis comes back, a session is
-	// accepted only under the OutageGrace rule even though Redis has it,
-	// so logouts other instances queued during the outage land first (see
-	// recovery.go). Default: the connection's ReconnectWithin plus 1s;
-	// negative disables it.
-	RecoverySettle time.Duration
-	// MemoryLimit bounds the in-memory store (sessions).
-	MemoryLimit int
-	// Now is the clock (tests inject one). Default time.Now.
-	Now func() time.Time
-	// Logger; never given tokens, only HashForLog values and handles.
-	Logger *zap.Logger
-	// Bus, when set, spreads invalidations to the other instances, so a
-	// logout on one drops the session from every instance's local cache at
-	// once rather than after LocalTTL; a lost message costs at most LocalTTL
-	// of a destroyed session still accepted elsewhere. The Caddy glue passes
-	// a *store.Bus (Redis pub/sub); tests sharing one process pass a
-	// store.MemoryBus. With the in-memory store there is none: one instance
-	// has no one to tell.
-	Bus store.PubSub
-	// Express enables ValidateExpress (needs Redis).
-	Express *ExpressOptions
-}
-
-// ExpressOptions configure the express-session compatibility mode.
-type ExpressOptions struct {
-	// Secrets are express-session's `secret` (string or list): all verify.
-	Secrets []string
-	// Prefix is connect-redis's key prefix, used literally (the edge's
-	// key_prefix is NOT added: these keys belong to the Node server).
-	// Default "sess:".
-	Prefix string
-	// Redis is the connection connect-redis writes to, when it is not
-	// Options.Redis (the Node server's own Redis, or a separate ACL user).
-	// The edge only ever reads (GET) these keys.
-	Redis *store.Redis
-}
-
 // SessionInfo is one entry of List: the session and its handle, never the
 // token.
 type SessionInfo struct {
@@ -162,45 +77,9 @@ type Manager struct {
 
 // New checks opts and returns a Manager. It does not contact Redis.
 func New(opts Options) (*Manager, error) {
-	if len(opts.SigningKeys) == 0 {
-		return nil, errors.New("sessionauth: at least one signing key is required")
-	}
-	for i, k := range opts.SigningKeys {
-		if len(k) < minKeyBytes {
-			return nil, fmt.Errorf("sessionauth: signing key #%d is %d bytes; need at least %d", i+1, len(k), minKeyBytes)
-		}
-	}
-	if opts.StorageKey != nil && len(opts.StorageKey) < minKeyBytes {
-		return nil, fmt.Errorf("sessionauth: storage key is %d bytes; need at least %d", len(opts.StorageKey), minKeyBytes)
-	}
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&opts.IdleTimeout, DefaultIdleTimeout)
-	def(&opts.AbsoluteTimeout, DefaultAbsoluteTimeout)
-	def(&opts.TouchInterval, DefaultTouchInterval)
-	def(&opts.LocalTTL, DefaultLocalTTL)
-	def(&opts.NegativeTTL, DefaultNegativeTTL)
-	def(&opts.OutageGrace, DefaultOutageGrace)
-	if opts.IdleTimeout < time.Second || opts.AbsoluteTimeout < time.Second {
-		return nil, errors.New("sessionauth: idle and absolute timeouts must be at least 1s")
-	}
-	if opts.TouchInterval < 0 || opts.TouchInterval >= opts.IdleTimeout {
-		return nil, fmt.Errorf("sessionauth: touch interval (%v) must be below the idle timeout (%v)", opts.TouchInterval, opts.IdleTimeout)
-	}
-	if opts.LocalSize <= 0 {
-		opts.LocalSize = DefaultLocalSize
-	}
-	if opts.MemoryLimit <= 0 {
-		opts.MemoryLimit = DefaultMemoryLimit
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.Logger == nil {
-		opts.Logger = zap.NewNop()
+	opts.setDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, err
 	}
 	m := &Manager{
 		idleMs:  opts.IdleTimeout.Milliseconds(),
@@ -225,9 +104,6 @@ func New(opts Options) (*Manager, error) {
 		m.backend = &redisBackend{r: opts.Redis, log: opts.Logger}
 		m.pending = store.ReplayQueueOn(opts.Redis, "sessionauth.destroys", maxPendingDestroys)
 		m.perm.pattern[nativeKeys] = opts.Redis.Keys().Session("*")
-		if opts.RecoverySettle == 0 {
-			opts.RecoverySettle = opts.Redis.ReconnectWithin() + time.Second
-		}
 		m.settleMs = max(0, opts.RecoverySettle.Milliseconds())
 		m.seenGen.Store(opts.Redis.Outages())
 		if !opts.Redis.Available() {
@@ -238,10 +114,7 @@ func New(opts Options) (*Manager, error) {
 		m.backend = newMemoryBackend(opts.Now, opts.MemoryLimit)
 	}
 	if opts.Express != nil {
-		x, err := newExpressCompat(*opts.Express, opts.Redis)
-		if err != nil {
-			return nil, err
-		}
+		x := newExpressCompat(*opts.Express, opts.Redis)
 		m.express = x
 		m.perm.pattern[expressKeys] = store.ExpressSession(x.prefix, "*")
 	}
