@@ -2,6 +2,7 @@ package cachehandler
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 )
 
@@ -117,7 +118,7 @@ func stripCookies(lines []string, names []string) string {
 			part, line, _ = strings.Cut(line, ";")
 			name, _, _ := strings.Cut(part, "=")
 			name = strings.TrimSpace(name)
-			if name == "" || containsString(names, name) {
+			if name == "" || slices.Contains(names, name) {
 				continue
 			}
 			if b.Len() > 0 {

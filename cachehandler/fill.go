@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,21 +79,12 @@ func (f *flights) detach(tags []string) {
 	defer f.mu.Unlock()
 	for key, fl := range f.m {
 		for _, t := range fl.tags {
-			if containsString(tags, t) {
+			if slices.Contains(tags, t) {
 				delete(f.m, key)
 				break
 			}
 		}
 	}
-}
-
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // upstreamRequest prepares the request a fill sends: always a GET (a HEAD

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net/http"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -39,7 +40,7 @@ func (c *Cache) handleMutation(w http.ResponseWriter, r *http.Request, next Next
 	var tags, soft []string
 	var pbuf [4]param
 	for _, ir := range c.cfg.Invalidations {
-		if !containsString(ir.Methods, r.Method) {
+		if !slices.Contains(ir.Methods, r.Method) {
 			continue
 		}
 		if ps, ok := ir.path.match(r.URL.EscapedPath(), pbuf[:0]); ok {
@@ -123,7 +124,7 @@ func (mw *mutationWriter) commit(code int) {
 		// A tag also dropped hard is never merely soft-purged.
 		var soft []string
 		for _, t := range mw.soft {
-			if !containsString(tags, t) {
+			if !slices.Contains(tags, t) {
 				soft = append(soft, t)
 			}
 		}
@@ -296,7 +297,7 @@ func tagPatterns(tags []string) []string {
 func dedupe(list []string) []string {
 	out := list[:0:0]
 	for _, s := range list {
-		if s != "" && !containsString(out, s) {
+		if s != "" && !slices.Contains(out, s) {
 			out = append(out, s)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"hash/crc32"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -113,7 +114,7 @@ func varyNames(h http.Header) (names []string, star, ok bool) {
 				return nil, true, false
 			}
 			name := http.CanonicalHeaderKey(f)
-			if !containsString(names, name) {
+			if !slices.Contains(names, name) {
 				names = append(names, name)
 			}
 		}
@@ -273,7 +274,7 @@ func (rec *stdRecord) tagsFor(key string) []string {
 	out := []string{stdURLTag(key), stdModeTag}
 	for _, v := range rec.variants {
 		for _, t := range v.Tags {
-			if !containsString(out, t) && len(out) < maxTagCount {
+			if !slices.Contains(out, t) && len(out) < maxTagCount {
 				out = append(out, t)
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -775,7 +776,7 @@ func (c *Cache) stdInvalidateURLs(r *http.Request, h http.Header) {
 		if err != nil || !strings.EqualFold(u.Host, r.Host) || u.Scheme != scheme {
 			continue // another origin's URL: §4.4 forbids acting on it
 		}
-		if k := stdKeyFor(scheme, u.Host, u.EscapedPath(), u.RawQuery); !containsString(keys, k) {
+		if k := stdKeyFor(scheme, u.Host, u.EscapedPath(), u.RawQuery); !slices.Contains(keys, k) {
 			keys = append(keys, k)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -231,7 +232,7 @@ func (c *Cache) softPurgeFull(ctx context.Context, fullKeys []string, now time.T
 		key := strings.TrimPrefix(k, c.l2.rdb.Prefix())
 		if strings.HasPrefix(key, stdKeyPrefix) {
 			std = append(std, k)
-		} else if t := keyTag(key); !containsString(rule, t) {
+		} else if t := keyTag(key); !slices.Contains(rule, t) {
 			rule = append(rule, t) // a key's variants and index share one stamp
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -288,7 +289,7 @@ func TestPostOutagePurgeCoversEveryCacheAndOnlyCacheKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer std.Close()
-	if !containsString(std.ruleTags.all(), stdModeTag) {
+	if !slices.Contains(std.ruleTags.all(), stdModeTag) {
 		t.Fatalf("the post-outage purge would miss standards-mode entries: %v", std.ruleTags.all())
 	}
 }

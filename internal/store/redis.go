@@ -147,8 +147,9 @@ func (r *Redis) CallTimeout() time.Duration { return r.opts.CallTimeout }
 // check it to take their in-memory path without paying for an error.
 func (r *Redis) Available() bool { return r.breaker.Allow() }
 
-// FallbackMode is the seed's name for "Redis is not being used right now".
-func (r *Redis) FallbackMode() bool { return !r.breaker.Allow() }
+// FallbackMode is !Available under the seed's name ("Redis is not being
+// used right now"), which the admin API and metrics report.
+func (r *Redis) FallbackMode() bool { return !r.Available() }
 
 // Outages counts the times the breaker has opened since New. Engines
 // compare it with the value they saw to tell what they learned before the
