@@ -25,6 +25,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ticketi/edge/internal/edgehttp"
 	"github.com/ticketi/edge/internal/stats"
 	"github.com/ticketi/edge/internal/store"
 )
@@ -248,17 +249,12 @@ func (c *Cache) Close() {
 	}
 }
 
-// Next is the rest of the handler chain. caddyhttp.Handler satisfies it,
-// so the Caddy glue passes its next handler without wrapping it.
-type Next interface {
-	ServeHTTP(http.ResponseWriter, *http.Request) error
-}
+// Next is the rest of the handler chain (edgehttp.Next, shared by the
+// engines); caddyhttp.Handler satisfies it.
+type Next = edgehttp.Next
 
 // NextFunc adapts a function to Next.
-type NextFunc func(http.ResponseWriter, *http.Request) error
-
-// ServeHTTP calls f.
-func (f NextFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) error { return f(w, r) }
+type NextFunc = edgehttp.NextFunc
 
 // match finds the first enabled rule for a GET path.
 func (c *Cache) match(path string, buf params) (*Rule, params) {

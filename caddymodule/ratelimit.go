@@ -52,6 +52,7 @@ type RateLimit struct {
 	IPv6Prefix int `json:"ipv6_prefix,omitempty"`
 
 	engine   *ratelimit.Limiter
+	handler  *ratelimit.Handler
 	conn     moduleConnection
 	tiers    []tierRuntime
 	app      *App
@@ -167,12 +168,20 @@ func (rl *RateLimit) Provision(ctx caddy.Context) error {
 	if rl.engine, err = ratelimit.New(opts); err != nil {
 		return err
 	}
-	// Tier definitions are checked by the engine on first use; check them
-	// now so a bad tier fails the config load, not a request.
-	for _, rt := range rl.tiers {
-		if err := rt.tier.Validate(); err != nil {
-			return err
+	tiers := make([]ratelimit.HTTPTier, len(rl.tiers))
+	for i := range rl.tiers {
+		rt := &rl.tiers[i]
+		tiers[i] = ratelimit.HTTPTier{Tier: rt.tier, Key: func(r *http.Request) string {
+			repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+			return rl.keyFor(rt, r, repl)
+		}}
+		if rt.methods != nil || len(rt.paths) > 0 {
+			tiers[i].Match = rt.match
 		}
+	}
+	// The admin API's cache warm (admin_warm.go) is bounded there.
+	if rl.handler, err = ratelimit.NewHandler(rl.engine, ratelimit.HTTPOptions{Tiers: tiers, Exempt: isWarmRequest}); err != nil {
+		return err
 	}
 	rl.name = rl.app.handlers.limiters.add(rl)
 	return nil
@@ -232,36 +241,12 @@ func (rl *RateLimit) Cleanup() error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (rl *RateLimit) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if isWarmRequest(r) { // the admin API's cache warm (admin_warm.go): bounded there
-		return next.ServeHTTP(w, r)
-	}
-	var buf [4]ratelimit.Check
-	checks := buf[:0]
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	for i := range rl.tiers {
-		rt := &rl.tiers[i]
-		if rt.methods != nil && !rt.methods[r.Method] {
-			continue
-		}
-		if len(rt.paths) > 0 && !rt.paths.Match(r) {
-			continue
-		}
-		checks = append(checks, ratelimit.Check{Tier: rt.tier, Key: rl.keyFor(rt, r, repl)})
-	}
-	if len(checks) == 0 {
-		return next.ServeHTTP(w, r)
-	}
-	d := rl.engine.Allow(r.Context(), checks)
-	ratelimit.SetHeaders(w.Header(), d)
-	if d.Allowed {
-		return next.ServeHTTP(w, r)
-	}
-	h := w.Header()
-	h.Set("Content-Type", "application/problem+json")
-	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusTooManyRequests)
-	_, err := w.Write(ratelimit.ProblemJSON(d))
-	return err
+	return rl.handler.Handle(w, r, next)
+}
+
+// match reports whether the tier's methods and paths take r.
+func (rt *tierRuntime) match(r *http.Request) bool {
+	return (rt.methods == nil || rt.methods[r.Method]) && (len(rt.paths) == 0 || rt.paths.Match(r))
 }
 
 // clientIPPlaceholder is Caddy's client IP (trusted_proxies honoured).

@@ -9,22 +9,19 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/ticketi/edge/internal/edgehttp"
 )
 
 // retryAfter is what a 503 during a Redis outage suggests (seconds).
 const retryAfter = "5"
 
-// Next is the rest of the handler chain. caddyhttp.Handler satisfies it,
-// so the Caddy glue passes its next handler without wrapping it.
-type Next interface {
-	ServeHTTP(http.ResponseWriter, *http.Request) error
-}
+// Next is the rest of the handler chain (edgehttp.Next, shared by the
+// engines); caddyhttp.Handler satisfies it.
+type Next = edgehttp.Next
 
 // NextFunc adapts a function to Next.
-type NextFunc func(http.ResponseWriter, *http.Request) error
-
-// ServeHTTP calls f.
-func (f NextFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) error { return f(w, r) }
+type NextFunc = edgehttp.NextFunc
 
 // RequestMatcher reports whether a request is on a set of routes. The
 // Caddy glue passes its path matchers, so routes match exactly as Caddy
