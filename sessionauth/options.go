@@ -1,6 +1,7 @@
 package sessionauth
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/http"
@@ -130,17 +131,14 @@ func (o Options) Validate() error {
 // setDefaults fills what o leaves zero; it and validate are the only
 // places the Manager's defaults and limits are applied.
 func (o *Options) setDefaults() {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&o.IdleTimeout, DefaultIdleTimeout)
-	def(&o.AbsoluteTimeout, DefaultAbsoluteTimeout)
-	def(&o.TouchInterval, DefaultTouchInterval)
-	def(&o.LocalTTL, DefaultLocalTTL)
-	def(&o.NegativeTTL, DefaultNegativeTTL)
-	def(&o.OutageGrace, DefaultOutageGrace)
+	// Zero is the default; a negative duration stays (validate refuses it,
+	// or it turns the feature off).
+	o.IdleTimeout = cmp.Or(o.IdleTimeout, DefaultIdleTimeout)
+	o.AbsoluteTimeout = cmp.Or(o.AbsoluteTimeout, DefaultAbsoluteTimeout)
+	o.TouchInterval = cmp.Or(o.TouchInterval, DefaultTouchInterval)
+	o.LocalTTL = cmp.Or(o.LocalTTL, DefaultLocalTTL)
+	o.NegativeTTL = cmp.Or(o.NegativeTTL, DefaultNegativeTTL)
+	o.OutageGrace = cmp.Or(o.OutageGrace, DefaultOutageGrace)
 	if o.Redis != nil && o.RecoverySettle == 0 {
 		o.RecoverySettle = o.Redis.ReconnectWithin() + time.Second
 	}
