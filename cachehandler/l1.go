@@ -1,7 +1,6 @@
 package cachehandler
 
 import (
-	"hash/maphash"
 	"path"
 	"strings"
 	"sync"
@@ -41,10 +40,8 @@ func newL1(maxBytes int64) *l1 {
 		c.books[i].max = max(maxBytes/l1Shards, 1)
 		c.books[i].tags = map[string]map[string]struct{}{}
 	}
-	seed := maphash.MakeSeed()
 	// The count bound is only a backstop; bytes are the real bound.
-	c.entries = lru.New(l1Shards, 1<<20, func(key string) uint64 { return maphash.String(seed, key) },
-		func(i int, key string, p *prepared) { c.books[i].evicted(key, p) })
+	c.entries = lru.New(l1Shards, 1<<20, nil, func(i int, key string, p *prepared) { c.books[i].evicted(key, p) })
 	return c
 }
 

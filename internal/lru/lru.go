@@ -15,6 +15,7 @@
 package lru
 
 import (
+	"hash/maphash"
 	"sync"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
@@ -31,13 +32,15 @@ type Shard[K comparable, V any] struct {
 // Sharded is a size-bounded LRU split in shards. It is safe for
 // concurrent use.
 type Sharded[K comparable, V any] struct {
-	hash   func(K) uint64
+	hash   func(K) uint64 // nil: maphash.Comparable with seed
+	seed   maphash.Seed
 	mask   uint64
 	shards []Shard[K, V]
 }
 
 // New returns an LRU of n shards (a power of two), each bounded to
-// perShard entries (at least 1), placing a key in shard hash(k) mod n.
+// perShard entries (at least 1), placing a key in shard hash(k) mod n;
+// a nil hash hashes the whole key with a random seed (maphash.Comparable).
 // onEvict, when set, runs under the shard's lock for every entry that
 // leaves it (evicted, removed, replaced by Add or purged), with the
 // shard's index, so a user can keep per-shard state in step.
@@ -45,7 +48,7 @@ func New[K comparable, V any](n, perShard int, hash func(K) uint64, onEvict func
 	if n <= 0 || n&(n-1) != 0 {
 		panic("lru: the number of shards must be a power of two")
 	}
-	c := &Sharded[K, V]{hash: hash, mask: uint64(n - 1), shards: make([]Shard[K, V], n)}
+	c := &Sharded[K, V]{hash: hash, seed: maphash.MakeSeed(), mask: uint64(n - 1), shards: make([]Shard[K, V], n)}
 	for i := range c.shards {
 		var cb simplelru.EvictCallback[K, V]
 		if onEvict != nil {
@@ -61,13 +64,20 @@ func New[K comparable, V any](n, perShard int, hash func(K) uint64, onEvict func
 func (c *Sharded[K, V]) Shards() int { return len(c.shards) }
 
 // Index is the index of k's shard.
-func (c *Sharded[K, V]) Index(k K) int { return int(c.hash(k) & c.mask) }
+func (c *Sharded[K, V]) Index(k K) int { return int(c.sum(k) & c.mask) }
+
+func (c *Sharded[K, V]) sum(k K) uint64 {
+	if c.hash == nil {
+		return maphash.Comparable(c.seed, k)
+	}
+	return c.hash(k)
+}
 
 // Shard returns shard i, for work under its lock.
 func (c *Sharded[K, V]) Shard(i int) *Shard[K, V] { return &c.shards[i] }
 
 // ShardOf returns k's shard, for work under its lock.
-func (c *Sharded[K, V]) ShardOf(k K) *Shard[K, V] { return &c.shards[c.hash(k)&c.mask] }
+func (c *Sharded[K, V]) ShardOf(k K) *Shard[K, V] { return &c.shards[c.sum(k)&c.mask] }
 
 // Get returns k's value and makes it the most recently used.
 func (c *Sharded[K, V]) Get(k K) (V, bool) {
@@ -81,8 +91,9 @@ func (c *Sharded[K, V]) Get(k K) (V, bool) {
 func (c *Sharded[K, V]) Peek(k K) (V, bool) {
 	s := c.ShardOf(k)
 	s.RLock()
-	defer s.RUnlock()
-	return s.LRU.Peek(k)
+	v, ok := s.LRU.Peek(k)
+	s.RUnlock()
+	return v, ok
 }
 
 // Add sets k to v, evicting the shard's least recently used entry when it

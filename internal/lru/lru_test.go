@@ -107,3 +107,21 @@ func TestConcurrentUse(t *testing.T) {
 		t.Fatalf("len %d over the bound", c.Len())
 	}
 }
+
+func TestNilHashPlacesByTheWholeKey(t *testing.T) {
+	c := New[string, int](4, 100, nil, nil)
+	for i := range 64 {
+		c.Add(string(rune('a'+i)), i)
+	}
+	used := map[int]bool{}
+	for i := range 64 {
+		k := string(rune('a' + i))
+		if v, ok := c.Get(k); !ok || v != i {
+			t.Fatalf("%q: %d %v", k, v, ok)
+		}
+		used[c.Index(k)] = true
+	}
+	if len(used) < 2 {
+		t.Fatalf("64 keys in %d shard(s)", len(used))
+	}
+}
