@@ -19,7 +19,11 @@ import (
 // cache (same scenarios, our own code): an origin that answers with the
 // headers a test names, a clock the test moves, and whether the second
 // answer came from the cache. Every group the suite run passes has cases
-// here, so CI holds the line without the external suite.
+// here (each test names its groups by the suite's ids), so CI holds the
+// line without the external suite. The suite's groups updateHEAD and
+// partial have no passing test: a HEAD on a stale entry is sent on as a
+// GET, to refresh what is stored, and partial content passes through
+// (TestRFC9111Partial).
 
 // stdOrigin answers every request with the current headers of its
 // script; it counts requests and remembers the last one.
@@ -114,6 +118,7 @@ func (g *stdRig) reused(pause int, kv ...string) bool {
 	return g.origin.requests.Load() == before
 }
 
+// Group age-parse.
 func TestRFC9111AgeParsing(t *testing.T) {
 	cases := []struct {
 		name  string
@@ -212,7 +217,7 @@ func TestRFC9111CacheControlFreshness(t *testing.T) {
 	})
 }
 
-// Group expires-freshness.
+// Group expires (Expires freshness).
 func TestRFC9111ExpiresFreshness(t *testing.T) {
 	runReuseCases(t, []reuseCase{
 		{name: "future Expires", resp: []string{"Expires", "{date:100}"}, pause: 2, reused: true},
@@ -250,7 +255,7 @@ func TestRFC9111ResponseDirectives(t *testing.T) {
 	})
 }
 
-// Group heuristic-freshness.
+// Group heuristic (heuristic freshness).
 func TestRFC9111Heuristics(t *testing.T) {
 	runReuseCases(t, []reuseCase{
 		{name: "200 with old Last-Modified", resp: []string{"Last-Modified", "{date:-100000}"}, pause: 2, reused: true},
@@ -438,7 +443,7 @@ func TestRFC9111Vary(t *testing.T) {
 	})
 }
 
-// Groups conditional-etag, conditional-lm, update304.
+// Groups conditional-inm (If-None-Match and ETag), conditional-lm, update304.
 func TestRFC9111ConditionalsAnd304(t *testing.T) {
 	t.Run("client If-None-Match answered 304 from storage", func(t *testing.T) {
 		g := newStdRig(t, nil)
@@ -592,7 +597,7 @@ func TestRFC9111Invalidation(t *testing.T) {
 	})
 }
 
-// Groups authorization (§3.5) and the edge's Set-Cookie rule.
+// Groups auth (§3.5) and the edge's Set-Cookie rule (headers, other).
 func TestRFC9111CredentialsAndCookies(t *testing.T) {
 	auth := []string{"Authorization", "Basic YWxhZGRpbjpvcGVuc2VzYW1l"}
 	cases := []struct {
@@ -736,6 +741,7 @@ func TestRFC9111CorruptRecord(t *testing.T) {
 	}
 }
 
+// Group expires-parse.
 func TestRFC9111ExpiresParsing(t *testing.T) {
 	cases := []struct {
 		expires string
@@ -777,4 +783,127 @@ func TestRFC9111ExpiresParsing(t *testing.T) {
 			t.Fatal("two Expires lines must count as invalid")
 		}
 	})
+}
+
+// Group other: the Age a hit carries, Date and Expires left alone, the
+// query in the key, Content-Disposition and a plain Cookie on the request.
+func TestRFC9111Other(t *testing.T) {
+	t.Run("a hit carries the Age it generates", func(t *testing.T) {
+		g := newStdRig(t, nil)
+		g.headers("Cache-Control", "max-age=100", "Date", g.httpDate(0))
+		if w := g.get(); w.Header().Get("Age") != "" {
+			t.Fatalf("a miss carried Age %q", w.Header().Get("Age"))
+		}
+		g.clock.Advance(3 * time.Second)
+		if w := g.get(); g.origin.requests.Load() != 1 || w.Header().Get("Age") != "3" {
+			t.Fatalf("origin %d, Age %q, want 3", g.origin.requests.Load(), w.Header().Get("Age"))
+		}
+	})
+	for _, freshness := range [][]string{{"Cache-Control", "max-age=3600"}, {"Expires", "{date:2592000}"}} {
+		t.Run("Age, Date and Expires of a hit, freshness from "+freshness[0], func(t *testing.T) {
+			g := newStdRig(t, nil)
+			date := g.httpDate(0)
+			value := freshness[1]
+			if value == "{date:2592000}" {
+				value = g.httpDate(30 * 24 * 60 * 60)
+			}
+			g.headers(freshness[0], value, "Date", date, "Age", "30")
+			g.get()
+			g.clock.Advance(3 * time.Second)
+			w := g.get()
+			if g.origin.requests.Load() != 1 {
+				t.Fatal("not reused")
+			}
+			if w.Header().Get("Age") != "33" || w.Header().Get("Date") != date || w.Header().Get(freshness[0]) != value {
+				t.Fatalf("Age %q (want 33), Date %q (want %q), %s %q (want %q)", w.Header().Get("Age"),
+					w.Header().Get("Date"), date, freshness[0], w.Header().Get(freshness[0]), value)
+			}
+		})
+	}
+	t.Run("the query is part of the key", func(t *testing.T) {
+		g := newStdRig(t, nil)
+		g.headers("Cache-Control", "max-age=100")
+		g.send(http.MethodGet, "/test/x?test=1")
+		if w := g.send(http.MethodGet, "/test/x?test=2"); g.origin.requests.Load() != 2 || w.Body.String() != "body 2" {
+			t.Fatalf("another query was answered from the first: origin %d, %q", g.origin.requests.Load(), w.Body.String())
+		}
+		if w := g.send(http.MethodGet, "/test/x?test=1"); g.origin.requests.Load() != 2 || w.Body.String() != "body 1" {
+			t.Fatalf("the same query was not reused: origin %d, %q", g.origin.requests.Load(), w.Body.String())
+		}
+	})
+	runReuseCases(t, []reuseCase{
+		{name: "fresh Content-Disposition attachment reused", resp: []string{"Cache-Control", "max-age=100", "Content-Disposition", "attachment; filename=example.txt"}, pause: 2, reused: true},
+		{name: "heuristic Content-Disposition attachment reused", resp: []string{"Last-Modified", "{date:-100000}", "Content-Disposition", "attachment; filename=example.txt"}, pause: 2, reused: true},
+		{name: "a request Cookie that is no credential does not stop reuse", resp: []string{"Cache-Control", "max-age=100"}, pause: 2, req: []string{"Cookie", "a=b"}, reused: true},
+	})
+}
+
+// interimRecorder records the informational answers a client was sent,
+// with the header fields each carried, and the final answer as a
+// ResponseRecorder does.
+type interimRecorder struct {
+	*httptest.ResponseRecorder
+	interim []int
+	fields  []http.Header
+}
+
+func (r *interimRecorder) WriteHeader(code int) {
+	if code >= 100 && code < 200 {
+		r.interim = append(r.interim, code)
+		r.fields = append(r.fields, r.Header().Clone())
+		return
+	}
+	r.ResponseRecorder.WriteHeader(code)
+}
+
+// Group interim: a 1xx reaches the client, is never stored nor replayed,
+// and its fields are not part of the final answer. The origin sends its
+// 1xx the way Caddy's reverse_proxy forwards one: its fields on the
+// header map for the 1xx, deleted again before the final answer.
+func TestRFC9111Interim(t *testing.T) {
+	for _, code := range []int{http.StatusProcessing, http.StatusEarlyHints} {
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			g := newStdRig(t, nil)
+			origin := NextFunc(func(w http.ResponseWriter, r *http.Request) error {
+				n := g.origin.requests.Add(1)
+				if code == http.StatusEarlyHints {
+					w.Header().Set("Link", "</styles.css>; rel=preload; as=style")
+					w.Header().Set("X-My-Header", "test")
+				}
+				w.WriteHeader(code)
+				w.Header().Del("Link")
+				w.Header().Del("X-My-Header")
+				w.Header().Set("Cache-Control", "max-age=100000")
+				w.Header().Set("Date", g.httpDate(0))
+				_, err := io.WriteString(w, fmt.Sprint("body ", n))
+				return err
+			})
+			get := func() *interimRecorder {
+				t.Helper()
+				w := &interimRecorder{ResponseRecorder: httptest.NewRecorder()}
+				if err := g.cache.Handle(w, httptest.NewRequest(http.MethodGet, "http://origin.test/test/x", nil), origin); err != nil {
+					t.Fatal(err)
+				}
+				return w
+			}
+			first := get()
+			if len(first.interim) != 1 || first.interim[0] != code || first.Code != http.StatusOK || first.Body.String() != "body 1" {
+				t.Fatalf("miss: interim %v, final %d %q", first.interim, first.Code, first.Body.String())
+			}
+			if code == http.StatusEarlyHints && (first.fields[0].Get("Link") == "" || first.fields[0].Get("X-My-Header") != "test") {
+				t.Fatalf("103 fields not passed on: %v", first.fields[0])
+			}
+			if first.Header().Get("X-My-Header") != "" || first.Header().Get("Link") != "" {
+				t.Fatalf("the 1xx fields reached the final answer: %v", first.Header())
+			}
+			g.clock.Advance(2 * time.Second)
+			second := get()
+			if g.origin.requests.Load() != 1 || second.Code != http.StatusOK || second.Body.String() != "body 1" {
+				t.Fatalf("final answer not reused: origin %d, %d %q", g.origin.requests.Load(), second.Code, second.Body.String())
+			}
+			if len(second.interim) != 0 || second.Header().Get("X-My-Header") != "" || second.Header().Get("Link") != "" {
+				t.Fatalf("a hit replayed the 1xx: interim %v, header %v", second.interim, second.Header())
+			}
+		})
+	}
 }
