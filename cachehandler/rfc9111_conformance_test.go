@@ -520,6 +520,62 @@ func TestRFC9111ConditionalsAnd304(t *testing.T) {
 	})
 }
 
+// Group update304, field by field as the suite lists them: a 304 to the
+// cache's own conditional request replaces each stored field it carries
+// (§4.3.4), for the answer it completes and for later hits; Content-Length
+// stays the stored body's.
+func TestRFC9111Update304FieldList(t *testing.T) {
+	fields := [][3]string{ // name, stored value, value in the 304
+		{"Test-Header", "a", "b"}, {"X-Test-Header", "a", "b"}, {"Content-Foo", "a", "b"}, {"X-Content-Foo", "a", "b"},
+		{"Cache-Control", "max-age=1", "max-age=3600"}, {"Content-Location", "/foo", "/bar"},
+		{"Content-Md5", "rL0Y20zC+Fzt72VPzMSk2A==", "N7UdGUp1E+RbVvZSTy1R8g=="},
+		{"Content-Security-Policy", "default-src 'self'", "default-src 'self' cdn.example.com"},
+		{"Content-Type", "text/plain", "text/plain;charset=utf-8"}, {"Clear-Site-Data", "cache", "cookies"},
+		{"Expires", "Fri, 01 Jan 2038 01:01:01 GMT", "Mon, 11 Jan 2038 11:11:11 GMT"},
+		{"Public-Key-Pins", "a", "b"}, {"X-Frame-Options", "a", "b"}, {"X-Xss-Protection", "a", "b"},
+	}
+	g := newStdRig(t, nil)
+	g.origin.respond = func(n int, r *http.Request, h http.Header) (int, string) {
+		h.Set("Etag", `"v"`)
+		if n == 1 {
+			for _, f := range fields {
+				h.Set(f[0], f[1])
+			}
+			return http.StatusOK, "abcdef"
+		}
+		if r.Header.Get("If-None-Match") != `"v"` {
+			t.Errorf("revalidation without If-None-Match: %v", r.Header)
+		}
+		for _, f := range fields {
+			h.Set(f[0], f[2])
+		}
+		h.Set("Content-Length", "10")
+		return http.StatusNotModified, ""
+	}
+	g.get()
+	g.clock.Advance(3 * time.Second)
+	check := func(what string, w *httptest.ResponseRecorder) {
+		t.Helper()
+		if w.Code != http.StatusOK || w.Body.String() != "abcdef" || w.Header().Get("Content-Length") != "6" {
+			t.Fatalf("%s: %d %q, Content-Length %q", what, w.Code, w.Body.String(), w.Header().Get("Content-Length"))
+		}
+		for _, f := range fields {
+			if got := w.Header().Get(f[0]); got != f[2] {
+				t.Errorf("%s: %s %q, want the 304's %q", what, f[0], got, f[2])
+			}
+		}
+	}
+	check("answer completed by the 304", g.get())
+	if g.origin.requests.Load() != 2 {
+		t.Fatalf("origin saw %d requests, want 2", g.origin.requests.Load())
+	}
+	g.clock.Advance(10 * time.Second)
+	check("later hit", g.get())
+	if g.origin.requests.Load() != 2 {
+		t.Fatal("the 304's max-age=3600 did not renew the entry")
+	}
+}
+
 // Group headers: hop-by-hop fields and the cache's own are not stored;
 // Age is the cache's own computation.
 func TestRFC9111StoredHeaders(t *testing.T) {
@@ -548,6 +604,50 @@ func TestRFC9111StoredHeaders(t *testing.T) {
 	}
 	if g.reused(0) {
 		t.Fatal("served after its Surrogate-Key tag was invalidated")
+	}
+}
+
+// Group headers, field by field as the suite lists them: what a stored
+// answer replays and what RFC 9111 §3.1 forbids storing (hop-by-hop fields
+// and the proxy's own authentication fields), whether or not the handler
+// behind the cache already removed them.
+func TestRFC9111StoredHeaderList(t *testing.T) {
+	stored := [][2]string{
+		{"Test-Header", "a"}, {"X-Test-Header", "a"}, {"Content-Foo", "a"}, {"X-Content-Foo", "a"},
+		{"Content-Location", "/bar"}, {"Content-Md5", "N7UdGUp1E+RbVvZSTy1R8g=="},
+		{"Content-Range", "bytes 0-5/6"}, {"Content-Security-Policy", "default-src 'self' cdn.example.com"},
+		{"Content-Type", "text/plain;charset=utf-8"}, {"Clear-Site-Data", "cookies"}, {"Etag", `"ghijkl"`},
+		{"Expires", "Mon, 11 Jan 2038 11:11:11 GMT"}, {"Public-Key-Pins", "a"}, {"X-Frame-Options", "a"},
+		{"X-Xss-Protection", "a"},
+	}
+	notStored := []string{"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authentication-Info",
+		"Proxy-Authorization", "Proxy-Connection", "Te", "Upgrade"}
+	g := newStdRig(t, nil)
+	g.origin.respond = func(n int, r *http.Request, h http.Header) (int, string) {
+		h.Set("Cache-Control", "max-age=3600")
+		for _, kv := range stored {
+			h.Set(kv[0], kv[1])
+		}
+		for _, name := range notStored {
+			h.Set(name, "a")
+		}
+		return http.StatusOK, "abcdef"
+	}
+	g.get()
+	g.clock.Advance(2 * time.Second)
+	w := g.get()
+	if g.origin.requests.Load() != 1 || w.Body.String() != "abcdef" {
+		t.Fatalf("not reused: origin %d, %q", g.origin.requests.Load(), w.Body.String())
+	}
+	for _, kv := range stored {
+		if got := w.Header().Get(kv[0]); got != kv[1] {
+			t.Errorf("%s replayed as %q, want %q", kv[0], got, kv[1])
+		}
+	}
+	for _, name := range notStored {
+		if got := w.Header().Get(name); got != "" {
+			t.Errorf("%s stored and replayed (%q)", name, got)
+		}
 	}
 }
 

@@ -468,12 +468,14 @@ func (v *stdVariant) freshened(h http.Header, requestTime, responseTime time.Tim
 }
 
 // excludedFromStorage are fields a cache does not store or replay (§3.1:
-// hop-by-hop fields; plus the cache's own and per-client ones).
+// hop-by-hop fields and the proxy's authentication fields, which the
+// handler behind the cache need not have removed; plus the cache's own
+// and per-client ones).
 func excludedFromStorage(name string) bool {
 	switch name {
 	case "Connection", "Keep-Alive", "Proxy-Connection", "Te", "Transfer-Encoding", "Upgrade", "Trailer",
-		"Proxy-Authenticate", "Proxy-Authentication-Info", "Cache-Status", "Set-Cookie", "Set-Cookie2",
-		"Surrogate-Key", "Ratelimit", "Ratelimit-Policy", "Retry-After":
+		"Proxy-Authenticate", "Proxy-Authentication-Info", "Proxy-Authorization",
+		"Cache-Status", "Set-Cookie", "Set-Cookie2", "Surrogate-Key", "Ratelimit", "Ratelimit-Policy", "Retry-After":
 		return true
 	}
 	return false
