@@ -27,15 +27,17 @@ func setValidators(h http.Header, etag, lastModified string) {
 // (§3.2): each field the 304 carries replaces the stored one, except those
 // skip names, those a cache never stores from an update (Content-Length,
 // and the content coding and range, which describe a body the 304 does
-// not have), and past the bounds a stored entry has.
+// not have), those the update's Connection header lists (§3.1), and past
+// the bounds a stored entry has.
 func updatedHeader(stored, fresh http.Header, skip func(name string) bool) http.Header {
 	out := stored.Clone()
 	if out == nil {
 		out = http.Header{}
 	}
 	size := headerBytes(out)
+	listed := connectionListed(fresh)
 	for name, vs := range fresh {
-		if skip(name) || name == "Content-Length" || name == "Content-Encoding" || name == "Content-Range" {
+		if skip(name) || listed[name] || name == "Content-Length" || name == "Content-Encoding" || name == "Content-Range" {
 			continue
 		}
 		old, had := out[name]

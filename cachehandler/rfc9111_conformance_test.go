@@ -523,7 +523,8 @@ func TestRFC9111ConditionalsAnd304(t *testing.T) {
 // Group update304, field by field as the suite lists them: a 304 to the
 // cache's own conditional request replaces each stored field it carries
 // (§4.3.4), for the answer it completes and for later hits; Content-Length
-// stays the stored body's.
+// stays the stored body's, and the fields §3.1 excepts from storage are
+// not taken from the 304.
 func TestRFC9111Update304FieldList(t *testing.T) {
 	fields := [][3]string{ // name, stored value, value in the 304
 		{"Test-Header", "a", "b"}, {"X-Test-Header", "a", "b"}, {"Content-Foo", "a", "b"}, {"X-Content-Foo", "a", "b"},
@@ -550,6 +551,12 @@ func TestRFC9111Update304FieldList(t *testing.T) {
 			h.Set(f[0], f[2])
 		}
 		h.Set("Content-Length", "10")
+		// Never stored from a 304 either (§3.2 excepts §3.1's fields).
+		h.Set("Connection", "X-Hop")
+		h.Set("X-Hop", "1")
+		for _, name := range []string{"Keep-Alive", "Proxy-Authenticate", "Proxy-Authentication-Info", "Proxy-Authorization", "Upgrade"} {
+			h.Set(name, "a")
+		}
 		return http.StatusNotModified, ""
 	}
 	g.get()
@@ -562,6 +569,11 @@ func TestRFC9111Update304FieldList(t *testing.T) {
 		for _, f := range fields {
 			if got := w.Header().Get(f[0]); got != f[2] {
 				t.Errorf("%s: %s %q, want the 304's %q", what, f[0], got, f[2])
+			}
+		}
+		for _, name := range []string{"Connection", "X-Hop", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authentication-Info", "Proxy-Authorization", "Upgrade"} {
+			if got := w.Header().Get(name); got != "" {
+				t.Errorf("%s: %s taken from the 304 (%q)", what, name, got)
 			}
 		}
 	}

@@ -481,6 +481,23 @@ func excludedFromStorage(name string) bool {
 	return false
 }
 
+// connectionListed returns the canonical names of the fields h's
+// Connection header lists (§3.1: not stored, like the hop-by-hop fields).
+func connectionListed(h http.Header) map[string]bool {
+	var names map[string]bool
+	for _, f := range h["Connection"] {
+		for _, name := range strings.Split(f, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				if names == nil {
+					names = map[string]bool{}
+				}
+				names[http.CanonicalHeaderKey(name)] = true
+			}
+		}
+	}
+	return names
+}
+
 // stdRecorder passes the origin's answer on while keeping a bounded copy;
 // a 304 to the cache's own conditional request is held back.
 type stdRecorder struct {
@@ -680,10 +697,8 @@ func (sr *stdRecorder) variant(responseTime time.Time) *stdVariant {
 	if len(sr.surrogate) > 0 {
 		v.Header["Surrogate-Control"] = sr.surrogate
 	}
-	for _, f := range sr.upstreamHeader["Connection"] {
-		for _, name := range strings.Split(f, ",") {
-			delete(v.Header, http.CanonicalHeaderKey(strings.TrimSpace(name)))
-		}
+	for name := range connectionListed(sr.upstreamHeader) {
+		delete(v.Header, name)
 	}
 	v.derive(sr.c.cfg.Standard)
 	return v
