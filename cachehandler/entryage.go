@@ -147,8 +147,16 @@ func (c *Cache) agesOfRedis(keys []string, expiries []int64, measured map[string
 }
 
 // ruleForKey finds the rule whose key template key has the shape of (the
-// host part left out when keys carry it); nil for none.
+// host part left out when keys carry it); nil for none. A key in another
+// family's space (session:, ratelimit:, tagver:…) is no rule's even when
+// a template's glob would match it: templates may not start there and
+// values are escaped (':' included), so no rule can write one.
 func (c *Cache) ruleForKey(key string) *Rule {
+	for _, p := range reservedKeyPrefixes {
+		if strings.HasPrefix(key, p) {
+			return nil
+		}
+	}
 	if !c.cfg.FixedUpstreamHost {
 		if i := strings.LastIndexByte(key, hostSeparator); i >= 0 {
 			key = key[:i]

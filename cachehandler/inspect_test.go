@@ -301,3 +301,39 @@ func TestInspectStandardEntry(t *testing.T) {
 		t.Errorf("SetTTL of a standards-mode entry: %v", err)
 	}
 }
+
+// A rule whose key starts with a placeholder ("{id}": its glob is "*")
+// still never lets inspection, SetTTL or a purge by key reach another
+// family's keys: a rule can never write "session:abc" (values are
+// escaped, ':' included), so the key is no rule's.
+func TestInspectNeverReadsReservedKeysThroughAWideRule(t *testing.T) {
+	p := newPair(t, func(c *Config) {
+		c.Rules = append([]*Rule{{Name: "profile_by_id", Path: "/api/users/{id}/profile", Key: "{id}", TTL: time.Minute}}, c.Rules...)
+	})
+	ctx := context.Background()
+	raw := p.srv.Client(t)
+	for _, k := range []string{"test_session:abc", "test_ratelimit:api:{1.2.3.4}", "test_tagver:{event:1}"} {
+		if err := raw.Set(ctx, k, "secret", time.Hour).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, key := range []string{"session:abc", "ratelimit:api:{1.2.3.4}", "tagver:{event:1}"} {
+		if info, err := p.a.cache.Inspect(ctx, key); !errors.Is(err, ErrNotCacheKey) {
+			t.Errorf("Inspect(%q) = %+v L2 %+v, %v; want ErrNotCacheKey", key, info, info.L2, err)
+		}
+		if _, err := p.a.cache.SetTTL(ctx, key, time.Minute); !errors.Is(err, ErrNotCacheKey) {
+			t.Errorf("SetTTL(%q) = %v; want ErrNotCacheKey", key, err)
+		}
+		if err := p.a.cache.PurgeKey(ctx, key); err == nil {
+			t.Errorf("PurgeKey(%q) accepted", key)
+		}
+	}
+	if n := raw.Exists(ctx, "test_session:abc", "test_ratelimit:api:{1.2.3.4}", "test_tagver:{event:1}").Val(); n != 3 {
+		t.Errorf("%d of the 3 other families' keys left", n)
+	}
+	// The rule's own keys are still inspectable.
+	p.a.get("/api/users/5/profile")
+	if info, err := p.a.cache.Inspect(ctx, "5"); err != nil || info.L2 == nil || info.Rule != "profile_by_id" {
+		t.Errorf("Inspect of the wide rule's own key: %+v %v", info, err)
+	}
+}
