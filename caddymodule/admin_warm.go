@@ -141,7 +141,7 @@ func (a *adminAPI) cacheWarm(w http.ResponseWriter, r *http.Request, app *App, _
 		return bad(`"accept_language" lists %d values; at most %d (a key keeps at most %[2]d variants)`, len(req.AcceptLanguage), cachehandler.MaxRuleVariants)
 	case len(req.Paths)*max(len(req.AcceptLanguage), 1) > warmMaxPaths:
 		return bad(`%d paths in %d languages are %d requests; at most %d per call`, len(req.Paths), len(req.AcceptLanguage), len(req.Paths)*len(req.AcceptLanguage), warmMaxPaths)
-	case req.TimeoutSeconds < 0 || time.Duration(req.TimeoutSeconds)*time.Second > warmMaxBound:
+	case req.TimeoutSeconds < 0 || req.TimeoutSeconds > int(warmMaxBound/time.Second): // in seconds: a Duration product may overflow
 		return bad(`"timeout_seconds" must be 1 to %d`, int(warmMaxBound/time.Second))
 	}
 	for i, p := range req.Paths {

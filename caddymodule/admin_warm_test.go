@@ -381,3 +381,16 @@ func TestCacheWarmLanguages(t *testing.T) {
 		}
 	}
 }
+
+// A timeout_seconds whose duration overflows int64 nanoseconds is refused
+// like any other out-of-range bound, not taken as an already-expired
+// bound that skips every path with a 200.
+func TestCacheWarmRefusesOverflowingTimeout(t *testing.T) {
+	e := startExampleEdge(t, map[string]string{"TICKETI_UPSTREAM": startSim(t)})
+	for _, secs := range []string{"9223372037", "18446744074", "9223372036854775807"} {
+		body := `{"paths":["/api/events/1"],"timeout_seconds":` + secs + `}`
+		if code, rep, raw := warm(t, e, body); code != 400 || !strings.Contains(raw, "timeout_seconds") {
+			t.Errorf("timeout_seconds %s: %d %s (counts %v), want 400", secs, code, raw, rep.Counts)
+		}
+	}
+}
