@@ -54,7 +54,7 @@ func (a *adminAPI) cacheEntry(w http.ResponseWriter, r *http.Request, app *App, 
 			out[name] = info
 		}
 		if !anyStored(out) {
-			return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("%v (neither L1 nor Redis holds %q)", cachehandler.ErrNotStored, req.Key)}
+			return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("%v (neither L1 nor Redis holds the %s key)", cachehandler.ErrNotStored, store.KeyPattern(req.Key))}
 		}
 		return writeJSON(w, http.StatusOK, map[string]any{"key": req.Key, "caches": out})
 	}

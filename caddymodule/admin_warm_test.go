@@ -394,3 +394,22 @@ func TestCacheWarmRefusesOverflowingTimeout(t *testing.T) {
 		}
 	}
 }
+
+// A refused path or key is never echoed in the admin error: Caddy's admin
+// endpoint logs every error message at ERROR ("request error"), and paths
+// and keys may carry user ids (the warm logs and audits counts only, the
+// entry route a key pattern and a hash). The index or pattern says which.
+func TestAdminErrorsDoNotEchoPathsOrKeys(t *testing.T) {
+	e := startExampleEdge(t, map[string]string{"TICKETI_UPSTREAM": startSim(t), "REDIS_URL": ""})
+	const secret = "u-7f3a9c"
+	for _, p := range []string{"/api/users/" + secret + "/profile#x", "//" + secret + "/x", secret, "/api/" + secret + " x"} {
+		code, _, raw := warm(t, e, pathsJSON("/api/events/1", p))
+		if code != 400 || strings.Contains(raw, secret) || !strings.Contains(raw, "paths[1]") {
+			t.Errorf("warm %q: %d %s, want 400 naming paths[1] without the path", p, code, raw)
+		}
+	}
+	key := "payment:transaction:" + secret + ":tx1"
+	if code, raw := e.admin(t, http.MethodGet, "/edge/cache/entry?key="+key, ""); code != 404 || strings.Contains(string(raw), secret) || !strings.Contains(string(raw), "not stored") {
+		t.Errorf("entry of an absent per-user key: %d %s, want 404 without the key", code, raw)
+	}
+}
