@@ -48,10 +48,16 @@ func (a *adminAPI) cacheEntry(w http.ResponseWriter, r *http.Request, app *App, 
 	if r.Method == http.MethodGet {
 		for _, name := range sortedKeys(caches) {
 			info, err := caches[name].engine.Inspect(ctx, req.Key)
+			if errors.Is(err, cachehandler.ErrNotCacheKey) {
+				continue // another handler's rules may write it
+			}
 			if err != nil {
 				return entryError(err)
 			}
 			out[name] = info
+		}
+		if len(out) == 0 {
+			return entryError(cachehandler.ErrNotCacheKey)
 		}
 		if !anyStored(out) {
 			return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("%v (neither L1 nor Redis holds the %s key)", cachehandler.ErrNotStored, store.KeyPattern(req.Key))}
@@ -66,6 +72,12 @@ func (a *adminAPI) cacheEntry(w http.ResponseWriter, r *http.Request, app *App, 
 	var lastErr error
 	for _, name := range sortedKeys(caches) {
 		info, err := caches[name].engine.SetTTL(ctx, req.Key, ttl)
+		if errors.Is(err, cachehandler.ErrNotCacheKey) { // another handler's rules may write it
+			if lastErr == nil {
+				lastErr = err
+			}
+			continue
+		}
 		if errors.Is(err, cachehandler.ErrNotStored) {
 			lastErr = err
 			continue

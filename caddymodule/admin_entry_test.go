@@ -2,7 +2,9 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -137,5 +139,40 @@ func checkEntryAges(t *testing.T, e *testEdge, path, tag string) {
 	_, metrics := e.admin(t, http.MethodGet, "/metrics", "")
 	if !strings.Contains(string(metrics), `ticketi_edge_cache_invalidated_entry_age_ttl_ratio_bucket{rule="event",le="0.05"} 1`) {
 		t.Errorf("age metric:\n%s", grepLines(string(metrics), "invalidated_entry_age"))
+	}
+}
+
+// With two edge_cache handlers (one per route, each its own rules), a key
+// is inspected and its TTL set in the handler whose rules write it; the
+// other handler's "not a key any of my rules writes" is not the answer.
+func TestCacheEntryRouteWithTwoCaches(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("ok " + r.URL.Path))
+	}))
+	t.Cleanup(up.Close)
+	proxy := strings.TrimPrefix(up.URL, "http://")
+	site := ""
+	for _, n := range []string{"a", "b"} {
+		site += fmt.Sprintf("route /%[1]s/* {\n\tedge_cache {\n\t\trule %[1]s /%[1]s/{id} {\n\t\t\tkey %[1]s:{id}\n\t\t\tttl 1m\n\t\t}\n\t\tupstream_host fixed\n\t}\n\treverse_proxy %[2]s\n}\n", n, proxy)
+	}
+	e := startEdge(t, "", site)
+	for _, n := range []string{"a", "b"} {
+		e.get(t, "/"+n+"/1")
+		code, a, raw := e.entry(t, http.MethodGet, "/edge/cache/entry?key="+n+":1", "")
+		if code != 200 || len(a.Caches) == 0 {
+			t.Errorf("GET entry %s:1: %d %s", n, code, raw)
+			continue
+		}
+		for name, info := range a.Caches {
+			if info.Stored() && info.Rule != n {
+				t.Errorf("GET entry %s:1: cache %s says rule %q", n, name, info.Rule)
+			}
+		}
+		if code, _, raw := e.entry(t, http.MethodPost, "/edge/cache/entry", `{"key":"`+n+`:1","ttl":"30s"}`); code != 200 {
+			t.Errorf("POST entry %s:1: %d %s", n, code, raw)
+		}
+	}
+	if code, raw := e.admin(t, http.MethodGet, "/edge/cache/entry?key=c:1", ""); code != 400 || !strings.Contains(string(raw), "not a key any cache rule writes") {
+		t.Errorf("a key no handler's rules write: %d %s", code, raw)
 	}
 }
