@@ -470,8 +470,11 @@ func allowMethods(r *http.Request, methods ...string) error {
 
 // decodeJSON reads a bounded JSON body into v, refusing unknown fields so
 // a typo in an admin call is an error rather than a silent no-op.
-func decodeJSON(r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxAdminBody))
+func decodeJSON(r *http.Request, v any) error { return decodeJSONLimit(r, v, maxAdminBody) }
+
+// decodeJSONLimit is decodeJSON for a route whose bodies may be larger.
+func decodeJSONLimit(r *http.Request, v any, limit int64) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, limit))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("invalid JSON body: %v", err)}

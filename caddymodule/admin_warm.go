@@ -62,6 +62,9 @@ const (
 	warmMaxPathLen    = 2048
 	warmMaxHostLen    = 253
 	warmRemoteAddress = "127.0.0.1:0"
+	// warmMaxBody fits warmMaxPaths paths of warmMaxPathLen bytes as plain
+	// JSON strings, and the other fields (about 2.1 MB).
+	warmMaxBody = warmMaxPaths*(warmMaxPathLen+16) + maxAdminBody
 )
 
 // warmCtxKey marks an in-process warm request (see above).
@@ -126,7 +129,7 @@ type warmReport struct {
 // cacheWarm serves POST /edge/cache/warm.
 func (a *adminAPI) cacheWarm(w http.ResponseWriter, r *http.Request, app *App, _ string) error {
 	var req warmRequest
-	if err := decodeJSON(r, &req); err != nil {
+	if err := decodeJSONLimit(r, &req, warmMaxBody); err != nil {
 		return err
 	}
 	bad := func(format string, args ...any) error {

@@ -413,3 +413,29 @@ func TestAdminErrorsDoNotEchoPathsOrKeys(t *testing.T) {
 		t.Errorf("entry of an absent per-user key: %d %s, want 404 without the key", code, raw)
 	}
 }
+
+// The documented bound is 1,000 paths of up to warmMaxPathLen bytes: a
+// call that long fits the warm route's body bound (the admin routes' 64
+// KiB would refuse it from about 65 bytes a path).
+func TestCacheWarmTakesAThousandLongPaths(t *testing.T) {
+	e := startEdge(t, "", "edge_cache {\n\trule page /p/{id} {\n\t\tkey page:{id}\n\t\tttl 1m\n\t}\n\tupstream_host fixed\n}\nrespond \"ok\" 200")
+	paths := make([]string, warmMaxPaths)
+	for i := range paths {
+		id := fmt.Sprintf("%04d", i)
+		paths[i] = "/p/" + id + strings.Repeat("x", warmMaxPathLen-len("/p/")-len(id))
+	}
+	body, _ := json.Marshal(map[string]any{"paths": paths, "host": "127.0.0.1", "timeout_seconds": 300})
+	code, rep, raw := warm(t, e, string(body))
+	if code != 200 || len(rep.Results) != warmMaxPaths {
+		t.Fatalf("1000 paths of %d bytes (%d bytes of JSON): %d %.200s", warmMaxPathLen, len(body), code, raw)
+	}
+	if rep.Counts["skipped"] == warmMaxPaths {
+		t.Errorf("counts %v", rep.Counts)
+	}
+	// Beyond it, the body bound answers 400 before anything runs.
+	big, _ := json.Marshal(map[string]any{"paths": append(paths, paths...), "host": "127.0.0.1"})
+	big = append(big, bytes.Repeat([]byte(" "), 2*len(big))...)
+	if code, _, raw := warm(t, e, string(big)); code != 400 {
+		t.Errorf("a %d-byte body: %d %.200s", len(big), code, raw)
+	}
+}
