@@ -479,7 +479,7 @@ func (c *Cache) PurgeKey(ctx context.Context, key string) error {
 		c.broadcast(ctx, busMessage{Keys: []string{key}})
 	}
 	if !c.cfg.FixedUpstreamHost && strings.IndexByte(key, hostSeparator) < 0 {
-		_, err := c.PurgePattern(ctx, escapeGlob(key)+string(hostSeparator)+"*")
+		_, err := c.purgeGlob(ctx, escapeGlob(key)+string(hostSeparator)+"*")
 		return err
 	}
 	return nil
@@ -507,6 +507,12 @@ func (c *Cache) PurgePattern(ctx context.Context, glob string) (int, error) {
 	if _, err := path.Match(glob, ""); err != nil {
 		return 0, errors.New("pattern is not a valid glob")
 	}
+	return c.purgeGlob(ctx, glob)
+}
+
+// purgeGlob is PurgePattern without the bound on an admin's pattern: the
+// engine's own patterns are a key (up to maxKeyLen) escaped plus a suffix.
+func (c *Cache) purgeGlob(ctx context.Context, glob string) (int, error) {
 	n := c.l1.dropMatching(glob)
 	if c.l2 == nil {
 		return n, nil

@@ -452,7 +452,7 @@ func (c *Cache) purgeVariants(ctx context.Context, key string) error {
 		return nil
 	}
 	c.variants.learn(key, nil)
-	_, err := c.PurgePattern(ctx, escapeGlob(key)+variantMarker+"*")
+	_, err := c.purgeGlob(ctx, escapeGlob(key)+variantMarker+"*")
 	return err
 }
 

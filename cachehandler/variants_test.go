@@ -652,3 +652,41 @@ func TestInspectVaryingKey(t *testing.T) {
 		t.Fatalf("SetTTL on a variant: %+v %v", vi.L2, err)
 	}
 }
+
+// A purge by key drops every variant of a long key too: the key may be up
+// to maxKeyLen bytes, longer than a purge pattern may be.
+func TestPurgeKeyDropsEveryVariantOfALongKey(t *testing.T) {
+	id := strings.Repeat("~", 100)               // a 100-byte path segment...
+	key := "event:" + strings.Repeat("%7E", 100) // ...is a 306-byte key
+	t.Run("redis", func(t *testing.T) {
+		p := newPair(t, nil)
+		o := newLangOrigin("Accept-Language")
+		withOrigin(p.a, o)
+		for _, l := range []string{"en", "fr"} {
+			p.a.do(langReq("/api/events/"+id, l))
+		}
+		raw := p.srv.Client(t)
+		if keys, _ := raw.Keys(context.Background(), "test_"+key+"*").Result(); len(keys) != 3 {
+			t.Fatalf("before the purge: %d keys, want the index and 2 variants", len(keys))
+		}
+		if err := p.a.cache.PurgeKey(context.Background(), key); err != nil {
+			t.Fatalf("PurgeKey of a %d-byte varying key: %v", len(key), err)
+		}
+		if keys, _ := raw.Keys(context.Background(), "test_"+key+"*").Result(); len(keys) != 0 {
+			t.Fatalf("left after purge: %d keys", len(keys))
+		}
+	})
+	t.Run("embedded", func(t *testing.T) {
+		o := newLangOrigin("Accept-Language")
+		g := withOrigin(newRig(t, nil), o)
+		for _, l := range []string{"en", "fr"} {
+			g.do(langReq("/api/events/"+id, l))
+		}
+		if err := g.cache.PurgeKey(context.Background(), key); err != nil {
+			t.Fatalf("PurgeKey of a %d-byte varying key: %v", len(key), err)
+		}
+		if e, _ := g.cache.l1.stats(); e != 0 {
+			t.Fatalf("%d entries left in L1 after the purge", e)
+		}
+	})
+}
