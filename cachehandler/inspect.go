@@ -113,8 +113,12 @@ func (c *Cache) Inspect(ctx context.Context, key string) (EntryInfo, error) {
 }
 
 func (c *Cache) checkInspectKey(key string) error {
-	if key == "" || len(key) > maxKeyLen {
-		return fmt.Errorf("key must be 1 to %d bytes", maxKeyLen)
+	limit := maxKeyLen
+	if variantBase(key) != key {
+		limit += len(variantMarker) + variantHashLen // a variant of a key up to maxKeyLen
+	}
+	if key == "" || len(key) > limit {
+		return fmt.Errorf("key must be 1 to %d bytes", limit)
 	}
 	if !c.isCacheKey(key) {
 		return ErrNotCacheKey

@@ -690,3 +690,31 @@ func TestPurgeKeyDropsEveryVariantOfALongKey(t *testing.T) {
 		}
 	})
 }
+
+// The variants a varying key lists can each be inspected and given a TTL,
+// also when the key is near maxKeyLen (a variant key is 18 bytes longer).
+func TestInspectVariantsOfALongKey(t *testing.T) {
+	p := newPair(t, func(c *Config) {
+		c.Rules = append(c.Rules, &Rule{Name: "v", Path: "/api/v/{a}/{b}", Key: "v:{a}:{b}", TTL: time.Minute, Tags: []string{"v"}})
+	})
+	o := newLangOrigin("Accept-Language")
+	withOrigin(p.a, o)
+	path := "/api/v/" + strings.Repeat("~", 128) + "/" + strings.Repeat("~", 40)
+	key := "v:" + strings.Repeat("%7E", 128) + ":" + strings.Repeat("%7E", 40) // 507 bytes
+	for _, l := range []string{"en", "fr"} {
+		p.a.do(langReq(path, l))
+	}
+	ctx := context.Background()
+	info, err := p.a.cache.Inspect(ctx, key)
+	if err != nil || info.L2 == nil || info.L2.State != "varies" || len(info.L2.Variants) != 2 {
+		t.Fatalf("Inspect of the %d-byte varying key: %v %+v", len(key), err, info.L2)
+	}
+	for _, vk := range info.L2.Variants {
+		if vi, err := p.a.cache.Inspect(ctx, vk); err != nil || vi.L2 == nil || vi.L2.State != "fresh" {
+			t.Errorf("Inspect of its %d-byte variant: %v %+v", len(vk), err, vi.L2)
+		}
+		if _, err := p.a.cache.SetTTL(ctx, vk, 30*time.Second); err != nil {
+			t.Errorf("SetTTL of its %d-byte variant: %v", len(vk), err)
+		}
+	}
+}
