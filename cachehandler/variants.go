@@ -440,9 +440,11 @@ func (c *Cache) placeVariant(ctx context.Context, key string, r *http.Request, h
 
 // purgeVariants drops every variant of a rule key (admin purge by key):
 // when the key is known to vary here or its index is in Redis, by the
-// key's variant pattern (an admin-only SCAN, as for hosts).
+// key's variant pattern (an admin-only SCAN, as for hosts). On the
+// embedded default always (a walk of L1): the memory of varying keys is
+// bounded and may have let the key go while L1 still holds its variants.
 func (c *Cache) purgeVariants(ctx context.Context, key string) error {
-	varies := c.variants.names(key) != nil
+	varies := c.variants.names(key) != nil || c.l2 == nil
 	if !varies && c.l2 != nil && c.cfg.Redis.Available() {
 		if raw, err := c.l2.get(ctx, key); err == nil {
 			_, varies = decodeVaryIndex(raw)

@@ -718,3 +718,25 @@ func TestInspectVariantsOfALongKey(t *testing.T) {
 		}
 	}
 }
+
+// On the embedded default a purge by key drops every variant even when the
+// edge's memory of varying keys has let the key go (its bound, 16,384
+// keys, evicts arbitrary ones): no language is served its pre-purge answer.
+func TestPurgeKeyDropsVariantsTheMemoryForgotEmbedded(t *testing.T) {
+	o := newLangOrigin("Accept-Language")
+	g := withOrigin(newRig(t, nil), o)
+	checkLanguages(t, g, "en", "fr")
+	g.cache.variants.learn("event:7", nil) // as the memory's bound evicts a key
+	if err := g.cache.PurgeKey(context.Background(), "event:7"); err != nil {
+		t.Fatal(err)
+	}
+	before := o.total.Load()
+	for _, l := range []string{"fr", "en"} {
+		if w := g.do(langReq("/api/events/7", l)); strings.Contains(w.Header().Get("Cache-Status"), "hit") {
+			t.Errorf("%s after the purge: %q, the pre-purge answer", l, w.Header().Get("Cache-Status"))
+		}
+	}
+	if n := o.total.Load() - before; n != 2 {
+		t.Errorf("origin answered %d after the purge, want 2", n)
+	}
+}
