@@ -258,6 +258,9 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 	storeKey, refused := c.placeVariant(ctx, key, r, vary, entry, rule, redisOK)
 	if refused != "" {
 		fw.reason = refused
+		if refused == "vary-limit" && mode != modeNotModified {
+			fl.p = c.sharedUnstored(ctx, key, entry, tags, localSnap, redisSnap, redisOK) // variants.go
+		}
 		release()
 		if mode == modeNotModified {
 			return c.fill(w, r, next, rule, ps, key, nil, noCache)

@@ -438,6 +438,23 @@ func (c *Cache) placeVariant(ctx context.Context, key string, r *http.Request, h
 	return vkey, ""
 }
 
+// sharedUnstored is the answer of a fill whose variant the bound refused,
+// for its followers (requests for the same variant): they are coalesced as
+// on a stored fill, under the same race checks as store, so none gets an
+// answer a write to its tags since the fill began has made old. nil when
+// one has.
+func (c *Cache) sharedUnstored(ctx context.Context, key string, e *Entry, tags []string, localSnap uint64, redisSnap []int64, redisOK bool) *prepared {
+	if c.clock.changedSince(tags, localSnap) {
+		return nil
+	}
+	if c.l2 != nil && redisOK {
+		if v, err := c.l2.versions(context.WithoutCancel(ctx), tags); err != nil || !sameVersions(v, redisSnap) {
+			return nil
+		}
+	}
+	return prepare(key, e, 0, 0, c.now())
+}
+
 // purgeVariants drops every variant of a rule key (admin purge by key):
 // when the key is known to vary here or its index is in Redis, by the
 // key's variant pattern (an admin-only SCAN, as for hosts). On the
