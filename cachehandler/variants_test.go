@@ -747,40 +747,8 @@ func TestPurgeKeyDropsVariantsTheMemoryForgotEmbedded(t *testing.T) {
 func TestConcurrentMissesOverTheVariantBoundCoalesce(t *testing.T) {
 	o := newLangOrigin("Accept-Language")
 	g := withOrigin(newRig(t, nil), o)
-	langs := make([]string, MaxRuleVariants)
-	for i := range langs {
-		langs[i] = fmt.Sprintf("l%d", i)
-	}
-	checkLanguages(t, g, langs...)
-	gate := make(chan struct{})
-	g.next = func(w http.ResponseWriter, r *http.Request) error {
-		<-gate
-		return o.serve(w, r)
-	}
-	const n = 10
-	var wg sync.WaitGroup
-	got := make([]string, n)
-	statuses := make([]string, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w := httptest.NewRecorder()
-			_ = g.cache.Handle(w, langReq("/api/events/7", "extra"), g.next)
-			got[i], statuses[i] = bodyLang(t, w), w.Header().Get("Cache-Status")
-		}()
-	}
-	vkey, _, _ := requestVariant("event:7", []string{"Accept-Language"}, langReq("/", "extra"))
-	waitFollowers(t, g.cache, vkey, n-1)
-	close(gate)
-	wg.Wait()
-	for i := range n {
-		if got[i] != "extra" {
-			t.Fatalf("request %d got the %q answer (%q)", i, got[i], statuses[i])
-		}
-	}
-	if c := o.count("extra"); c != 1 {
-		t.Errorf("origin asked %d times by %d concurrent requests of one refused variant, want 1 (statuses %q)", c, n, statuses)
+	if n, st := burstOverTheBound(t, g, o, 10, nil); n != 1 {
+		t.Errorf("origin asked %d times by 10 concurrent requests of one refused variant, want 1 (%q)", n, st)
 	}
 }
 
@@ -793,46 +761,54 @@ func TestConcurrentMissesOverTheVariantBoundCoalesceOnRedis(t *testing.T) {
 	waitFor(t, 5*time.Second, "a hears the fleet", func() bool { return p.a.cache.hearing() })
 	o := newLangOrigin("Accept-Language")
 	g := withOrigin(p.a, o)
-	langs := make([]string, MaxRuleVariants)
-	for i := range langs {
-		langs[i] = fmt.Sprintf("l%d", i)
-	}
-	checkLanguages(t, g, langs...)
-	vkey, _, _ := requestVariant("event:7", []string{"Accept-Language"}, langReq("/", "extra"))
-	burst := func(write bool) (origin int, statuses []string) {
-		gate := make(chan struct{})
-		g.next = func(w http.ResponseWriter, r *http.Request) error {
-			<-gate
-			return o.serve(w, r)
-		}
-		before := o.count("extra")
-		const n = 6
-		var wg sync.WaitGroup
-		statuses = make([]string, n)
-		for i := range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				w := httptest.NewRecorder()
-				_ = g.cache.Handle(w, langReq("/api/events/7", "extra"), g.next)
-				if l := bodyLang(t, w); l != "extra" {
-					t.Errorf("request %d got the %q answer", i, l)
-				}
-				statuses[i] = w.Header().Get("Cache-Status")
-			}()
-		}
-		waitFollowers(t, g.cache, vkey, n-1)
-		if write {
-			g.cache.Invalidate(context.Background(), []string{"event:7"})
-		}
-		close(gate)
-		wg.Wait()
-		return o.count("extra") - before, statuses
-	}
-	if n, st := burst(false); n != 1 {
+	if n, st := burstOverTheBound(t, g, o, 6, nil); n != 1 {
 		t.Errorf("origin asked %d times by one burst of a refused variant, want 1 (%q)", n, st)
 	}
-	if n, st := burst(true); n != 6 {
+	write := func() { g.cache.Invalidate(context.Background(), []string{"event:7"}) }
+	if n, st := burstOverTheBound(t, g, o, 6, write); n != 6 {
 		t.Errorf("with a write during the fill: origin asked %d times, want 6 (no follower gets the pre-write answer) (%q)", n, st)
 	}
+}
+
+// burstOverTheBound fills event:7's MaxRuleVariants languages (once),
+// then sends n concurrent requests for one more, holding the upstream
+// until all have joined the fill and during has run. It returns how often
+// the upstream was asked for it, and the Cache-Status lines.
+func burstOverTheBound(t *testing.T, g *rig, o *langOrigin, n int, during func()) (int, []string) {
+	t.Helper()
+	if o.count("l0") == 0 {
+		langs := make([]string, MaxRuleVariants)
+		for i := range langs {
+			langs[i] = fmt.Sprintf("l%d", i)
+		}
+		checkLanguages(t, g, langs...)
+	}
+	gate := make(chan struct{})
+	g.next = func(w http.ResponseWriter, r *http.Request) error {
+		<-gate
+		return o.serve(w, r)
+	}
+	before := o.count("extra")
+	var wg sync.WaitGroup
+	statuses := make([]string, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := httptest.NewRecorder()
+			_ = g.cache.Handle(w, langReq("/api/events/7", "extra"), g.next)
+			if l := bodyLang(t, w); l != "extra" {
+				t.Errorf("request %d got the %q answer", i, l)
+			}
+			statuses[i] = w.Header().Get("Cache-Status")
+		}()
+	}
+	vkey, _, _ := requestVariant("event:7", []string{"Accept-Language"}, langReq("/", "extra"))
+	waitFollowers(t, g.cache, vkey, int32(n-1))
+	if during != nil {
+		during()
+	}
+	close(gate)
+	wg.Wait()
+	return o.count("extra") - before, statuses
 }
