@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/ticketi/edge/internal/store"
 )
 
 // Cache inspection (the seed's EXISTS, TTL and EXPIRE): what one key holds
@@ -299,6 +302,15 @@ return 1
 
 var setTTLScript = redis.NewScript(setTTLLua)
 
+// extendVaryIndexScript makes a variant index (variants.go) live at least
+// ARGV[1] ms more; anything else under the rule key is left alone.
+var extendVaryIndexScript = redis.NewScript(`
+local cur = redis.call("GET", KEYS[1])
+if not cur or string.sub(cur, 1, 4) ~= "TV1|" then return 0 end
+local pt = redis.call("PTTL", KEYS[1])
+if pt >= 0 and pt < tonumber(ARGV[1]) then redis.call("PEXPIRE", KEYS[1], ARGV[1]) end
+return 1`)
+
 func (c *Cache) setTTLRedis(ctx context.Context, key string, ttl time.Duration) error {
 	if !c.cfg.Redis.Available() {
 		return ErrRedisUnavailable
@@ -347,6 +359,13 @@ func (c *Cache) setTTLRedis(ctx context.Context, key string, ttl time.Duration) 
 	pipe := c.l2.rdb.Client().Pipeline()
 	c.l2.indexEntry(ctx, pipe, ek, e.Tags, now.Add(life), now)
 	_, _ = pipe.Exec(ctx) // on failure the old scores stand: the entry is dropped from its sets sooner, never served longer
+	if base := variantBase(key); base != key {
+		// A purge by key finds the variants through their index: it must
+		// live as long as the variant now does.
+		if err := extendVaryIndexScript.Run(ctx, c.l2.rdb.Client(), []string{c.l2.entryKey(base)}, life.Milliseconds()).Err(); err != nil {
+			c.log.Warn("variant index not extended with its variant's TTL", zap.String("key_pattern", store.KeyPattern(base)), zap.Error(err))
+		}
+	}
 	// Copies in L1, here and on every edge, hold the old TTL.
 	c.l1.remove(key)
 	c.broadcast(ctx, busMessage{Keys: []string{key}})

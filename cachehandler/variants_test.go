@@ -812,3 +812,25 @@ func burstOverTheBound(t *testing.T, g *rig, o *langOrigin, n int, during func()
 	wg.Wait()
 	return o.count("extra") - before, statuses
 }
+
+// A variant's TTL lengthened through SetTTL keeps its key's variant index
+// alive as long as the variant: a purge by key finds the variants through
+// the index (an edge that never saw the key, or forgot it), so an index
+// that expired first would leave the lengthened variant to be served after
+// the purge.
+func TestSetTTLOnAVariantKeepsItsIndexAlive(t *testing.T) {
+	p := newPair(t, nil)
+	o := newLangOrigin("Accept-Language")
+	withOrigin(p.a, o)
+	checkLanguages(t, p.a, "en", "fr")
+	ctx := context.Background()
+	vkey, _, _ := requestVariant("event:7", []string{"Accept-Language"}, langReq("/", "en"))
+	if _, err := p.a.cache.SetTTL(ctx, vkey, 4000*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	raw := p.srv.Client(t)
+	index, variant := raw.PTTL(ctx, "test_event:7").Val(), raw.PTTL(ctx, "test_"+vkey).Val()
+	if index < variant {
+		t.Fatalf("the index expires in %v, before its lengthened variant (%v)", index, variant)
+	}
+}
