@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -136,6 +137,30 @@ func TestDashboardInBrowser(t *testing.T) {
 		return nil
 	})
 	t.Logf("after traffic the page showed %v", shown)
+
+	// The chart's x axis spans the history the page has (not a fixed 10
+	// minutes that would squeeze a new page's points into its last tenth),
+	// and the legend gives each rule's ratio over that window: 6 reads of
+	// /api/events/1 after the page's first refresh are 1 miss and 5 hits,
+	// whatever refreshes they fell between.
+	Eventually(t, 15*time.Second, func() error {
+		var chart struct {
+			Span, History float64
+			Legend        []string
+		}
+		b.eval(t, `({span: Number(document.getElementById('hit-chart').dataset.spanMs),
+			history: samples[samples.length - 1].t - samples[0].t,
+			legend: [...document.querySelectorAll('#hit-legend li')].map(l => l.textContent)})`, &chart)
+		if chart.History <= 0 || chart.Span != chart.History {
+			return fmt.Errorf("chart spans %v ms, the page's history is %v ms", chart.Span, chart.History)
+		}
+		for _, want := range []string{"event 83%", "events_featured 83%"} {
+			if !slices.Contains(chart.Legend, want) {
+				return fmt.Errorf("chart legend %q, want %q", chart.Legend, want)
+			}
+		}
+		return nil
+	})
 	var advice [][]string
 	b.eval(t, `[...document.querySelectorAll('#ttl-advice tbody tr')].map(r => [...r.cells].map(c => c.textContent))`, &advice)
 	if !hasRow(advice, func(r []string) bool {
@@ -204,7 +229,21 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("origin reads of /api/events/{id} after the page's purge: %d → %d, want one more", before, after)
 	}
 
-	// The purge shows in the page's audit trail, hashed.
+	// A soft purge by tag from the page says it marked the entries stale.
+	b.eval(t, `(() => {
+		document.getElementById('purge-by').value = 'tag';
+		document.getElementById('purge-value').value = 'events:lists';
+		document.getElementById('purge-soft').checked = true;
+		document.getElementById('purge-form').requestSubmit();
+	})()`, nil)
+	Eventually(t, 10*time.Second, func() error {
+		if s := b.text(t, "purge-result"); s != "marked 1 entries stale (soft purge, tag events:lists)" {
+			return fmt.Errorf("soft purge result shown %q", s)
+		}
+		return nil
+	})
+
+	// The purges show in the page's audit trail, hashed.
 	Eventually(t, 10*time.Second, func() error {
 		var rows [][]string
 		b.eval(t, `[...document.querySelectorAll('#audit tbody tr')].map(r => [...r.cells].map(c => c.textContent))`, &rows)
@@ -212,6 +251,11 @@ func TestDashboardInBrowser(t *testing.T) {
 			return len(r) == 5 && r[2] == "admin" && r[3] == "cache_purge" && strings.Contains(r[4], "by=key")
 		}) {
 			return fmt.Errorf("audit table %v: no cache_purge", rows)
+		}
+		if !hasRow(rows, func(r []string) bool {
+			return len(r) == 5 && r[3] == "cache_purge" && strings.Contains(r[4], "by=tag") && strings.Contains(r[4], "soft=true")
+		}) {
+			return fmt.Errorf("audit table %v: no soft cache_purge by tag", rows)
 		}
 		if !hasRow(rows, func(r []string) bool { return len(r) == 5 && r[3] == "cache_ttl" && strings.Contains(r[4], "ttl=45s") }) {
 			return fmt.Errorf("audit table %v: no cache_ttl", rows)
@@ -263,6 +307,19 @@ func TestDashboardInBrowser(t *testing.T) {
 	if errs := b.pageErrors(); len(errs) > 0 {
 		t.Errorf("the page logged errors:\n%s", strings.Join(errs, "\n"))
 	}
+
+	// When the edge goes away the page says so and dims the figures it
+	// still shows: they are the last refresh's, not the edge's state now.
+	e.proc.stop()
+	Eventually(t, 15*time.Second, func() error {
+		if s := b.text(t, "status"); !strings.HasPrefix(s, "cannot read the edge") {
+			return fmt.Errorf("status after the edge stopped %q", s)
+		}
+		if b.evalString(t, "String(document.body.classList.contains('stale'))") != "true" {
+			return fmt.Errorf("the figures are not marked stale")
+		}
+		return nil
+	})
 }
 
 func hasRow(rows [][]string, f func([]string) bool) bool {

@@ -203,30 +203,40 @@ function drawChart() {
 		ctx.beginPath(); ctx.moveTo(left, py); ctx.lineTo(w, py); ctx.stroke();
 		ctx.fillText((y * 100) + '%', 2, Math.min(h - bottom, Math.max(10, py + 4)));
 	}
+	// The x axis spans the history this page has (it starts empty when the
+	// page opens), up to historyMs: a page open for a minute uses the whole
+	// width for that minute instead of its last tenth.
 	const end = samples.length ? samples[samples.length - 1].t : Date.now();
-	const x = (t) => left + (w - left) * (1 - (end - t) / historyMs);
-	ctx.fillText('-10 min', left, h - 4);
+	const span = samples.length > 1 ? Math.min(historyMs, Math.max(1, end - samples[0].t)) : historyMs;
+	const x = (t) => left + (w - left) * (1 - (end - t) / span);
+	ctx.fillText('-' + fmtSeconds(span / 1000), left, h - 4);
 	ctx.fillText('now', w - 24, h - 4);
 	const legend = [];
 	const rules = samples.length ? Object.keys(samples[samples.length - 1].rules).sort() : [];
 	let color = 0;
 	for (const rule of rules) {
 		const pts = [];
+		let first = null; // the rule's oldest counts in the window, for the legend
 		for (let i = 1; i < samples.length; i++) {
 			const a = samples[i - 1].rules[rule], b = samples[i].rules[rule];
 			if (!a || !b) continue;
-			const hits = b.hits - a.hits, total = hits + (b.misses - a.misses) + (b.stale - a.stale);
-			if (total > 0) pts.push([samples[i].t, hits / total]);
+			first = first || a;
+			const dh = b.hits - a.hits, dt = dh + (b.misses - a.misses) + (b.stale - a.stale);
+			if (dt > 0) pts.push([samples[i].t, dh / dt]);
 		}
 		if (pts.length === 0) continue;
+		const newest = samples[samples.length - 1].rules[rule] || first;
+		const hits = newest.hits - first.hits, total = hits + (newest.misses - first.misses) + (newest.stale - first.stale);
 		const c = palette[color++ % palette.length];
 		ctx.strokeStyle = c; ctx.fillStyle = c; ctx.lineWidth = 1.5;
 		ctx.beginPath();
 		pts.forEach(([t, v], i) => { const px = x(t), py = (h - bottom) * (1 - v); if (i) ctx.lineTo(px, py); else ctx.moveTo(px, py); });
 		ctx.stroke();
 		if (pts.length === 1) { ctx.fillRect(x(pts[0][0]) - 2, (h - bottom) * (1 - pts[0][1]) - 2, 4, 4); }
-		const last = pts[pts.length - 1][1];
-		legend.push([rule, c, (100 * last).toFixed(0) + '%']);
+		// The legend gives the ratio over the whole window: one refresh holds
+		// a handful of lookups of a quiet rule, and the last point stays
+		// on screen unchanged once its traffic stops.
+		legend.push([rule, c, total > 0 ? (100 * hits / total).toFixed(0) + '%' : '–']);
 	}
 	const ul = $('hit-legend');
 	ul.replaceChildren(...legend.map(([rule, c, v]) => {
@@ -237,6 +247,7 @@ function drawChart() {
 		return li;
 	}));
 	canvas.dataset.series = String(legend.length);
+	canvas.dataset.spanMs = String(span);
 }
 
 function renderLimits(d, m) {
@@ -283,7 +294,7 @@ function render(d) {
 	renderLimits(d, m);
 	renderSessions(m);
 	renderAudit(d);
-	setText('updated', new Date(Date.parse(d.time)).toLocaleTimeString());
+	setText('updated', fmtTime(Date.parse(d.time)).slice(11)); // UTC, as the tables
 	document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
 }
 
@@ -299,8 +310,12 @@ async function refresh() {
 		if (!res.ok) throw new Error(await errorText(res));
 		render(await res.json());
 		setStatus(true, 'live');
+		document.body.classList.remove('stale');
 	} catch (e) {
+		// The figures stay for reference, dimmed: they are from the last
+		// refresh that worked ("updated" says when), not the edge's state now.
 		setStatus(false, 'cannot read the edge: ' + e.message);
+		document.body.classList.add('stale');
 	} finally {
 		setTimeout(refresh, refreshMs);
 	}
@@ -342,7 +357,9 @@ $('purge-form').addEventListener('submit', async (ev) => {
 	setOutput('purge-result', true, 'purging…');
 	try {
 		const res = await call('POST', 'cache/purge', body);
-		setOutput('purge-result', true, `purged ${res.purged} entries (${by} ${value})`);
+		if (res.soft) setOutput('purge-result', true, `marked ${res.purged} entries stale (soft purge, ${by} ${value})`);
+		else if (body.soft) setOutput('purge-result', false, `purged ${res.purged} entries hard: Redis was unreachable, so the soft purge was done hard (${by} ${value})`);
+		else setOutput('purge-result', true, `purged ${res.purged} entries (${by} ${value})`);
 	} catch (e) {
 		setOutput('purge-result', false, 'purge failed: ' + e.message);
 	}
