@@ -322,6 +322,11 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, next Next) error 
 	reqCC := r.Header.Get("Cache-Control")
 	noCache := hasDirective(reqCC, "no-cache") || (reqCC == "" && r.Header.Get("Pragma") == "no-cache")
 
+	if rule.vary != nil {
+		// From here on (lookup, fill, refresh, upstream) the request carries
+		// the rule's canonical values of its Vary lines (varycanon.go).
+		r = rule.canonicalRequest(r)
+	}
 	var stale *prepared
 	key, p, layer := c.lookupVariant(r.Context(), key, r, now, func() []string { return renderTags(rule.tags, ps, r, c.cfg.Resolve) })
 	// A client's no-cache makes the entry revalidate, but an entry fetched

@@ -89,6 +89,9 @@ func (cfg *Config) validate() error {
 		if err := r.compile(cfg.Paths); err != nil {
 			return err
 		}
+		if err := r.compileVary(cfg.IdentityHeaders); err != nil {
+			return err
+		}
 		if names[r.Name] {
 			return fmt.Errorf("cache rule name %q is used twice", r.Name)
 		}

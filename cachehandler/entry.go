@@ -156,25 +156,8 @@ func DecodeEntry(b []byte) (*Entry, error) {
 		return nil, ErrCorrupt
 	}
 	r := reader{b: payload[len(entryMagic):]}
-	e := &Entry{}
-	flags := r.u8()
-	e.Gzipped = flags&flagGzip != 0
-	e.OriginETag = flags&flagOriginETag != 0
-	e.Status = int(r.u16())
-	e.StoredAt = time.UnixMilli(int64(r.u64()))
-	e.TTL = time.Duration(r.u64()) * time.Millisecond
-	e.ETag = r.str()
-	if n := int(r.u16()); n <= maxTagCount {
-		if flags&flagVersions != 0 {
-			e.TagVersions = make([]int64, 0, n)
-		}
-		for range n {
-			e.Tags = append(e.Tags, r.str())
-			if flags&flagVersions != 0 {
-				e.TagVersions = append(e.TagVersions, int64(r.u64()))
-			}
-		}
-	} else {
+	e, flags, ok := readEntryHead(&r)
+	if !ok {
 		return nil, ErrCorrupt
 	}
 	if flags&flagVary != 0 {
@@ -220,6 +203,48 @@ func DecodeEntry(b []byte) (*Entry, error) {
 		return nil, ErrCorrupt
 	}
 	return e, nil
+}
+
+// entryHeadMax bounds what decodeEntryHead needs: the fixed fields, an
+// ETag and maxTagCount tags with their versions.
+const entryHeadMax = 1 + 2 + 8 + 8 + (2 + 1024) + 2 + maxTagCount*(2+maxTagLen+8) + len(entryMagic)
+
+// readEntryHead reads what precedes the Vary values, soft stamps, headers
+// and body: flags, status, times, ETag, tags and their versions.
+func readEntryHead(r *reader) (*Entry, byte, bool) {
+	e := &Entry{}
+	flags := r.u8()
+	e.Gzipped = flags&flagGzip != 0
+	e.OriginETag = flags&flagOriginETag != 0
+	e.Status = int(r.u16())
+	e.StoredAt = time.UnixMilli(int64(r.u64()))
+	e.TTL = time.Duration(r.u64()) * time.Millisecond
+	e.ETag = r.str()
+	n := int(r.u16())
+	if n > maxTagCount {
+		return nil, 0, false
+	}
+	if flags&flagVersions != 0 {
+		e.TagVersions = make([]int64, 0, n)
+	}
+	for range n {
+		e.Tags = append(e.Tags, r.str())
+		if flags&flagVersions != 0 {
+			e.TagVersions = append(e.TagVersions, int64(r.u64()))
+		}
+	}
+	return e, flags, true
+}
+
+// decodeEntryHead reads an entry's head (readEntryHead) from a prefix of
+// its stored value, at most entryHeadMax bytes: no checksum to verify.
+func decodeEntryHead(b []byte) (*Entry, bool) {
+	if len(b) < len(entryMagic) || string(b[:len(entryMagic)]) != entryMagic {
+		return nil, false
+	}
+	r := reader{b: b[len(entryMagic):]}
+	e, _, ok := readEntryHead(&r)
+	return e, ok && !r.err
 }
 
 // reader is a bounds-checked cursor; after the first short read every

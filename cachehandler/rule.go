@@ -63,7 +63,12 @@ type Rule struct {
 	// served at once while one background fill refreshes it. Zero: the
 	// handler's Config.StaleWhileRevalidate.
 	StaleWhileRevalidate time.Duration
+	// Vary maps request headers to a few canonical values before the
+	// lookup and the fill (varycanon.go), so the rule has at most that
+	// many variants for each whatever clients send.
+	Vary []VaryCanon
 
+	vary  []varyCanon
 	path  pattern
 	key   template
 	tags  []template

@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -364,23 +367,31 @@ func varyIndexOf(key string, raw []byte) (names, variantKeys []string, ok bool) 
 
 // admitVariantScript adds a variant to the key's index unless the index
 // already lists MaxRuleVariants other live ones. KEYS[1] the rule key;
-// ARGV names, hash, expiry ms, now ms, limit, life ms. An entry stored
-// under the rule key (the answer did not vary before) is replaced.
+// ARGV names, hash, expiry ms, now ms, limit, life ms, then members
+// ("<hash>:<expiry>") found dead, dropped first if still listed as such.
+// It returns 1 when admitted, else the members counted against the bound,
+// for the caller to check (pruneVariants). Only KEYS[1] is touched, so it
+// runs on Cluster: the variants' own keys are checked by the caller.
+// An entry stored under the rule key (the answer did not vary before) is
+// replaced.
 var admitVariantScript = redis.NewScript(`
 local cur = redis.call("GET", KEYS[1])
 local now = tonumber(ARGV[4])
+local dead = {}
+for i = 7, #ARGV do dead[ARGV[i]] = true end
 local keep = {}
 local n = 0
 if cur and string.sub(cur, 1, 4) == "TV1|" then
   local rest = string.match(cur, "^TV1|[^|]*|(.*)$") or ""
   for h, e in string.gmatch(rest, "(%x+):(%d+)") do
-    if h ~= ARGV[2] and tonumber(e) > now then
+    local item = h .. ":" .. e
+    if h ~= ARGV[2] and tonumber(e) > now and not dead[item] then
       n = n + 1
-      keep[n] = h .. ":" .. e
+      keep[n] = item
     end
   end
 end
-if n >= tonumber(ARGV[5]) then return 0 end
+if n >= tonumber(ARGV[5]) then return table.concat(keep, ",") end
 keep[n + 1] = ARGV[2] .. ":" .. ARGV[3]
 local life = tonumber(ARGV[6])
 if cur then
@@ -389,6 +400,99 @@ if cur then
 end
 redis.call("SET", KEYS[1], "TV1|" .. ARGV[1] .. "|" .. table.concat(keep, ","), "PX", life)
 return 1`)
+
+// variantInFlight is how long after its admission a variant missing from
+// Redis still counts: its fill is admitted just before it stores, so a
+// member without an entry may be one about to be written.
+const variantInFlight = 5 * time.Second
+
+// admitVariant runs admitVariantScript; when the bound refuses, it checks
+// the members counted and, if some are dead (their entry gone after the
+// admission window, or unservable: a tag version bumped since its fill),
+// runs the script once more without them. So an invalidation, or a
+// variant's own expiry or purge, frees its slot at once instead of at the
+// index entry's expiry.
+func (c *Cache) admitVariant(ctx context.Context, base, names, hash string, now time.Time, life time.Duration) (bool, error) {
+	args := []any{names, hash, now.Add(life).UnixMilli(), now.UnixMilli(), MaxRuleVariants, max(life.Milliseconds(), 1)}
+	keys := []string{c.l2.entryKey(base)}
+	res, err := admitVariantScript.Run(ctx, c.cfg.Redis.Client(), keys, args...).Result()
+	if err != nil {
+		return false, err
+	}
+	members, refused := res.(string)
+	if !refused {
+		return true, nil
+	}
+	dead, err := c.deadVariants(ctx, base, strings.Split(members, ","), now.Add(life-variantInFlight))
+	if err != nil || len(dead) == 0 {
+		return false, err
+	}
+	res, err = admitVariantScript.Run(ctx, c.cfg.Redis.Client(), keys, append(args, dead...)...).Result()
+	if err != nil {
+		return false, err
+	}
+	_, refused = res.(string)
+	return !refused, nil
+}
+
+// deadVariants returns the members ("<hash>:<expiry ms>") of base's
+// variant index whose entry can no longer be served: gone (for members
+// whose expiry is before inFlightFrom, i.e. admitted long enough ago), or
+// carrying tag versions that were bumped since. One pipelined read of the
+// entries' heads (not their bodies), one of their tags' versions.
+func (c *Cache) deadVariants(ctx context.Context, base string, members []string, inFlightFrom time.Time) ([]any, error) {
+	pipe := c.cfg.Redis.Client().Pipeline()
+	heads := make([]*redis.StringCmd, len(members))
+	for i, m := range members {
+		hash, _, _ := strings.Cut(m, ":")
+		heads[i] = pipe.GetRange(ctx, c.l2.entryKey(store.CacheVariant(base, hash)), 0, int64(entryHeadMax-1))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	var dead []any
+	entries := make([]*Entry, len(members))
+	var tags []string
+	for i, m := range members {
+		head, _ := heads[i].Bytes()
+		if len(head) == 0 {
+			_, exp, _ := strings.Cut(m, ":")
+			if ms, err := strconv.ParseInt(exp, 10, 64); err == nil && ms < inFlightFrom.UnixMilli() {
+				dead = append(dead, m)
+			}
+			continue
+		}
+		e, ok := decodeEntryHead(head)
+		if !ok {
+			if len(head) < entryHeadMax {
+				dead = append(dead, m) // corrupt: its next read deletes it
+			}
+			continue // else a head longer than read (a huge ETag): counted
+		}
+		entries[i] = e
+		for _, t := range e.Tags {
+			if !slices.Contains(tags, t) {
+				tags = append(tags, t)
+			}
+		}
+	}
+	vers, err := c.l2.versions(ctx, tags)
+	if err != nil {
+		return dead, nil
+	}
+	known := make(map[string]int64, len(tags))
+	for i, t := range tags {
+		known[t] = vers[i]
+	}
+	for i, e := range entries {
+		if e != nil {
+			if ok, _ := c.l2.current(ctx, e, known); !ok {
+				dead = append(dead, members[i])
+			}
+		}
+	}
+	return dead, nil
+}
 
 // placeVariant decides where a fill's entry goes: the rule key when the
 // answer does not vary, else its variant's key (names and values set on
@@ -417,12 +521,10 @@ func (c *Cache) placeVariant(ctx context.Context, key string, r *http.Request, h
 	life := e.TTL + c.cfg.Grace
 	admitted, counted := true, false
 	if c.l2 != nil && redisOK && c.cfg.Redis.Available() {
-		hash := vkey[len(vkey)-variantHashLen:]
-		res, err := admitVariantScript.Run(context.WithoutCancel(ctx), c.cfg.Redis.Client(), []string{c.l2.entryKey(base)},
-			strings.Join(names, ","), hash, now.Add(life).UnixMilli(), now.UnixMilli(), MaxRuleVariants, max(life.Milliseconds(), 1)).Int()
+		ok, err := c.admitVariant(context.WithoutCancel(ctx), base, strings.Join(names, ","), vkey[len(vkey)-variantHashLen:], now, life)
 		switch {
 		case err == nil:
-			admitted, counted = res == 1, true
+			admitted, counted = ok, true
 		case !store.IsConnectivityError(err):
 			c.log.Warn("variant index update failed; counting variants in L1 only", zap.String("rule", rule.Name), zap.Error(err))
 		}
