@@ -66,7 +66,8 @@ const (
 
 // VariantObserver is an optional extension of Observer: variants stored
 // and refused, by rule and result (stored, vary-star, vary-names,
-// vary-credentials, vary-value, vary-limit).
+// vary-credentials, vary-value, vary-limit), and dead variants dropped
+// from a full key's count (freed).
 type VariantObserver interface {
 	Variant(rule string, result string)
 }
@@ -412,7 +413,7 @@ const variantInFlight = 5 * time.Second
 // runs the script once more without them. So an invalidation, or a
 // variant's own expiry or purge, frees its slot at once instead of at the
 // index entry's expiry.
-func (c *Cache) admitVariant(ctx context.Context, base, names, hash string, now time.Time, life time.Duration) (bool, error) {
+func (c *Cache) admitVariant(ctx context.Context, rule, base, names, hash string, now time.Time, life time.Duration) (bool, error) {
 	args := []any{names, hash, now.Add(life).UnixMilli(), now.UnixMilli(), MaxRuleVariants, max(life.Milliseconds(), 1)}
 	keys := []string{c.l2.entryKey(base)}
 	res, err := admitVariantScript.Run(ctx, c.cfg.Redis.Client(), keys, args...).Result()
@@ -430,6 +431,11 @@ func (c *Cache) admitVariant(ctx context.Context, base, names, hash string, now 
 	res, err = admitVariantScript.Run(ctx, c.cfg.Redis.Client(), keys, append(args, dead...)...).Result()
 	if err != nil {
 		return false, err
+	}
+	if vo, ok := c.cfg.Observer.(VariantObserver); ok {
+		for range dead {
+			vo.Variant(rule, "freed")
+		}
 	}
 	_, refused = res.(string)
 	return !refused, nil
@@ -521,7 +527,7 @@ func (c *Cache) placeVariant(ctx context.Context, key string, r *http.Request, h
 	life := e.TTL + c.cfg.Grace
 	admitted, counted := true, false
 	if c.l2 != nil && redisOK && c.cfg.Redis.Available() {
-		ok, err := c.admitVariant(context.WithoutCancel(ctx), base, strings.Join(names, ","), vkey[len(vkey)-variantHashLen:], now, life)
+		ok, err := c.admitVariant(context.WithoutCancel(ctx), rule.Name, base, strings.Join(names, ","), vkey[len(vkey)-variantHashLen:], now, life)
 		switch {
 		case err == nil:
 			admitted, counted = ok, true

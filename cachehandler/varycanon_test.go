@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ticketi/edge/internal/redistest"
+	"github.com/ticketi/edge/internal/store"
 )
 
 // withCanonicalLanguages gives the event rule `vary Accept-Language en fr de`.
@@ -193,6 +196,14 @@ func TestVaryCanonicalOtherHeaders(t *testing.T) {
 	}
 }
 
+func nineLines() []VaryCanon {
+	out := make([]VaryCanon, maxVaryNames+1)
+	for i := range out {
+		out[i] = VaryCanon{Header: fmt.Sprintf("X-H%d", i), Values: []string{"a"}}
+	}
+	return out
+}
+
 func TestVaryCanonicalConfigIsChecked(t *testing.T) {
 	many := make([]string, maxVaryCanonValues+1)
 	for i := range many {
@@ -212,6 +223,7 @@ func TestVaryCanonicalConfigIsChecked(t *testing.T) {
 		{{Header: "Accept-Language", Values: []string{"en_US"}}},
 		{{Header: "Accept-Language", Values: []string{"*"}}},
 		{{Header: "X-A", Values: []string{"a"}}, {Header: "x-a", Values: []string{"b"}}},
+		nineLines(),
 	} {
 		rules, inv := seedRules()
 		rules[2].Vary = v
@@ -268,6 +280,9 @@ func TestVariantBoundFreedByInvalidationOnRedis(t *testing.T) {
 		if !strings.Contains(w.Header().Get("Cache-Status"), want) {
 			t.Fatalf("after the invalidation, round %d: %q", round, w.Header().Get("Cache-Status"))
 		}
+	}
+	if n := obs.n("event/freed"); n != MaxRuleVariants {
+		t.Fatalf("freed counted %d", n)
 	}
 }
 
@@ -340,5 +355,66 @@ func BenchmarkHitL1VariantCanonical(b *testing.B) {
 	}
 	if w.h.Get("Cache-Status") != "ticketi-edge; hit" {
 		b.Fatalf("not a hit: %v", w.h)
+	}
+}
+
+// On Redis Cluster the index script touches only the rule key; the check
+// of the counted variants is pipelined across the nodes.
+func TestVariantBoundFreedByInvalidationOnRedisCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	rdb, err := store.New(store.Options{Addrs: cl.Addrs, KeyPrefix: "test_"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rdb.Close() })
+	o := newLangOrigin("Accept-Language")
+	g := withOrigin(newRig(t, func(c *Config) { c.Redis = rdb }), o)
+	langs := make([]string, MaxRuleVariants)
+	for i := range langs {
+		langs[i] = fmt.Sprintf("l%d", i)
+	}
+	checkLanguages(t, g, langs...)
+	if w := g.do(langReq("/api/events/7", "extra")); !strings.HasSuffix(w.Header().Get("Cache-Status"), "detail=vary-limit") {
+		t.Fatalf("bound on the cluster: %q", w.Header().Get("Cache-Status"))
+	}
+	g.do(newReq("PUT", "/api/events/7"))
+	g.clock.Advance(variantInFlight + time.Second)
+	if w := g.do(langReq("/api/events/7", "extra")); !strings.Contains(w.Header().Get("Cache-Status"), "stored") {
+		t.Fatalf("a new language after the invalidation on the cluster: %q", w.Header().Get("Cache-Status"))
+	}
+}
+
+// A background refresh (stale-while-revalidate) sends the canonical value
+// too; a request that bypasses the cache goes upstream as sent.
+func TestVaryCanonicalRefreshAndBypass(t *testing.T) {
+	o := newLangOrigin("Accept-Language")
+	g := withOrigin(newRig(t, func(c *Config) {
+		withCanonicalLanguages(c)
+		c.Rules[2].StaleWhileRevalidate = time.Minute
+	}), o)
+	g.do(langReq("/api/events/7", "fr-CA"))
+	g.clock.Advance(31 * time.Minute)
+	if w := g.do(langReq("/api/events/7", "fr-BE")); bodyLang(t, w) != "fr" || !strings.Contains(w.Header().Get("Cache-Status"), "fwd=stale") {
+		t.Fatalf("within the window: %q %q", bodyLang(t, w), w.Header().Get("Cache-Status"))
+	}
+	waitFor(t, 5*time.Second, "the background refresh", func() bool { return o.count("fr") == 2 })
+	r := langReq("/api/events/7", "fr-BE")
+	r.Header.Set("Authorization", "Bearer x")
+	if w := g.do(r); !strings.Contains(w.Header().Get("Cache-Status"), "detail=credentials") || bodyLang(t, w) != "fr-BE" {
+		t.Fatalf("bypass: %q %q", bodyLang(t, w), w.Header().Get("Cache-Status"))
+	}
+	if seen := o.seen(); !slices.Equal(seen, []string{"fr", "fr-BE"}) {
+		t.Fatalf("the origin saw %q", seen)
+	}
+}
+
+// The line does not make an answer vary: an upstream that does not say
+// Vary gets one entry for every language.
+func TestVaryCanonicalWithoutUpstreamVary(t *testing.T) {
+	o := newLangOrigin("")
+	g := withOrigin(newRig(t, withCanonicalLanguages), o)
+	g.do(langReq("/api/events/7", "de"))
+	if w := g.do(langReq("/api/events/7", "fr")); w.Header().Get("Cache-Status") != "ticketi-edge; hit" || bodyLang(t, w) != "de" {
+		t.Fatalf("%q %q", bodyLang(t, w), w.Header().Get("Cache-Status"))
 	}
 }

@@ -106,6 +106,22 @@ type CacheRule struct {
 	Disabled bool `json:"disabled,omitempty"`
 	// Stale-while-revalidate window of this rule (overrides the handler's).
 	StaleWhileRevalidate caddy.Duration `json:"stale_while_revalidate,omitempty"`
+	// Request headers mapped to one of a few values before the lookup and
+	// the fill, so the rule has at most that many variants for each
+	// whatever clients send (at most 8 headers, 32 values each).
+	Vary []CacheVary `json:"vary,omitempty"`
+}
+
+// CacheVary maps one request header to one of the listed values:
+// Accept-Language by RFC 4647 lookup (fr-CA matches fr), other headers by
+// an exact match in any case, else the first value. Fills and refreshes
+// send the chosen value upstream.
+type CacheVary struct {
+	// Request header, e.g. Accept-Language. Not Cookie, Authorization,
+	// an identity header, Accept-Encoding or Host.
+	Header string `json:"header"`
+	// Values the header is mapped to, the default first, e.g. en fr de.
+	Values []string `json:"values"`
 }
 
 // CacheInvalidation drops tags when a mutation succeeds.
@@ -186,6 +202,7 @@ func (c *Cache) engineConfig() cachehandler.Config {
 			Name: r.Name, Path: r.Path, Key: r.Key, TTL: time.Duration(r.TTL), Tags: r.Tags,
 			PerUser: r.PerUser, Public: r.Public, IgnoreQuery: r.IgnoreQuery, Disabled: r.Disabled,
 			StaleWhileRevalidate: time.Duration(r.StaleWhileRevalidate),
+			Vary:                 varyEngine(r.Vary),
 		})
 	}
 	for _, inv := range c.Invalidations {
@@ -194,6 +211,14 @@ func (c *Cache) engineConfig() cachehandler.Config {
 		})
 	}
 	return cfg
+}
+
+func varyEngine(vs []CacheVary) []cachehandler.VaryCanon {
+	var out []cachehandler.VaryCanon
+	for _, v := range vs {
+		out = append(out, cachehandler.VaryCanon{Header: v.Header, Values: append([]string(nil), v.Values...)})
+	}
+	return out
 }
 
 // Validate checks the configuration with the engine's rules.

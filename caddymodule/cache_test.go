@@ -22,6 +22,8 @@ func TestCacheDirectiveParses(t *testing.T) {
 			tags event:{id} events:lists
 			ignore_query utm_source
 			enabled off
+			vary Accept-Language en fr de
+			vary X-Device desktop mobile
 		}
 		rule me /api/users/me {
 			key me:{http.auth.user.id}
@@ -51,6 +53,13 @@ func TestCacheDirectiveParses(t *testing.T) {
 		!c.Rules[0].Disabled || !c.Rules[1].PerUser || c.Rules[0].IgnoreQuery[0] != "utm_source" {
 		t.Fatalf("rules %+v", c.Rules)
 	}
+	if v := c.Rules[0].Vary; len(v) != 2 || v[0].Header != "Accept-Language" || strings.Join(v[0].Values, " ") != "en fr de" ||
+		v[1].Header != "X-Device" || len(v[1].Values) != 2 {
+		t.Fatalf("vary %+v", v)
+	}
+	if cfg := c.engineConfig(); len(cfg.Rules[0].Vary) != 2 || cfg.Rules[0].Vary[0].Values[2] != "de" {
+		t.Fatalf("engine vary %+v", cfg.Rules[0].Vary)
+	}
 	if inv := c.Invalidations[0]; strings.Join(inv.Methods, ",") != "PUT,DELETE" || len(inv.Tags) != 2 || inv.Soft {
 		t.Fatalf("invalidation %+v", inv)
 	}
@@ -63,21 +72,37 @@ func TestCacheDirectiveParses(t *testing.T) {
 		t.Fatalf("options %+v", c)
 	}
 	for src, want := range map[string]string{
-		"edge_cache {\n rule a\n}":                          "rule needs a name and a path",
-		"edge_cache {\n rule a /x {\n key a\n }\n}":         "needs a key and a ttl",
-		"edge_cache {\n rule a /x {\n color red\n }\n}":     "unrecognized rule option",
-		"edge_cache {\n l1_size lots\n}":                    "expected a size",
-		"edge_cache {\n invalidate PUT /x\n}":               "needs [soft], methods, a path and at least one tag",
-		"edge_cache {\n invalidate soft PUT /x\n}":          "needs [soft], methods, a path and at least one tag",
-		"edge_cache {\n rule a /x {\n enabled maybe\n }\n}": "expected on or off",
-		"edge_cache {\n bogus\n}":                           "unrecognized edge_cache option",
-		"edge_cache {\n strict_routing on\n}":               "wrong argument count",
-		"edge_cache {\n identity_headers\n}":                "wrong argument count",
-		"edge_cache {\n upstream_host client-ish\n}":        "expected fixed or client",
+		"edge_cache {\n rule a\n}":                                 "rule needs a name and a path",
+		"edge_cache {\n rule a /x {\n key a\n }\n}":                "needs a key and a ttl",
+		"edge_cache {\n rule a /x {\n color red\n }\n}":            "unrecognized rule option",
+		"edge_cache {\n l1_size lots\n}":                           "expected a size",
+		"edge_cache {\n invalidate PUT /x\n}":                      "needs [soft], methods, a path and at least one tag",
+		"edge_cache {\n invalidate soft PUT /x\n}":                 "needs [soft], methods, a path and at least one tag",
+		"edge_cache {\n rule a /x {\n enabled maybe\n }\n}":        "expected on or off",
+		"edge_cache {\n bogus\n}":                                  "unrecognized edge_cache option",
+		"edge_cache {\n strict_routing on\n}":                      "wrong argument count",
+		"edge_cache {\n identity_headers\n}":                       "wrong argument count",
+		"edge_cache {\n upstream_host client-ish\n}":               "expected fixed or client",
+		"edge_cache {\n rule a /x {\n vary Accept-Language\n }\n}": "vary needs a header and at least one value",
 	} {
 		err := new(Cache).UnmarshalCaddyfile(caddyfile.NewTestDispenser(src))
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v, want %q", src, err, want)
+		}
+	}
+}
+
+// A vary line the engine refuses fails provisioning with the reason.
+func TestBadCacheVaryFailsProvisioning(t *testing.T) {
+	for line, want := range map[string]string{
+		"vary Cookie a":              "credential header",
+		"vary X-Ticketi-User-Id a":   "credential header",
+		"vary Accept-Language en_US": "bad value",
+		"vary Accept-Encoding gzip":  "handles that header itself",
+	} {
+		src := "{\n\tadmin off\n}\n\nhttp://127.0.0.1:0 {\n\tedge_cache {\n\t\trule a /x/{id} {\n\t\t\tkey x:{id}\n\t\t\tttl 1m\n\t\t\t" + line + "\n\t\t}\n\t}\n}\n"
+		if err := loadCaddyfile(src); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", line, err, want)
 		}
 	}
 }

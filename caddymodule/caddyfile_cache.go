@@ -30,6 +30,7 @@ func init() {
 //			ignore_query <name...>
 //			enabled      on|off
 //			stale_while_revalidate <duration>
+//			vary         <header> <value...>  # map the header to one value, the first the default; repeatable per header
 //		}
 //		invalidate [soft] <METHOD[,METHOD...]> <path> <tag...>  # soft: mark stale, refresh once
 //		rfc9111 [<path pattern...>] {    # standards mode for paths no rule matches
@@ -184,6 +185,12 @@ func (c *Cache) parseRule(d *caddyfile.Dispenser) error {
 			r.Disabled = !on
 		case "stale_while_revalidate":
 			r.StaleWhileRevalidate, err = requiredDuration(d)
+		case "vary":
+			args := d.RemainingArgs()
+			if len(args) < 2 {
+				return d.Errf("vary needs a header and at least one value, e.g. vary Accept-Language en fr de")
+			}
+			r.Vary = append(r.Vary, CacheVary{Header: args[0], Values: args[1:]})
 		default:
 			return d.Errf("unrecognized rule option '%s'", sub)
 		}

@@ -61,7 +61,7 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 		}),
 		cacheVariants: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: "cache", Name: "variants_total",
-			Help: "Rule-mode variants (Vary) stored or refused, by rule and result (stored, vary_star, vary_names, vary_credentials, vary_value, vary_limit).",
+			Help: "Rule-mode variants (Vary) stored or refused, by rule and result (stored, vary_star, vary_names, vary_credentials, vary_value, vary_limit; freed: a dead variant dropped from a full key's count).",
 		}, []string{"rule", "result"}),
 		cacheAckWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: metricsNamespace, Subsystem: "cache", Name: "invalidation_wait_seconds",
@@ -294,7 +294,8 @@ func (o *cacheObserver) InvalidatedAge(rule string, ttlFraction float64) {
 // variantResults are the results cachehandler.VariantObserver reports:
 // the metric's label values are this fixed set.
 var variantResults = map[string]string{"stored": "stored", "vary-star": "vary_star", "vary-names": "vary_names",
-	"vary-credentials": "vary_credentials", "vary-value": "vary_value", "vary-limit": "vary_limit"}
+	"vary-credentials": "vary_credentials", "vary-value": "vary_value", "vary-limit": "vary_limit",
+	"freed": "freed"}
 
 // Variant implements cachehandler.VariantObserver.
 func (o *cacheObserver) Variant(rule, result string) {
