@@ -404,7 +404,8 @@ return 1`)
 
 // variantInFlight is how long after its admission a variant missing from
 // Redis still counts: its fill is admitted just before it stores, so a
-// member without an entry may be one about to be written.
+// member without an entry may be one about to be written. Also the clock
+// difference between edges this allows for.
 const variantInFlight = 5 * time.Second
 
 // admitVariant runs admitVariantScript; when the bound refuses, it checks
@@ -424,7 +425,18 @@ func (c *Cache) admitVariant(ctx context.Context, rule, base, names, hash string
 	if !refused {
 		return true, nil
 	}
-	dead, err := c.deadVariants(ctx, base, strings.Split(members, ","), now.Add(life-variantInFlight))
+	// A variant just admitted expires about life from now, or, for a
+	// 404/410 of the rule, its shorter life: such a member without an
+	// entry may be a fill about to store (either clock may be off a bit).
+	inFlight := func(expiryMs int64) bool {
+		for _, l := range []time.Duration{life, min(life, c.cfg.NegativeTTL+c.cfg.Grace)} {
+			if d := time.Duration(expiryMs-now.Add(l).UnixMilli()) * time.Millisecond; d > -variantInFlight && d < variantInFlight {
+				return true
+			}
+		}
+		return false
+	}
+	dead, err := c.deadVariants(ctx, base, strings.Split(members, ","), inFlight)
 	if err != nil || len(dead) == 0 {
 		return false, err
 	}
@@ -442,11 +454,11 @@ func (c *Cache) admitVariant(ctx context.Context, rule, base, names, hash string
 }
 
 // deadVariants returns the members ("<hash>:<expiry ms>") of base's
-// variant index whose entry can no longer be served: gone (for members
-// whose expiry is before inFlightFrom, i.e. admitted long enough ago), or
-// carrying tag versions that were bumped since. One pipelined read of the
-// entries' heads (not their bodies), one of their tags' versions.
-func (c *Cache) deadVariants(ctx context.Context, base string, members []string, inFlightFrom time.Time) ([]any, error) {
+// variant index whose entry can no longer be served: gone (unless
+// inFlight says it may have been admitted moments ago), or carrying tag
+// versions that were bumped since. One pipelined read of the entries'
+// heads (not their bodies), one of their tags' versions.
+func (c *Cache) deadVariants(ctx context.Context, base string, members []string, inFlight func(expiryMs int64) bool) ([]any, error) {
 	pipe := c.cfg.Redis.Client().Pipeline()
 	heads := make([]*redis.StringCmd, len(members))
 	for i, m := range members {
@@ -463,7 +475,7 @@ func (c *Cache) deadVariants(ctx context.Context, base string, members []string,
 		head, _ := heads[i].Bytes()
 		if len(head) == 0 {
 			_, exp, _ := strings.Cut(m, ":")
-			if ms, err := strconv.ParseInt(exp, 10, 64); err == nil && ms < inFlightFrom.UnixMilli() {
+			if ms, err := strconv.ParseInt(exp, 10, 64); err == nil && !inFlight(ms) {
 				dead = append(dead, m)
 			}
 			continue
