@@ -31,8 +31,11 @@ const (
 	maxVaryCanonValues = 32
 	// maxVaryCanonValueLen bounds one listed value.
 	maxVaryCanonValueLen = 64
-	// maxLanguageRanges bounds the members of Accept-Language read.
-	maxLanguageRanges = 32
+	// maxLanguageRanges bounds the members of Accept-Language read, and
+	// maxLanguageRangeLen each (a longer one is skipped): the lookup's
+	// work per request stays bounded whatever the header holds.
+	maxLanguageRanges   = 32
+	maxLanguageRangeLen = 2 * maxVaryCanonValueLen
 )
 
 // VaryCanon maps one request header to one of a few values (see above).
@@ -155,8 +158,8 @@ func (vc *varyCanon) canonical(lines []string) string {
 // an Accept-Language field: the index of the tag found, 0 when none is.
 // Ranges are taken by weight, highest first (equal weights in the order
 // sent; q=0 and unparsable weights excluded; "*" matches no particular
-// tag, so it falls to the default). It does not allocate for up to
-// maxLanguageRanges members.
+// tag, so it falls to the default; ranges over maxLanguageRangeLen bytes
+// skipped). It does not allocate.
 func languageLookup(lines []string, tags []string) int {
 	type lr struct {
 		rng string
@@ -170,7 +173,7 @@ func languageLookup(lines []string, tags []string) int {
 			m, line, _ = strings.Cut(line, ",")
 			rng, params, _ := strings.Cut(m, ";")
 			rng = strings.TrimSpace(rng)
-			if rng == "" || rng == "*" {
+			if rng == "" || rng == "*" || len(rng) > maxLanguageRangeLen {
 				continue
 			}
 			q := 1.0

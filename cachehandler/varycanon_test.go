@@ -171,6 +171,8 @@ func TestLanguageLookup(t *testing.T) {
 		{[]string{"*;q=1, de;q=0.1"}, "de"},
 		{[]string{strings.Repeat("xx,", 40) + "fr"}, "en"}, // at most 32 ranges read
 		{[]string{",,;,=;q=,FR"}, "fr"},
+		{[]string{"fr-" + strings.Repeat("a-", 100) + "b, de;q=0.1"}, "de"}, // a range over 128 bytes is skipped
+		{[]string{"fr-" + strings.Repeat("a-", 60) + "b, de;q=0.1"}, "fr"},
 	} {
 		if got := tags[languageLookup(c.lines, tags)]; got != c.want {
 			t.Errorf("%q: %q, want %q", c.lines, got, c.want)
