@@ -371,7 +371,7 @@ func varyIndexOf(key string, raw []byte) (names, variantKeys []string, ok bool) 
 // ARGV names, hash, expiry ms, now ms, limit, life ms, then members
 // ("<hash>:<expiry>") found dead, dropped first if still listed as such.
 // It returns 1 when admitted, else the members counted against the bound,
-// for the caller to check (pruneVariants). Only KEYS[1] is touched, so it
+// for the caller to check (admitVariant). Only KEYS[1] is touched, so it
 // runs on Cluster: the variants' own keys are checked by the caller.
 // An entry stored under the rule key (the answer did not vary before) is
 // replaced.
@@ -414,7 +414,7 @@ const variantInFlight = 5 * time.Second
 // runs the script once more without them. So an invalidation, or a
 // variant's own expiry or purge, frees its slot at once instead of at the
 // index entry's expiry.
-func (c *Cache) admitVariant(ctx context.Context, rule, base, names, hash string, now time.Time, life time.Duration) (bool, error) {
+func (c *Cache) admitVariant(ctx context.Context, rule *Rule, base, names, hash string, now time.Time, life time.Duration) (bool, error) {
 	args := []any{names, hash, now.Add(life).UnixMilli(), now.UnixMilli(), MaxRuleVariants, max(life.Milliseconds(), 1)}
 	keys := []string{c.l2.entryKey(base)}
 	res, err := admitVariantScript.Run(ctx, c.cfg.Redis.Client(), keys, args...).Result()
@@ -425,11 +425,12 @@ func (c *Cache) admitVariant(ctx context.Context, rule, base, names, hash string
 	if !refused {
 		return true, nil
 	}
-	// A variant just admitted expires about life from now, or, for a
-	// 404/410 of the rule, its shorter life: such a member without an
-	// entry may be a fill about to store (either clock may be off a bit).
+	// A variant of the rule just admitted expires about its life from now:
+	// the rule's TTL + grace, or a 404/410's shorter one. Such a member
+	// without an entry may be a fill about to store (either clock may be
+	// off a bit).
 	inFlight := func(expiryMs int64) bool {
-		for _, l := range []time.Duration{life, min(life, c.cfg.NegativeTTL+c.cfg.Grace)} {
+		for _, l := range []time.Duration{rule.TTL + c.cfg.Grace, min(rule.TTL, c.cfg.NegativeTTL) + c.cfg.Grace} {
 			if d := time.Duration(expiryMs-now.Add(l).UnixMilli()) * time.Millisecond; d > -variantInFlight && d < variantInFlight {
 				return true
 			}
@@ -446,7 +447,7 @@ func (c *Cache) admitVariant(ctx context.Context, rule, base, names, hash string
 	}
 	if vo, ok := c.cfg.Observer.(VariantObserver); ok {
 		for range dead {
-			vo.Variant(rule, "freed")
+			vo.Variant(rule.Name, "freed")
 		}
 	}
 	_, refused = res.(string)
@@ -539,7 +540,7 @@ func (c *Cache) placeVariant(ctx context.Context, key string, r *http.Request, h
 	life := e.TTL + c.cfg.Grace
 	admitted, counted := true, false
 	if c.l2 != nil && redisOK && c.cfg.Redis.Available() {
-		ok, err := c.admitVariant(context.WithoutCancel(ctx), rule.Name, base, strings.Join(names, ","), vkey[len(vkey)-variantHashLen:], now, life)
+		ok, err := c.admitVariant(context.WithoutCancel(ctx), rule, base, strings.Join(names, ","), vkey[len(vkey)-variantHashLen:], now, life)
 		switch {
 		case err == nil:
 			admitted, counted = ok, true
