@@ -49,6 +49,9 @@ func TestWindowNeverExceedsLimitInAnyInterval(t *testing.T) {
 					}
 					now := clock.Now()
 					d := allow(l, Check{tier, "k"})
+					if d.Source != b.source() {
+						t.Fatalf("%s step %d: decided by %v, not %v (a fallback is not what this test measures)", tier.Name, step, d.Source, b.source())
+					}
 					if d.Allowed {
 						admitted = append(admitted, now)
 						if n := admittedIn(admitted, now.Add(-tier.Window), now); n > tier.Limit {
