@@ -168,7 +168,7 @@ type Cache struct {
 	origin string
 
 	// variants remembers which keys vary on what (variants.go).
-	variants variantIndex
+	variants *variantIndex
 
 	// Rate limit for the acknowledgement-timeout warning.
 	ackWarnedAt atomic.Int64
@@ -206,13 +206,14 @@ func New(cfg Config) (*Cache, error) {
 	}
 	maxLife := cfg.maxLife()
 	c := &Cache{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		now:    cfg.Now,
-		l1:     newL1(cfg.L1Bytes),
-		clock:  newLocalClock(100_000),
-		status: newStatusValues(cfg.StatusName),
-		origin: newOrigin(),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		now:      cfg.Now,
+		l1:       newL1(cfg.L1Bytes),
+		clock:    newLocalClock(100_000),
+		status:   newStatusValues(cfg.StatusName),
+		origin:   newOrigin(),
+		variants: newVariantIndex(),
 	}
 	c.stats = newStatsObserver(&cfg)
 	c.obs = c.stats

@@ -386,15 +386,11 @@ func newOrigin() string {
 // broadcast sends m to every edge and waits for their acknowledgements
 // (bounded by the bus), reporting how it went.
 func (c *Cache) broadcast(ctx context.Context, m busMessage) {
-	if c.cfg.Bus == nil {
+	msg, ok := c.busPayload(m)
+	if !ok {
 		return
 	}
-	m.Origin = c.origin
-	b, err := json.Marshal(m)
-	if err != nil {
-		return
-	}
-	res := c.cfg.Bus.Broadcast(ctx, string(b))
+	res := c.cfg.Bus.Broadcast(ctx, msg)
 	result := "acked"
 	switch {
 	case res.Err != nil:
@@ -418,16 +414,26 @@ func (c *Cache) broadcast(ctx context.Context, m busMessage) {
 	c.obs.Acknowledged(result, res.Waited)
 }
 
-func (c *Cache) publish(ctx context.Context, m busMessage) {
+// busPayload is m as sent on the bus, stamped with this Cache's origin;
+// false when there is no bus (or m does not encode).
+func (c *Cache) busPayload(m busMessage) (string, bool) {
 	if c.cfg.Bus == nil {
-		return
+		return "", false
 	}
 	m.Origin = c.origin
 	b, err := json.Marshal(m)
 	if err != nil {
+		return "", false
+	}
+	return string(b), true
+}
+
+func (c *Cache) publish(ctx context.Context, m busMessage) {
+	msg, ok := c.busPayload(m)
+	if !ok {
 		return
 	}
-	if err := c.cfg.Bus.Publish(ctx, string(b)); err != nil {
+	if err := c.cfg.Bus.Publish(ctx, msg); err != nil {
 		c.log.Debug("could not publish cache invalidation; other edges rely on their L1 TTL", zap.Error(err))
 	}
 }

@@ -3,6 +3,7 @@ package cachehandler
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -134,18 +135,6 @@ func (s *l2) versions(ctx context.Context, tags []string) ([]int64, error) {
 	return out, nil
 }
 
-func sameVersions(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // errRaced means an invalidation of the entry's tags happened during the
 // fill: the response may predate the change, so it is not kept.
 var errRaced = errors.New("fill raced with an invalidation")
@@ -155,7 +144,7 @@ var errRaced = errors.New("fill raced with an invalidation")
 func (s *l2) store(ctx context.Context, key string, value []byte, life time.Duration, tags []string, snap []int64) error {
 	if now, err := s.versions(ctx, tags); err != nil {
 		return err
-	} else if !sameVersions(now, snap) {
+	} else if !slices.Equal(now, snap) {
 		return errRaced
 	}
 	c := s.rdb.Client()

@@ -242,7 +242,7 @@ func (rec *stdRecord) with(v *stdVariant, limit int) *stdRecord {
 	out := &stdRecord{}
 	if rec != nil {
 		for _, old := range rec.variants {
-			if !sameStrings(old.VaryNames, v.VaryNames) || !sameStrings(old.VaryValues, v.VaryValues) {
+			if !slices.Equal(old.VaryNames, v.VaryNames) || !slices.Equal(old.VaryValues, v.VaryValues) {
 				out.variants = append(out.variants, old)
 			}
 		}
@@ -252,18 +252,6 @@ func (rec *stdRecord) with(v *stdVariant, limit int) *stdRecord {
 		out.variants = out.variants[len(out.variants)-limit:]
 	}
 	return out
-}
-
-func sameStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // tagsFor is the record's tags: the URL's own tag and the mode's (so a

@@ -9,13 +9,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/ticketi/edge/internal/lru"
 	"github.com/ticketi/edge/internal/store"
 )
 
@@ -157,12 +157,13 @@ func variantBase(key string) string {
 }
 
 // variantIndex is this edge's memory of the keys that vary: their Vary
-// names, and the variants it holds in L1 (the bound while Redis is down).
-// Every cached request asks it, so it costs one atomic load while no key
-// varies, and a shard's read lock otherwise. The zero value is ready.
+// names, and the variants it holds in L1 (the bound while Redis is down),
+// in a sharded LRU of maxIndexedKeys keys. Every cached request asks it,
+// so it costs one atomic load while no key varies, and a shard's read
+// lock otherwise.
 type variantIndex struct {
-	n      atomic.Int64 // keys indexed
-	shards [variantShards]variantShard
+	n    atomic.Int64 // keys indexed
+	keys *lru.Sharded[string, *keyVariants]
 
 	warnedAt atomic.Int64 // rate limit of the vary-limit log line
 	refused  atomic.Int64 // vary-limit refusals since the last line
@@ -170,72 +171,55 @@ type variantIndex struct {
 
 const variantShards = 16
 
-type variantShard struct {
-	mu sync.RWMutex
-	m  map[string]*keyVariants
-}
-
+// keyVariants is one key's record; its fields change under the shard's
+// lock.
 type keyVariants struct {
 	names []string             // never modified once set: replaced
 	held  map[string]time.Time // variant key → until when it may be in L1
 }
 
-func (vi *variantIndex) shard(base string) *variantShard {
-	h := uint32(2166136261) // FNV-1a
-	for i := 0; i < len(base); i++ {
-		h = (h ^ uint32(base[i])) * 16777619
-	}
-	return &vi.shards[h%variantShards]
+func newVariantIndex() *variantIndex {
+	vi := &variantIndex{}
+	// A forgotten key costs one more round trip on its next read.
+	vi.keys = lru.New(variantShards, maxIndexedKeys/variantShards, nil, func(int, string, *keyVariants) { vi.n.Add(-1) })
+	return vi
 }
 
 func (vi *variantIndex) names(base string) []string {
 	if vi.n.Load() == 0 {
 		return nil
 	}
-	sh := vi.shard(base)
-	sh.mu.RLock()
-	defer sh.mu.RUnlock()
-	if kv := sh.m[base]; kv != nil {
+	s := vi.keys.ShardOf(base)
+	s.RLock()
+	defer s.RUnlock()
+	if kv, ok := s.LRU.Peek(base); ok {
 		return kv.names
 	}
 	return nil
 }
 
-// entry returns base's record, making room when the shard is full; the
-// caller holds sh.mu.
-func (vi *variantIndex) entry(sh *variantShard, base string) *keyVariants {
-	if sh.m == nil {
-		sh.m = map[string]*keyVariants{}
-	}
-	kv := sh.m[base]
-	if kv == nil {
-		if len(sh.m) >= maxIndexedKeys/variantShards {
-			for k := range sh.m { // an arbitrary one: it costs a round trip later
-				delete(sh.m, k)
-				vi.n.Add(-1)
-				break
-			}
-		}
+// entry returns base's record, added (the shard's least recently used key
+// making room) when it has none; the caller holds s's lock.
+func (vi *variantIndex) entry(s *lru.Shard[string, *keyVariants], base string) *keyVariants {
+	kv, ok := s.LRU.Get(base)
+	if !ok {
 		kv = &keyVariants{held: map[string]time.Time{}}
-		sh.m[base] = kv
 		vi.n.Add(1)
+		s.LRU.Add(base, kv)
 	}
 	return kv
 }
 
 // learn records base's Vary names; nil forgets the key (it stopped varying).
 func (vi *variantIndex) learn(base string, names []string) {
-	sh := vi.shard(base)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
+	s := vi.keys.ShardOf(base)
+	s.Lock()
+	defer s.Unlock()
 	if names == nil {
-		if _, ok := sh.m[base]; ok {
-			delete(sh.m, base)
-			vi.n.Add(-1)
-		}
+		s.LRU.Remove(base)
 		return
 	}
-	if kv := vi.entry(sh, base); !sameStrings(kv.names, names) {
+	if kv := vi.entry(s, base); !slices.Equal(kv.names, names) {
 		kv.names = names
 	}
 }
@@ -243,11 +227,11 @@ func (vi *variantIndex) learn(base string, names []string) {
 // hold notes that vkey may be in L1 until until, and, with enforce,
 // refuses a new variant when limit of base's variants are still there.
 func (vi *variantIndex) hold(base, vkey string, names []string, until, now time.Time, inL1 func(string) bool, limit int, enforce bool) bool {
-	sh := vi.shard(base)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	kv := vi.entry(sh, base)
-	if !sameStrings(kv.names, names) {
+	s := vi.keys.ShardOf(base)
+	s.Lock()
+	defer s.Unlock()
+	kv := vi.entry(s, base)
+	if !slices.Equal(kv.names, names) {
 		kv.names = names
 	}
 	for k, u := range kv.held {
@@ -286,7 +270,7 @@ func (c *Cache) lookupVariant(ctx context.Context, base string, r *http.Request,
 			// The entry must be this request's variant (a hash collision,
 			// or an entry that does not vary under a variant's key, is a
 			// miss); the values were normalised once, for the key.
-			if !sameStrings(p.entry.VaryNames, names) || !sameStrings(p.entry.VaryValues, values) {
+			if !slices.Equal(p.entry.VaryNames, names) || !slices.Equal(p.entry.VaryValues, values) {
 				return key, nil, LookupMiss
 			}
 			if layer == LookupHitL2 && len(p.entry.VaryNames) > 0 {
@@ -569,7 +553,7 @@ func (c *Cache) sharedUnstored(ctx context.Context, key string, e *Entry, tags [
 		return nil
 	}
 	if c.l2 != nil && redisOK {
-		if v, err := c.l2.versions(context.WithoutCancel(ctx), tags); err != nil || !sameVersions(v, redisSnap) {
+		if v, err := c.l2.versions(context.WithoutCancel(ctx), tags); err != nil || !slices.Equal(v, redisSnap) {
 			return nil
 		}
 	}
@@ -606,7 +590,7 @@ func (c *Cache) variantRefused(rule, reason, base string) {
 		c.log.Debug("response varies in a way the cache does not store", zap.String("rule", rule), zap.String("reason", reason))
 		return
 	}
-	vi := &c.variants
+	vi := c.variants
 	now := time.Now().UnixNano()
 	if last := vi.warnedAt.Load(); now-last < int64(10*time.Second) || !vi.warnedAt.CompareAndSwap(last, now) {
 		vi.refused.Add(1)

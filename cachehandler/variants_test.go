@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -326,7 +327,7 @@ func TestVariantEntryRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !sameStrings(d.VaryNames, e.VaryNames) || !sameStrings(d.VaryValues, e.VaryValues) || d.TagVersions[0] != 3 {
+	if !slices.Equal(d.VaryNames, e.VaryNames) || !slices.Equal(d.VaryValues, e.VaryValues) || d.TagVersions[0] != 3 {
 		t.Fatalf("%+v", d)
 	}
 	if variantBase("event:7~v0123456789abcdef") != "event:7" || variantBase("event:7~vxyz") != "event:7~vxyz" || variantBase("~v0123456789abcdef") != "~v0123456789abcdef" {
@@ -558,7 +559,7 @@ func TestVariantsOnRedisCluster(t *testing.T) {
 	// Forget L1 and which keys vary: hits must come from the cluster, the
 	// index first.
 	g.cache.l1 = newL1(DefaultL1Bytes)
-	g.cache.variants = variantIndex{}
+	g.cache.variants = newVariantIndex()
 	for i, s := range checkLanguages(t, g, langs...) {
 		if s != "ticketi-edge; hit" {
 			t.Fatalf("%s from the cluster: %q", langs[i], s)

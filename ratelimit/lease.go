@@ -111,10 +111,13 @@ func newLeaseTable(maxLeases int) *leaseTable {
 	return t
 }
 
-// shard returns k's shard and its held entries (under the shard's lock).
-func (t *leaseTable) shard(k stateKey) (*lru.Shard[stateKey, *lease], map[stateKey]*lease) {
+// lock locks k's shard and returns it with its held entries (which the
+// shard's lock guards); the caller unlocks it.
+func (t *leaseTable) lock(k stateKey) (*lru.Shard[stateKey, *lease], map[stateKey]*lease) {
 	i := t.leases.Index(k)
-	return t.leases.Shard(i), t.held[i]
+	s := t.leases.Shard(i)
+	s.Lock()
+	return s, t.held[i]
 }
 
 func bucketDuration(c *preparedCheck) time.Duration {
@@ -124,8 +127,7 @@ func bucketDuration(c *preparedCheck) time.Duration {
 // take spends one reserved request of c's key, if a live lease has one.
 func (t *leaseTable) take(c *preparedCheck, now time.Time) (outcome, bool) {
 	k := c.stateKey()
-	s, _ := t.shard(k)
-	s.Lock()
+	s, _ := t.lock(k)
 	le, ok := s.LRU.Get(k)
 	if !ok || le.tokens <= 0 || !now.Before(le.expires) {
 		s.Unlock()
@@ -157,8 +159,7 @@ func (t *leaseTable) take(c *preparedCheck, now time.Time) (outcome, bool) {
 // untake puts back a request take spent, for a request another tier denied.
 func (t *leaseTable) untake(c *preparedCheck) {
 	k := c.stateKey()
-	s, _ := t.shard(k)
-	s.Lock()
+	s, _ := t.lock(k)
 	if le, ok := s.LRU.Peek(k); ok && le.spent > 0 {
 		le.tokens++
 		le.spent--
@@ -172,8 +173,7 @@ func nextWant(grant int64) int64 { return min(max(2*grant, firstLeaseWant), maxL
 // not seen within two buckets, or while another request of the key asks.
 func (t *leaseTable) want(c *preparedCheck, now time.Time) int64 {
 	k := c.stateKey()
-	s, _ := t.shard(k)
-	s.Lock()
+	s, _ := t.lock(k)
 	defer s.Unlock()
 	le, ok := s.LRU.Get(k)
 	if !ok {
@@ -195,8 +195,7 @@ func (t *leaseTable) want(c *preparedCheck, now time.Time) int64 {
 // is added to the grant (a refill's own consumed request is a token too).
 func (t *leaseTable) settle(c *preparedCheck, o *outcome, sent time.Time, asked, refill bool, extra int64) {
 	k := c.stateKey()
-	s, held := t.shard(k)
-	s.Lock()
+	s, held := t.lock(k)
 	defer s.Unlock()
 	le, ok := s.LRU.Peek(k)
 	if !ok {
@@ -290,8 +289,7 @@ func (t *leaseTable) drain() ([]giveBackItem, []refillItem) {
 
 // forget drops k's lease (admin reset: its tokens were deleted with the key).
 func (t *leaseTable) forget(k stateKey) {
-	s, held := t.shard(k)
-	s.Lock()
+	s, held := t.lock(k)
 	if le, ok := s.LRU.Peek(k); ok {
 		le.tokens = 0
 		delete(held, k)

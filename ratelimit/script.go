@@ -38,13 +38,8 @@ import (
 // Reply: the clock's now, then four integers per check, requests in order:
 // reset µs, retry µs (0 when the check allows), remaining, and the lease
 // granted (requests reserved in the current bucket for the caller).
-const decideLua = `
-local NB, LDIV, LMIN = 20, 16, 2
-local now = tonumber(ARGV[1])
-if not now then
-	local t = redis.call('TIME')
-	now = t[1] * 1000000 + t[2]
-end
+const decideLua = luaPrelude + `
+local LDIV, LMIN = 16, 2
 local factor, pmax, pmem = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local consume = ARGV[5] ~= 'p'
 local refill = ARGV[5] == 'r'
@@ -131,12 +126,7 @@ for i = 1, n do
 		if TK[kt[i]] == 1 then
 			local st = {b = 0, c = {}}
 			if v then
-				local f = {}
-				for x in string.gmatch(v, '[^,]+') do
-					local y = tonumber(x)
-					if not y or #f > NB + 3 then f = {}; break end
-					f[#f + 1] = y
-				end
+				local f = windowFields(v)
 				if #f >= 4 then
 					if f[1] > 0 then
 						lv, be = lv or {}, be or {}
@@ -333,25 +323,14 @@ return out
 //	ARGV[2]            penalty memory µs (for the TTL)
 //	ARGV[3+4(i-1)..]   per KEYS[i]: kind, interval µs, bucket index
 //	                   (window), requests to give back
-const giveBackLua = `
-local NB = 20
-local now = tonumber(ARGV[1])
-if not now then
-	local t = redis.call('TIME')
-	now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+const giveBackLua = luaPrelude + `
 local pmem = tonumber(ARGV[2])
 for i = 1, #KEYS do
 	local a = 3 + 4 * (i - 1)
 	local kind, iv, bk, cnt = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
 	local v = redis.call('GET', KEYS[i])
 	if v and kind == 1 then
-		local f = {}
-		for x in string.gmatch(v, '[^,]+') do
-			local y = tonumber(x)
-			if not y or #f > NB + 3 then f = {}; break end
-			f[#f + 1] = y
-		end
+		local f = windowFields(v)
 		local idx = bk - (f[3] or 0) + 4
 		if #f >= 4 and idx >= 4 and f[idx] then
 			local c = f[idx] - cnt
@@ -400,6 +379,29 @@ for i = 1, #KEYS do
 	end
 end
 return {}
+`
+
+// luaPrelude starts both scripts: NB (the window buckets a state keeps),
+// now (ARGV[1] in µs, or the Redis server clock when it is empty), and
+// windowFields, which splits a window state (penalty level, last block µs,
+// first bucket, then one count per bucket) into numbers: {} when a field is
+// not a number or there are more than NB + 4 of them.
+const luaPrelude = `
+local NB = 20
+local now = tonumber(ARGV[1])
+if not now then
+	local t = redis.call('TIME')
+	now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function windowFields(v)
+	local f = {}
+	for x in string.gmatch(v, '[^,]+') do
+		local y = tonumber(x)
+		if not y or #f > NB + 3 then return {} end
+		f[#f + 1] = y
+	end
+	return f
+end
 `
 
 // luaScript keeps the source beside go-redis's Script, for EVAL inside a

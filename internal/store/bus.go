@@ -622,29 +622,26 @@ func (b *Bus) Publish(ctx context.Context, msg string) error {
 // PubSub); the returned func removes it. Handlers run one at a time, in
 // publication order.
 func (b *Bus) Subscribe(fn func(msg string)) (unsubscribe func()) {
-	b.mu.Lock()
-	id := b.nextID
-	b.nextID++
-	b.handlers[id] = fn
-	b.mu.Unlock()
-	return func() {
-		b.mu.Lock()
-		delete(b.handlers, id)
-		b.mu.Unlock()
-	}
+	return register(b, b.handlers, fn)
 }
 
 // OnResync registers fn to run when the subscription comes back after a
 // break (messages may have been lost); the returned func removes it.
 func (b *Bus) OnResync(fn func()) (remove func()) {
+	return register(b, b.resyncs, fn)
+}
+
+// register adds fn to m (one of b's callback sets) under a new id and
+// returns the func that removes it.
+func register[F any](b *Bus, m map[int]F, fn F) (remove func()) {
 	b.mu.Lock()
 	id := b.nextID
 	b.nextID++
-	b.resyncs[id] = fn
+	m[id] = fn
 	b.mu.Unlock()
 	return func() {
 		b.mu.Lock()
-		delete(b.resyncs, id)
+		delete(m, id)
 		b.mu.Unlock()
 	}
 }
