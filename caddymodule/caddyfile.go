@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"errors"
 	"reflect"
 	"strconv"
 	"strings"
@@ -73,18 +74,14 @@ func parseGlobalEdge(d *caddyfile.Dispenser, existing any) (any, error) {
 
 // UnmarshalCaddyfile parses the `edge` global option (see parseGlobalEdge).
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume option name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
 	rc := a.Redis
 	if rc == nil {
 		rc = new(RedisConfig)
 	}
 	tlsOn := rc.TLS != nil
-	for d.NextBlock(0) {
+	err := parseBlock(d, "edge", func(opt string) error {
 		var err error
-		switch opt := d.Val(); opt {
+		switch opt {
 		case "redis":
 			rc.URL, err = optionalArg(d)
 		case "sentinel":
@@ -130,11 +127,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "tls":
 			tlsOn, err = parseRedisTLS(d, rc)
 		default:
-			return d.Errf("unrecognized edge option '%s'", opt)
+			return errUnknownOption
 		}
-		if err != nil {
-			return err
-		}
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	if !tlsOn {
 		rc.TLS = nil
@@ -196,27 +194,50 @@ func parseRedisTLS(d *caddyfile.Dispenser, rc *RedisConfig) (bool, error) {
 //
 // Typically: `edge_health /api/health/cache`.
 func parseHealthCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	hc := new(Health)
-	err := hc.UnmarshalCaddyfile(h.Dispenser)
-	return hc, err
+	return unmarshalHandler(h, new(Health))
 }
 
 // UnmarshalCaddyfile parses edge_health (see parseHealthCaddyfile).
 func (h *Health) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume directive name
+	return parseBlock(d, "edge_health", func(opt string) error {
+		if opt != "down_after" {
+			return errUnknownOption
+		}
+		v, err := requiredDuration(d)
+		h.DownAfter = v
+		return err
+	})
+}
+
+// unmarshalHandler is every edge_* directive's setup: m reads the
+// directive from h.
+func unmarshalHandler(h httpcaddyfile.Helper, m interface {
+	caddyhttp.MiddlewareHandler
+	caddyfile.Unmarshaler
+}) (caddyhttp.MiddlewareHandler, error) {
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// errUnknownOption is what a parseBlock option func returns for an option
+// it does not know.
+var errUnknownOption = errors.New("unknown option")
+
+// parseBlock reads a directive (or global option) that takes no arguments,
+// only a block: option is called with each option of the block, the
+// dispenser on it, and returns errUnknownOption for one it does not know
+// (reported as an unrecognized option of name).
+func parseBlock(d *caddyfile.Dispenser, name string, option func(opt string) error) error {
+	d.Next() // consume the directive's name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
 	for d.NextBlock(0) {
-		switch d.Val() {
-		case "down_after":
-			v, err := requiredDuration(d)
-			if err != nil {
-				return err
-			}
-			h.DownAfter = v
-		default:
-			return d.Errf("unrecognized edge_health option '%s'", d.Val())
+		opt := d.Val()
+		if err := option(opt); errors.Is(err, errUnknownOption) {
+			return d.Errf("unrecognized %s option '%s'", name, opt)
+		} else if err != nil {
+			return err
 		}
 	}
 	return nil

@@ -54,20 +54,14 @@ func init() {
 //		upstream_host      fixed|client  # default client: keys include the host
 //	}
 func parseCacheCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	c := new(Cache)
-	err := c.UnmarshalCaddyfile(h.Dispenser)
-	return c, err
+	return unmarshalHandler(h, new(Cache))
 }
 
 // UnmarshalCaddyfile parses edge_cache (see parseCacheCaddyfile).
 func (c *Cache) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
+	return parseBlock(d, "edge_cache", func(opt string) error {
 		var err error
-		switch opt := d.Val(); opt {
+		switch opt {
 		case "rule":
 			err = c.parseRule(d)
 		case "rfc9111":
@@ -139,13 +133,10 @@ func (c *Cache) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 		default:
-			return d.Errf("unrecognized edge_cache option '%s'", opt)
+			return errUnknownOption
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return err
+	})
 }
 
 func (c *Cache) parseRule(d *caddyfile.Dispenser) error {

@@ -39,20 +39,14 @@ func init() {
 //		ipv6_prefix <bits>                         # default 64
 //	}
 func parseRateLimitCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	rl := new(RateLimit)
-	err := rl.UnmarshalCaddyfile(h.Dispenser)
-	return rl, err
+	return unmarshalHandler(h, new(RateLimit))
 }
 
 // UnmarshalCaddyfile parses edge_rate_limit (see parseRateLimitCaddyfile).
 func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
+	return parseBlock(d, "edge_rate_limit", func(opt string) error {
 		var err error
-		switch opt := d.Val(); opt {
+		switch opt {
 		case "tier":
 			err = rl.parseTier(d)
 		case "dry_run":
@@ -94,13 +88,10 @@ func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 		default:
-			return d.Errf("unrecognized edge_rate_limit option '%s'", opt)
+			return errUnknownOption
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return err
+	})
 }
 
 func (rl *RateLimit) parseTier(d *caddyfile.Dispenser) error {

@@ -43,20 +43,14 @@ func init() {
 //		redis             <url>               # a separate Redis for sessions
 //	}
 func parseSessionCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	s := new(Session)
-	err := s.UnmarshalCaddyfile(h.Dispenser)
-	return s, err
+	return unmarshalHandler(h, new(Session))
 }
 
 // UnmarshalCaddyfile parses edge_session (see parseSessionCaddyfile).
 func (s *Session) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
+	return parseBlock(d, "edge_session", func(opt string) error {
 		var err error
-		switch opt := d.Val(); opt {
+		switch opt {
 		case "signing_keys":
 			s.SigningKeys = d.RemainingArgs() // may be empty: an unset variable
 		case "storage_key":
@@ -114,13 +108,10 @@ func (s *Session) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "redis":
 			s.Redis, err = redisOverride(d)
 		default:
-			return d.Errf("unrecognized edge_session option '%s'", opt)
+			return errUnknownOption
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return err
+	})
 }
 
 func (s *Session) parseExpress(d *caddyfile.Dispenser) error {

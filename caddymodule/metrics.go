@@ -43,73 +43,36 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 	m := &metrics{
-		cacheLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Subsystem: "cache", Name: "lookups_total",
-			Help: "Cache lookups by rule and result (hit_l1, hit_l2, miss, stale, bypass).",
-		}, []string{"rule", "result"}),
-		cacheStored: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Subsystem: "cache", Name: "fills_total",
-			Help: "Responses stored in the cache, by rule.",
-		}, []string{"rule"}),
-		cacheStoredBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Subsystem: "cache", Name: "stored_bytes_total",
-			Help: "Bytes stored in the cache (as stored, compressed or not), by rule.",
-		}, []string{"rule"}),
-		cacheDropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Subsystem: "cache", Name: "invalidated_entries_total",
-			Help: "Entries dropped by invalidations and purges.",
-		}),
-		cacheVariants: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Subsystem: "cache", Name: "variants_total",
-			Help: "Rule-mode variants (Vary) stored or refused, by rule and result (stored, vary_star, vary_names, vary_credentials, vary_value, vary_limit; freed: a dead variant dropped from a full key's count).",
-		}, []string{"rule", "result"}),
-		cacheAckWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: metricsNamespace, Subsystem: "cache", Name: "invalidation_wait_seconds",
-			Help:    "How long a write waited for the other edges to drop their copies, by result (acked, timeout, unreachable, alone).",
-			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05},
-		}, []string{"result"}),
-		cacheAges: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: metricsNamespace, Subsystem: "cache", Name: "invalidated_entry_age_ttl_ratio",
-			Help:    "How much of its TTL an entry had lived when an invalidation this edge made dropped it (age / TTL; above 1: stale), by rule.",
-			Buckets: cachehandler.AgeBuckets(),
-		}, []string{"rule"}),
-		cacheSoftPurges: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Subsystem: "cache", Name: "soft_purges_total",
-			Help: "Soft purges (entries marked stale, not dropped) by what named them (key, tag, pattern, invalidate).",
-		}, []string{"by"}),
-		cacheStaleServed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Subsystem: "cache", Name: "stale_served_total",
-			Help: "Stale answers given while one refresh runs, by rule and reason (stale_while_revalidate, soft_purge).",
-		}, []string{"rule", "reason"}),
-		sessionResults: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Subsystem: "session", Name: "validations_total",
-			Help: "Session checks by result (valid, missing, invalid, expired, unknown, unavailable).",
-		}, []string{"result"}),
-		limitDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Subsystem: "ratelimit", Name: "decisions_total",
-			Help: "Rate-limit outcomes by tier, result (allowed, denied; dry-run denials count as denied) and source (redis, lease, local_deny, memory, invalid).",
-		}, []string{"tier", "result", "source"}),
-		sessionLogins: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Subsystem: "session", Name: "created_total",
-			Help: "Sessions created from the upstream's login hand-off.",
-		}),
-		sessionLogouts: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Subsystem: "session", Name: "logouts_total",
-			Help: "Sessions destroyed by logout requests.",
-		}),
-		redisCalls: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: metricsNamespace, Subsystem: "redis", Name: "call_duration_seconds",
-			Help:    "Redis call latency by command and result (ok, nil, error, timeout, unavailable).",
-			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
-		}, []string{"command", "result"}),
-		fallbackEntries: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Subsystem: "redis", Name: "fallback_entered_total",
-			Help: "Times the edge entered fallback mode because Redis was unavailable.",
-		}),
-		fallbackRecovers: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Subsystem: "redis", Name: "fallback_recovered_total",
-			Help: "Times the edge left fallback mode after Redis came back.",
-		}),
+		cacheLookups: counterVec("cache", "lookups_total",
+			"Cache lookups by rule and result (hit_l1, hit_l2, miss, stale, bypass).", "rule", "result"),
+		cacheStored: counterVec("cache", "fills_total", "Responses stored in the cache, by rule.", "rule"),
+		cacheStoredBytes: counterVec("cache", "stored_bytes_total",
+			"Bytes stored in the cache (as stored, compressed or not), by rule.", "rule"),
+		cacheDropped: counter("cache", "invalidated_entries_total",
+			"Entries dropped by invalidations and purges."),
+		cacheVariants: counterVec("cache", "variants_total",
+			"Rule-mode variants (Vary) stored or refused, by rule and result (stored, vary_star, vary_names, vary_credentials, vary_value, vary_limit; freed: a dead variant dropped from a full key's count).", "rule", "result"),
+		cacheAckWait: histogramVec("cache", "invalidation_wait_seconds",
+			"How long a write waited for the other edges to drop their copies, by result (acked, timeout, unreachable, alone).", []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05}, "result"),
+		cacheAges: histogramVec("cache", "invalidated_entry_age_ttl_ratio",
+			"How much of its TTL an entry had lived when an invalidation this edge made dropped it (age / TTL; above 1: stale), by rule.", cachehandler.AgeBuckets(), "rule"),
+		cacheSoftPurges: counterVec("cache", "soft_purges_total",
+			"Soft purges (entries marked stale, not dropped) by what named them (key, tag, pattern, invalidate).", "by"),
+		cacheStaleServed: counterVec("cache", "stale_served_total",
+			"Stale answers given while one refresh runs, by rule and reason (stale_while_revalidate, soft_purge).", "rule", "reason"),
+		sessionResults: counterVec("session", "validations_total",
+			"Session checks by result (valid, missing, invalid, expired, unknown, unavailable).", "result"),
+		limitDecisions: counterVec("ratelimit", "decisions_total",
+			"Rate-limit outcomes by tier, result (allowed, denied; dry-run denials count as denied) and source (redis, lease, local_deny, memory, invalid).", "tier", "result", "source"),
+		sessionLogins: counter("session", "created_total",
+			"Sessions created from the upstream's login hand-off."),
+		sessionLogouts: counter("session", "logouts_total", "Sessions destroyed by logout requests."),
+		redisCalls: histogramVec("redis", "call_duration_seconds",
+			"Redis call latency by command and result (ok, nil, error, timeout, unavailable).", []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1}, "command", "result"),
+		fallbackEntries: counter("redis", "fallback_entered_total",
+			"Times the edge entered fallback mode because Redis was unavailable."),
+		fallbackRecovers: counter("redis", "fallback_recovered_total",
+			"Times the edge left fallback mode after Redis came back."),
 	}
 	pool := func(pick func(store.PoolStats) float64) func() float64 {
 		return func() float64 {
@@ -124,45 +87,31 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 		m.cacheLookups, m.cacheStored, m.cacheStoredBytes, m.cacheDropped, m.cacheAckWait, m.cacheAges, m.cacheVariants,
 		m.cacheSoftPurges, m.cacheStaleServed,
 		m.sessionResults, m.sessionLogins, m.sessionLogouts, m.limitDecisions,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: metricsNamespace, Subsystem: "redis", Name: "breaker_open",
-			Help: "1 while the circuit breaker is open (fallback mode), else 0.",
-		}, func() float64 {
-			if app.redis != nil && app.redis.FallbackMode() {
-				return 1
-			}
-			return 0
-		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: metricsNamespace, Subsystem: "redis", Name: "pool_connections_in_use",
-			Help: "Connections checked out of the Redis pool.",
-		}, pool(func(p store.PoolStats) float64 { return float64(p.InUse) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: metricsNamespace, Subsystem: "redis", Name: "pool_connections_idle",
-			Help: "Idle connections in the Redis pool.",
-		}, pool(func(p store.PoolStats) float64 { return float64(p.Idle) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: metricsNamespace, Subsystem: "redis", Name: "pool_size",
-			Help: "Maximum connections in the Redis pool.",
-		}, pool(func(p store.PoolStats) float64 { return float64(p.Size) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Subsystem: "redis", Name: "pool_timeouts_total",
-			Help: "Times a request waited for a pooled connection in vain.",
-		}, pool(func(p store.PoolStats) float64 { return float64(p.Timeouts) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Subsystem: "session", Name: "permission_errors_total",
-			Help: "Session reads Redis refused with NOPERM: the edge's ACL user may not read the session keys (an operator error).",
-		}, func() float64 {
-			var n uint64
-			for _, s := range app.sessionHandlers() {
-				n += s.engine.PermissionErrors()
-			}
-			return float64(n)
-		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: metricsNamespace, Subsystem: "cache", Name: "hit_ratio",
-			Help: "This instance's cache hit ratio (0-1) since start.",
-		}, func() float64 { return app.cache.Instance().HitRate() / 100 }),
+		gaugeFunc("redis", "breaker_open",
+			"1 while the circuit breaker is open (fallback mode), else 0.", func() float64 {
+				if app.redis != nil && app.redis.FallbackMode() {
+					return 1
+				}
+				return 0
+			}),
+		gaugeFunc("redis", "pool_connections_in_use",
+			"Connections checked out of the Redis pool.", pool(func(p store.PoolStats) float64 { return float64(p.InUse) })),
+		gaugeFunc("redis", "pool_connections_idle",
+			"Idle connections in the Redis pool.", pool(func(p store.PoolStats) float64 { return float64(p.Idle) })),
+		gaugeFunc("redis", "pool_size",
+			"Maximum connections in the Redis pool.", pool(func(p store.PoolStats) float64 { return float64(p.Size) })),
+		counterFunc("redis", "pool_timeouts_total",
+			"Times a request waited for a pooled connection in vain.", pool(func(p store.PoolStats) float64 { return float64(p.Timeouts) })),
+		counterFunc("session", "permission_errors_total",
+			"Session reads Redis refused with NOPERM: the edge's ACL user may not read the session keys (an operator error).", func() float64 {
+				var n uint64
+				for _, s := range app.sessionHandlers() {
+					n += s.engine.PermissionErrors()
+				}
+				return float64(n)
+			}),
+		gaugeFunc("cache", "hit_ratio",
+			"This instance's cache hit ratio (0-1) since start.", func() float64 { return app.cache.Instance().HitRate() / 100 }),
 	}
 	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {
@@ -174,6 +123,28 @@ func newMetrics(reg prometheus.Registerer, app *App) (*metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// The collector constructors: every metric is ticketi_edge_<subsystem>_<name>.
+
+func counter(subsystem, name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: subsystem, Name: name, Help: help})
+}
+
+func counterVec(subsystem, name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: subsystem, Name: name, Help: help}, labels)
+}
+
+func histogramVec(subsystem, name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: metricsNamespace, Subsystem: subsystem, Name: name, Help: help, Buckets: buckets}, labels)
+}
+
+func gaugeFunc(subsystem, name, help string, f func() float64) prometheus.GaugeFunc {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: subsystem, Name: name, Help: help}, f)
+}
+
+func counterFunc(subsystem, name, help string, f func() float64) prometheus.CounterFunc {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: subsystem, Name: name, Help: help}, f)
 }
 
 // RedisCall implements store.Observer.
