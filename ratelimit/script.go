@@ -179,6 +179,14 @@ local function block(k, ti, w)
 	dirty[k] = true
 	return b
 end
+-- denied is a denied check's retry: w, lengthened by a penalty when
+-- penalties are on, the call consumes and k is not blocked already.
+local function denied(k, ti, w)
+	if factor > 1 and consume and (be and be[k] or 0) <= now then
+		return block(k, ti, w)
+	end
+	return w
+end
 for r = 1, tonumber(ARGV[a]) do
 	local m = tonumber(ARGV[a + r])
 	local ok = true
@@ -245,9 +253,7 @@ for r = 1, tonumber(ARGV[a]) do
 				rem = TL[ti] - held
 				reset = wreset(st, j, bw)
 			else
-				if factor > 1 and consume and (be and be[k] or 0) <= now then
-					w = block(k, ti, w)
-				end
+				w = denied(k, ti, w)
 				reset = w
 			end
 		else
@@ -261,9 +267,7 @@ for r = 1, tonumber(ARGV[a]) do
 				if reset < 0 then reset = 0 end
 				rem = math.floor((TB[ti] - reset) / TI[ti])
 			else
-				if factor > 1 and consume and (be and be[k] or 0) <= now then
-					w = block(k, ti, w)
-				end
+				w = denied(k, ti, w)
 				reset = w
 			end
 			if rem < 0 then rem = 0 end
