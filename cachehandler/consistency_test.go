@@ -303,29 +303,9 @@ func TestResubscribedEdgeDropsL1(t *testing.T) {
 // that started before it, also when the write came from another edge.
 func TestFollowersAfterRemoteWriteDoNotJoinOlderFill(t *testing.T) {
 	p := newPair(t, nil)
-	hold := make(chan struct{})
-	started := make(chan struct{})
-	var once sync.Once
-	inner := p.b.next
-	p.b.next = func(w2 http.ResponseWriter, r *http.Request) error {
-		first := false
-		once.Do(func() { first = true })
-		if !first {
-			return inner(w2, r)
-		}
-		// The origin answers with the old event; the answer is held on its
-		// way back to the edge.
-		rec := httptest.NewRecorder()
-		err := inner(rec, r)
-		close(started)
-		<-hold
-		for k, v := range rec.Header() {
-			w2.Header()[k] = v
-		}
-		w2.WriteHeader(rec.Code)
-		_, _ = w2.Write(rec.Body.Bytes())
-		return err
-	}
+	// The origin answers with the old event; the answer is held on its way
+	// back to the edge.
+	started, hold := holdFirstAnswer(p.b)
 	leader, leaderDone := getAsync(p.b, "/api/events/47")
 	<-started // b's fill read the old event... and is held before answering
 	if w := putEvent(p.a, 47, "Changed during b's fill"); w.Code != 200 {
@@ -358,27 +338,7 @@ func TestLateEdgeStillCoalescesButNotAcrossAWrite(t *testing.T) {
 	if p.bus[1].Hearing() {
 		t.Fatal("edge b should never count as hearing")
 	}
-	hold := make(chan struct{})
-	started := make(chan struct{})
-	var once sync.Once
-	inner := p.b.next
-	p.b.next = func(w2 http.ResponseWriter, r *http.Request) error {
-		first := false
-		once.Do(func() { first = true })
-		if !first {
-			return inner(w2, r)
-		}
-		rec := httptest.NewRecorder()
-		err := inner(rec, r)
-		close(started)
-		<-hold
-		for k, v := range rec.Header() {
-			w2.Header()[k] = v
-		}
-		w2.WriteHeader(rec.Code)
-		_, _ = w2.Write(rec.Body.Bytes())
-		return err
-	}
+	started, hold := holdFirstAnswer(p.b)
 	before := p.b.origin(eventRoute)
 	_, leaderDone := getAsync(p.b, "/api/events/48")
 	<-started
@@ -399,26 +359,8 @@ func TestLateEdgeStillCoalescesButNotAcrossAWrite(t *testing.T) {
 
 	// Now a fill in flight on b, a write on a, then a follower on b.
 	p.b.cache.l1.remove("event:49")
-	hold2 := make(chan struct{})
-	started2 := make(chan struct{})
-	var once2 sync.Once
-	p.b.next = func(w2 http.ResponseWriter, r *http.Request) error {
-		first := false
-		once2.Do(func() { first = true })
-		if !first {
-			return inner(w2, r)
-		}
-		rec := httptest.NewRecorder()
-		err := inner(rec, r)
-		close(started2)
-		<-hold2
-		for k, v := range rec.Header() {
-			w2.Header()[k] = v
-		}
-		w2.WriteHeader(rec.Code)
-		_, _ = w2.Write(rec.Body.Bytes())
-		return err
-	}
+	// (The first hold has passed: its wrapper now passes every request on.)
+	started2, hold2 := holdFirstAnswer(p.b)
 	_, leader2 := getAsync(p.b, "/api/events/49")
 	<-started2
 	// b's bus is stuck on an earlier message: it hears the write's
@@ -490,4 +432,32 @@ func BenchmarkInvalidateWithFleet(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 		})
 	}
+}
+
+// holdFirstAnswer holds g's first origin answer on its way back to the
+// edge: started is closed once the origin has answered, and the answer
+// goes on when the test closes hold. Later requests pass straight through.
+func holdFirstAnswer(g *rig) (started, hold chan struct{}) {
+	hold = make(chan struct{})
+	started = make(chan struct{})
+	var once sync.Once
+	inner := g.next
+	g.next = func(w2 http.ResponseWriter, r *http.Request) error {
+		first := false
+		once.Do(func() { first = true })
+		if !first {
+			return inner(w2, r)
+		}
+		rec := httptest.NewRecorder()
+		err := inner(rec, r)
+		close(started)
+		<-hold
+		for k, v := range rec.Header() {
+			w2.Header()[k] = v
+		}
+		w2.WriteHeader(rec.Code)
+		_, _ = w2.Write(rec.Body.Bytes())
+		return err
+	}
+	return started, hold
 }

@@ -4,24 +4,21 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap"
 
 	"github.com/ticketi/edge/internal/redistest"
 	"github.com/ticketi/edge/internal/store"
+	"github.com/ticketi/edge/internal/storetest"
 	"github.com/ticketi/edge/internal/ticketisim"
 )
 
-func TestMain(m *testing.M) {
-	store.InstallGoRedisLogger(zap.NewNop())
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { storetest.Main(m) }
 
 // edgePair is two edge instances sharing one Redis and one origin.
 type edgePair struct {
@@ -30,6 +27,24 @@ type edgePair struct {
 	rdb   [2]*store.Redis
 	bus   [2]*store.Bus
 	gates [2][2]*redisGate // per edge: commands to hold after Redis answered them
+}
+
+// getFromBoth sends n concurrent GETs of path, alternately to a and b, and
+// returns when check has seen every answer (i: the client's number).
+func (p *edgePair) getFromBoth(n int, path string, check func(i int, w *httptest.ResponseRecorder)) {
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g := p.a
+			if i%2 == 1 {
+				g = p.b
+			}
+			check(i, g.get(path))
+		}()
+	}
+	wg.Wait()
 }
 
 // fastFleet are fleet bus options for tests: membership settles in tens
@@ -50,11 +65,7 @@ func newPairWith(t testing.TB, mutate func(*Config), busA, busB store.BusOptions
 	sim := ticketisim.New(ticketisim.Options{Instant: true})
 	rigs := [2]*rig{}
 	for i := range rigs {
-		rdb, err := store.New(store.Options{URL: srv.URL(), KeyPrefix: "test_", Heartbeat: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = rdb.Close() })
+		rdb := storetest.Connect(t, store.Options{URL: srv.URL(), KeyPrefix: "test_", Heartbeat: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
 		p.gates[i] = [2]*redisGate{{}, {}}
 		rdb.Client().AddHook(p.gates[i][0])
 		rdb.Client().AddHook(p.gates[i][1])
@@ -287,12 +298,7 @@ func TestPatternPurgeSparesEverythingElse(t *testing.T) {
 // newClusterRig is an edge on a private three-node Redis Cluster.
 func newClusterRig(t *testing.T) *rig {
 	t.Helper()
-	cl := redistest.StartCluster(t, 3)
-	rdb, err := store.New(store.Options{Addrs: cl.Addrs, KeyPrefix: "test_"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rdb.Close() })
+	_, rdb := storetest.Cluster(t, store.Options{})
 	g := newRig(t, func(c *Config) { c.Redis = rdb })
 	if !g.cache.l2.cluster {
 		t.Fatal("cluster client not detected")

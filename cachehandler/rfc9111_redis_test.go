@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,22 +89,12 @@ func TestRFC9111StaleWhileRevalidateOneRefreshPerFleet(t *testing.T) {
 	p.a.get("/events/hot")
 	p.b.get("/events/hot") // into b's L1 from Redis
 	p.a.clock.Advance(20 * time.Second)
-	var wg sync.WaitGroup
-	for i := range 40 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			g := p.a
-			if i%2 == 1 {
-				g = p.b
-			}
-			w := g.get("/events/hot")
-			if w.Body.String() != "v1" || !strings.Contains(w.Header().Get("Cache-Status"), "fwd=stale") {
-				t.Errorf("client %d: %q %q", i, w.Body.String(), w.Header().Get("Cache-Status"))
-			}
-		}()
-	}
-	wg.Wait() // every client answered while the refresh is still blocked
+	// Every client answers while the refresh is still blocked.
+	p.getFromBoth(40, "/events/hot", func(i int, w *httptest.ResponseRecorder) {
+		if w.Body.String() != "v1" || !strings.Contains(w.Header().Get("Cache-Status"), "fwd=stale") {
+			t.Errorf("client %d: %q %q", i, w.Body.String(), w.Header().Get("Cache-Status"))
+		}
+	})
 	waitFor(t, 5*time.Second, "the refresh reaching the origin", func() bool { return refreshes.Load() >= 1 })
 	close(release)
 	waitFor(t, 5*time.Second, "the refresh finishing", func() bool {

@@ -130,33 +130,25 @@ func TestSoftPurgeEmbedded(t *testing.T) {
 // purge, a reader no longer gets the soft-purged entry as a stale answer
 // (here the origin fails, so it gets it as stale-if-error).
 func TestSoftPurgeStaleIsBounded(t *testing.T) {
-	for _, redis := range []bool{false, true} {
-		t.Run(map[bool]string{false: "embedded", true: "redis"}[redis], func(t *testing.T) {
-			var g *rig
-			if redis {
-				g = newPair(t, nil).a
-			} else {
-				g = newRig(t, nil)
-			}
-			g.get("/api/events/9")
-			g.sim.SetFailing(true) // every refresh fails: the entry stays soft-purged
-			g.cache.SoftInvalidate(context.Background(), []string{"event:9"})
-			if cs, _ := cacheStatus(g, "/api/events/9"); !strings.Contains(cs, "detail=soft-purge") {
-				t.Fatalf("within the window: %q", cs)
-			}
-			refreshesDone(t, g)
-			g.clock.Advance(SoftPurgeWindow - time.Second)
-			waitFor(t, 5*time.Second, "a stale answer near the window's end", func() bool {
-				cs, _ := cacheStatus(g, "/api/events/9")
-				return strings.Contains(cs, "detail=soft-purge")
-			})
-			refreshesDone(t, g)
-			g.clock.Advance(time.Second)
-			if cs, _ := cacheStatus(g, "/api/events/9"); cs != "ticketi-edge; fwd=stale; fwd-status=503; detail=stale-if-error" {
-				t.Fatalf("past the window: %q, want the reader to wait for the (failing) origin", cs)
-			}
+	onEmbeddedAndRedis(t, nil, func(t *testing.T, g *rig) {
+		g.get("/api/events/9")
+		g.sim.SetFailing(true) // every refresh fails: the entry stays soft-purged
+		g.cache.SoftInvalidate(context.Background(), []string{"event:9"})
+		if cs, _ := cacheStatus(g, "/api/events/9"); !strings.Contains(cs, "detail=soft-purge") {
+			t.Fatalf("within the window: %q", cs)
+		}
+		refreshesDone(t, g)
+		g.clock.Advance(SoftPurgeWindow - time.Second)
+		waitFor(t, 5*time.Second, "a stale answer near the window's end", func() bool {
+			cs, _ := cacheStatus(g, "/api/events/9")
+			return strings.Contains(cs, "detail=soft-purge")
 		})
-	}
+		refreshesDone(t, g)
+		g.clock.Advance(time.Second)
+		if cs, _ := cacheStatus(g, "/api/events/9"); cs != "ticketi-edge; fwd=stale; fwd-status=503; detail=stale-if-error" {
+			t.Fatalf("past the window: %q, want the reader to wait for the (failing) origin", cs)
+		}
+	})
 }
 
 // A rule's stale-while-revalidate window is the soft purge's window too.
@@ -235,32 +227,24 @@ func TestHardInvalidationAfterSoftPurgeStaysHard(t *testing.T) {
 // An invalidate line marked soft soft-purges its tags; a tag a hard line
 // also names for the same request is dropped hard.
 func TestSoftInvalidateLine(t *testing.T) {
-	for _, redis := range []bool{false, true} {
-		t.Run(map[bool]string{false: "embedded", true: "redis"}[redis], func(t *testing.T) {
-			mutate := func(c *Config) {
-				c.InvalidateHeader = "" // the simulator names events:lists there, and a header's tags are hard
-				c.Invalidations = []*InvalidationRule{
-					{Methods: []string{"PUT"}, Path: "/api/events/{id}", Tags: []string{"event:{id}"}},
-					{Methods: []string{"PUT"}, Path: "/api/events/{id}", Tags: []string{"events:lists", "event:{id}"}, Soft: true},
-				}
-			}
-			var g *rig
-			if redis {
-				g = newPair(t, mutate).a
-			} else {
-				g = newRig(t, mutate)
-			}
-			g.get("/api/events/3")
-			g.get("/api/events/featured")
-			putEvent(g, 3, "New title")
-			if w := g.get("/api/events/3"); titleOf(t, w) != "New title" {
-				t.Fatalf("the hard tag was weakened: %q", w.Header().Get("Cache-Status"))
-			}
-			if cs, _ := cacheStatus(g, "/api/events/featured"); !strings.Contains(cs, "detail=soft-purge") {
-				t.Fatalf("the soft line's tag: %q", cs)
-			}
-		})
+	mutate := func(c *Config) {
+		c.InvalidateHeader = "" // the simulator names events:lists there, and a header's tags are hard
+		c.Invalidations = []*InvalidationRule{
+			{Methods: []string{"PUT"}, Path: "/api/events/{id}", Tags: []string{"event:{id}"}},
+			{Methods: []string{"PUT"}, Path: "/api/events/{id}", Tags: []string{"events:lists", "event:{id}"}, Soft: true},
+		}
 	}
+	onEmbeddedAndRedis(t, mutate, func(t *testing.T, g *rig) {
+		g.get("/api/events/3")
+		g.get("/api/events/featured")
+		putEvent(g, 3, "New title")
+		if w := g.get("/api/events/3"); titleOf(t, w) != "New title" {
+			t.Fatalf("the hard tag was weakened: %q", w.Header().Get("Cache-Status"))
+		}
+		if cs, _ := cacheStatus(g, "/api/events/featured"); !strings.Contains(cs, "detail=soft-purge") {
+			t.Fatalf("the soft line's tag: %q", cs)
+		}
+	})
 }
 
 // While Redis is down a soft purge is done hard: dropped here, queued
@@ -493,43 +477,35 @@ func (o *langETagOrigin) counts(lang string) (full, notModified int, asked strin
 // A variant's refresh asks with that variant's validator, and its 304
 // renews that variant only, under its own key.
 func TestVariantRefreshIsConditional(t *testing.T) {
-	for _, redis := range []bool{false, true} {
-		t.Run(map[bool]string{false: "embedded", true: "redis"}[redis], func(t *testing.T) {
-			var g *rig
-			if redis {
-				g = newPair(t, func(c *Config) { c.StaleWhileRevalidate = time.Minute }).a
-			} else {
-				g = newRig(t, func(c *Config) { c.StaleWhileRevalidate = time.Minute })
+	onEmbeddedAndRedis(t, func(c *Config) { c.StaleWhileRevalidate = time.Minute }, func(t *testing.T, g *rig) {
+		o := newLangETagOrigin()
+		g.next = o.serve
+		for _, l := range []string{"en", "de"} {
+			g.do(langReq("/api/events/7", l))
+		}
+		g.clock.Advance(1801 * time.Second)
+		o.mu.Lock()
+		o.build = 2
+		o.mu.Unlock()
+		for _, l := range []string{"en", "de"} {
+			if cs := g.do(langReq("/api/events/7", l)).Header().Get("Cache-Status"); !strings.Contains(cs, "detail=stale-while-revalidate") {
+				t.Fatalf("%s stale: %q", l, cs)
 			}
-			o := newLangETagOrigin()
-			g.next = o.serve
-			for _, l := range []string{"en", "de"} {
-				g.do(langReq("/api/events/7", l))
+			refreshesDone(t, g)
+		}
+		for _, l := range []string{"en", "de"} {
+			full, nm, asked := o.counts(l)
+			if full != 1 || nm != 1 || asked != `W/"`+l+`-v1"` {
+				t.Fatalf("%s: %d bodies, %d 304s, asked with %q", l, full, nm, asked)
 			}
-			g.clock.Advance(1801 * time.Second)
-			o.mu.Lock()
-			o.build = 2
-			o.mu.Unlock()
-			for _, l := range []string{"en", "de"} {
-				if cs := g.do(langReq("/api/events/7", l)).Header().Get("Cache-Status"); !strings.Contains(cs, "detail=stale-while-revalidate") {
-					t.Fatalf("%s stale: %q", l, cs)
-				}
-				refreshesDone(t, g)
+			w := g.do(langReq("/api/events/7", l))
+			if w.Header().Get("Cache-Status") != "ticketi-edge; hit" || w.Header().Get("X-Build") != "2" ||
+				w.Body.String() != `{"lang":"`+l+`"}` || w.Header().Get("Vary") != "Accept-Encoding, Accept-Language" {
+				t.Fatalf("%s renewed: %q X-Build %q body %q Vary %q", l, w.Header().Get("Cache-Status"),
+					w.Header().Get("X-Build"), w.Body.String(), w.Header().Get("Vary"))
 			}
-			for _, l := range []string{"en", "de"} {
-				full, nm, asked := o.counts(l)
-				if full != 1 || nm != 1 || asked != `W/"`+l+`-v1"` {
-					t.Fatalf("%s: %d bodies, %d 304s, asked with %q", l, full, nm, asked)
-				}
-				w := g.do(langReq("/api/events/7", l))
-				if w.Header().Get("Cache-Status") != "ticketi-edge; hit" || w.Header().Get("X-Build") != "2" ||
-					w.Body.String() != `{"lang":"`+l+`"}` || w.Header().Get("Vary") != "Accept-Encoding, Accept-Language" {
-					t.Fatalf("%s renewed: %q X-Build %q body %q Vary %q", l, w.Header().Get("Cache-Status"),
-						w.Header().Get("X-Build"), w.Body.String(), w.Header().Get("Vary"))
-				}
-			}
-		})
-	}
+		}
+	})
 }
 
 // A soft purge by key reaches every variant of the key, on every edge and
@@ -565,4 +541,12 @@ func TestSoftPurgeKeyReachesEveryVariant(t *testing.T) {
 			}
 		}
 	}
+}
+
+// onEmbeddedAndRedis runs test twice, as subtests: on an edge without
+// Redis ("embedded"), and on one edge of a pair sharing a Redis ("redis");
+// mutate (may be nil) adjusts the Config of both.
+func onEmbeddedAndRedis(t *testing.T, mutate func(*Config), test func(t *testing.T, g *rig)) {
+	t.Run("embedded", func(t *testing.T) { test(t, newRig(t, mutate)) })
+	t.Run("redis", func(t *testing.T) { test(t, newPair(t, mutate).a) })
 }

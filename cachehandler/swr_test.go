@@ -3,8 +3,8 @@ package cachehandler
 import (
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -37,22 +37,12 @@ func TestRuleStaleWhileRevalidateTwoEdges(t *testing.T) {
 	p.b.get("/api/events/42")
 	expired.Store(true)
 	p.a.clock.Advance(1801 * time.Second) // the rule's ttl is 1800s
-	var wg sync.WaitGroup
-	for i := range 60 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			g := p.a
-			if i%2 == 1 {
-				g = p.b
-			}
-			w := g.get("/api/events/42")
-			if !strings.Contains(w.Body.String(), `"version":1`) || !strings.Contains(w.Header().Get("Cache-Status"), "fwd=stale; detail=stale-while-revalidate") {
-				t.Errorf("client %d waited or got %q %q", i, w.Body.String(), w.Header().Get("Cache-Status"))
-			}
-		}()
-	}
-	wg.Wait() // all 60 answered while the one refresh is still blocked at the origin
+	// All 60 answer while the one refresh is still blocked at the origin.
+	p.getFromBoth(60, "/api/events/42", func(i int, w *httptest.ResponseRecorder) {
+		if !strings.Contains(w.Body.String(), `"version":1`) || !strings.Contains(w.Header().Get("Cache-Status"), "fwd=stale; detail=stale-while-revalidate") {
+			t.Errorf("client %d waited or got %q %q", i, w.Body.String(), w.Header().Get("Cache-Status"))
+		}
+	})
 	waitFor(t, 5*time.Second, "the refresh reaching the origin", func() bool { return refreshes.Load() == 1 })
 	close(release)
 	waitFor(t, 5*time.Second, "fresh hits on both edges", func() bool {

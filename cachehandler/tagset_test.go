@@ -13,8 +13,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/ticketi/edge/internal/redistest"
 	"github.com/ticketi/edge/internal/store"
+	"github.com/ticketi/edge/internal/storetest"
 )
 
 // pollUntil polls cond until it holds or d passes.
@@ -311,12 +311,7 @@ func commandCalls(t *testing.T, raw *redis.Client, cmd string) int {
 // On Redis Cluster a large tag's set is renamed within its slot and its
 // entries, spread over every master, are unlinked by the drain.
 func TestLargeTagDrainOnRedisCluster(t *testing.T) {
-	cl := redistest.StartCluster(t, 3)
-	rdb, err := store.New(store.Options{Addrs: cl.Addrs, KeyPrefix: "test_"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rdb.Close() })
+	cl, rdb := storetest.Cluster(t, store.Options{})
 	g := newRig(t, func(c *Config) { c.Redis = rdb })
 	raw := cl.Client(t)
 	ctx := context.Background()

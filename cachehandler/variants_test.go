@@ -16,9 +16,10 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
-	"github.com/ticketi/edge/internal/redistest"
-	"github.com/ticketi/edge/internal/store"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/ticketi/edge/internal/store"
+	"github.com/ticketi/edge/internal/storetest"
 )
 
 // langOrigin answers GET /api/events/{id} in the language asked for, with
@@ -542,12 +543,7 @@ func TestVarySetBeforeTheCacheMakesVariants(t *testing.T) {
 }
 
 func TestVariantsOnRedisCluster(t *testing.T) {
-	cl := redistest.StartCluster(t, 3)
-	rdb, err := store.New(store.Options{Addrs: cl.Addrs, KeyPrefix: "test_"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rdb.Close() })
+	_, rdb := storetest.Cluster(t, store.Options{})
 	o := newLangOrigin("Accept-Language")
 	obs := &variantObserver{}
 	g := withOrigin(newRig(t, func(c *Config) { c.Redis = rdb; c.Observer = obs }), o)

@@ -4,7 +4,6 @@ import (
 	"github.com/ticketi/edge/internal/testclock"
 
 	"context"
-	"os"
 	"testing"
 	"time"
 
@@ -14,13 +13,10 @@ import (
 
 	"github.com/ticketi/edge/internal/redistest"
 	"github.com/ticketi/edge/internal/store"
+	"github.com/ticketi/edge/internal/storetest"
 )
 
-func TestMain(m *testing.M) {
-	// Fault tests make go-redis complain about dead servers; keep it quiet.
-	store.InstallGoRedisLogger(zap.NewNop())
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { storetest.Main(m) }
 
 // newClock is the injected clock: it moves only when a test says so.
 func newClock() *testclock.Clock { return testclock.New(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)) }
@@ -48,18 +44,10 @@ func startRedis(t testing.TB) (*redistest.Server, *store.Redis) {
 
 func connect(t testing.TB, o store.Options) *store.Redis {
 	t.Helper()
-	if o.KeyPrefix == "" {
-		o.KeyPrefix = "test_"
-	}
 	if o.Heartbeat == 0 {
 		o.Heartbeat = time.Hour // tests drive traffic themselves
 	}
-	r, err := store.New(o, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = r.Close() })
-	return r
+	return storetest.Connect(t, o)
 }
 
 func newLimiter(t testing.TB, o Options) *Limiter {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ticketi/edge/internal/redistest"
 	"github.com/ticketi/edge/internal/store"
+	"github.com/ticketi/edge/internal/storetest"
 	"github.com/ticketi/edge/internal/testclock"
 )
 
@@ -36,14 +37,10 @@ func readmeACL(t *testing.T) string {
 // aclConn connects as user (password edge-pass) with the "test_" prefix.
 func aclConn(t *testing.T, srv *redistest.Server, user string) *store.Redis {
 	t.Helper()
-	r, err := store.New(store.Options{
+	r := storetest.Connect(t, store.Options{
 		URL: srv.URL(), Username: user, Password: "edge-pass", KeyPrefix: "test_", CallTimeout: testCallTimeout,
 		Heartbeat: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
-	}, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = r.Close() })
+	})
 	if !r.Available() {
 		t.Fatalf("could not connect as %s", user)
 	}

@@ -5,21 +5,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ticketi/edge/internal/redistest"
 	"github.com/ticketi/edge/internal/store"
+	"github.com/ticketi/edge/internal/storetest"
 )
 
 // On Redis Cluster a session key and its user's index live in different
 // slots; every write, list and logout-everywhere must still work.
 func TestSessionsOnRedisCluster(t *testing.T) {
-	cl := redistest.StartCluster(t, 3)
 	// This test is about slots, not budgets: a cross-slot pipeline on a
 	// loaded 2-core machine under -race can pass the default 50 ms.
-	r, err := store.New(store.Options{Addrs: cl.Addrs, KeyPrefix: "test_", CallTimeout: time.Second}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = r.Close() })
+	_, r := storetest.Cluster(t, store.Options{CallTimeout: time.Second})
 	clk := newClock()
 	a := newManager(t, Options{Redis: r, Now: clk.Now})
 	b := newManager(t, Options{Redis: r, Now: clk.Now})

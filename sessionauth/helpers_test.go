@@ -5,21 +5,15 @@ import (
 
 	"bytes"
 	"context"
-	"os"
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/ticketi/edge/internal/redistest"
 	"github.com/ticketi/edge/internal/store"
+	"github.com/ticketi/edge/internal/storetest"
 )
 
-func TestMain(m *testing.M) {
-	// Fault tests dial a stopped server on purpose; keep go-redis quiet.
-	store.InstallGoRedisLogger(zap.NewNop())
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { storetest.Main(m) }
 
 var (
 	key1 = bytes.Repeat([]byte{0x11}, 32)
@@ -41,15 +35,7 @@ const testCallTimeout = 250 * time.Millisecond
 func startRedis(t *testing.T) (*redistest.Server, *store.Redis) {
 	t.Helper()
 	srv := redistest.Start(t, redistest.Options{})
-	r, err := store.New(store.Options{
-		URL: srv.URL(), KeyPrefix: "test_", CallTimeout: testCallTimeout,
-		Heartbeat: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
-	}, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = r.Close() })
-	return srv, r
+	return srv, edgeConn(t, srv, 100*time.Millisecond)
 }
 
 func newManager(t *testing.T, opts Options) *Manager {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ticketi/edge/internal/redistest"
 	"github.com/ticketi/edge/internal/store"
+	"github.com/ticketi/edge/internal/storetest"
 )
 
 // edgeConn is one instance's own connection to srv (each edge has its own
@@ -21,15 +22,10 @@ func edgeConn(t *testing.T, srv *redistest.Server, maxBackoff time.Duration) *st
 
 func edgeConnURL(t *testing.T, url string, maxBackoff time.Duration) *store.Redis {
 	t.Helper()
-	r, err := store.New(store.Options{
+	return storetest.Connect(t, store.Options{
 		URL: url, KeyPrefix: "test_", CallTimeout: testCallTimeout,
 		Heartbeat: 20 * time.Millisecond, MaxBackoff: maxBackoff,
-	}, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = r.Close() })
-	return r
+	})
 }
 
 func edgeBus(t *testing.T, r *store.Redis) *store.Bus {

@@ -11,7 +11,8 @@
 //
 // Users: the rate limiter's memory store and deny cache, the session
 // manager's local caches, the response cache's L1 (which keeps its byte
-// count and tag index beside each shard, under the same lock).
+// count and tag index beside each shard, under the same lock) and its index
+// of the keys that vary.
 package lru
 
 import (
