@@ -73,19 +73,11 @@ func runScale(ctx context.Context, cfg *config, e *env, ps *procs) (*scaleReport
 }
 
 func runScaleErr(ctx context.Context, cfg *config, e *env, ps *procs) (*scaleReport, error) {
-	simPort, err := e.ports.free()
-	if err != nil {
-		return nil, err
-	}
-	simAddr := "127.0.0.1:" + strconv.Itoa(simPort)
-	sp, err := ps.start("scale-sim", cfg.work("scale-sim.log"), nil, e.sim, "-addr", simAddr, "-latency", cfg.wlLatency.String())
+	simAddr, sp, err := startSim(ctx, cfg, e, ps, "scale-sim", "scale-sim.log")
 	if err != nil {
 		return nil, err
 	}
 	defer ps.stop(sp)
-	if err := waitHTTP(ctx, "http://"+simAddr+"/__sim/stats", 200, sp); err != nil {
-		return nil, err
-	}
 	cf, err := exampleCaddyfile(cfg)
 	if err != nil {
 		return nil, err

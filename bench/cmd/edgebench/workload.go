@@ -109,20 +109,32 @@ func runWorkloads(ctx context.Context, cfg *config, e *env, ps *procs) (*wlRepor
 	return rep, ""
 }
 
-func runWorkloadsErr(ctx context.Context, cfg *config, e *env, ps *procs) (*wlReport, error) {
-	simPort, err := e.ports.free()
+// startSim starts a ticketi-sim answering with the workload latency on a
+// free port, logging to the work file logName, and waits until it answers;
+// the caller stops it.
+func startSim(ctx context.Context, cfg *config, e *env, ps *procs, name, logName string) (addr string, sp *proc, err error) {
+	port, err := e.ports.free()
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	simAddr := "127.0.0.1:" + strconv.Itoa(simPort)
-	sp, err := ps.start("ticketi-sim-20ms", cfg.work("workload-sim.log"), nil, e.sim, "-addr", simAddr, "-latency", cfg.wlLatency.String())
+	addr = "127.0.0.1:" + strconv.Itoa(port)
+	sp, err = ps.start(name, cfg.work(logName), nil, e.sim, "-addr", addr, "-latency", cfg.wlLatency.String())
+	if err != nil {
+		return "", nil, err
+	}
+	if err := waitHTTP(ctx, "http://"+addr+"/__sim/stats", 200, sp); err != nil {
+		ps.stop(sp)
+		return "", nil, err
+	}
+	return addr, sp, nil
+}
+
+func runWorkloadsErr(ctx context.Context, cfg *config, e *env, ps *procs) (*wlReport, error) {
+	simAddr, sp, err := startSim(ctx, cfg, e, ps, "ticketi-sim-20ms", "workload-sim.log")
 	if err != nil {
 		return nil, err
 	}
 	defer ps.stop(sp)
-	if err := waitHTTP(ctx, "http://"+simAddr+"/__sim/stats", 200, sp); err != nil {
-		return nil, err
-	}
 	cf, err := exampleCaddyfile(cfg)
 	if err != nil {
 		return nil, err
