@@ -15,6 +15,7 @@ import (
 	"github.com/ticketi/edge/internal/redistest"
 	"github.com/ticketi/edge/internal/store"
 	"github.com/ticketi/edge/internal/storetest"
+	"github.com/ticketi/edge/internal/testclock"
 	"github.com/ticketi/edge/internal/ticketisim"
 )
 
@@ -98,13 +99,7 @@ func newPairWith(t testing.TB, mutate func(*Config), busA, busB store.BusOptions
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond) // polling interval
-	}
+	testclock.Until(t, d, what, cond)
 }
 
 // waitBus publishes probes until each cache has seen one from the other.

@@ -15,18 +15,13 @@ import (
 
 	"github.com/ticketi/edge/internal/store"
 	"github.com/ticketi/edge/internal/storetest"
+	"github.com/ticketi/edge/internal/testclock"
 )
 
 // pollUntil polls cond until it holds or d passes.
 func pollUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond) // polling interval, not synchronisation
-	}
+	testclock.Until(t, d, what, cond)
 }
 
 // Tag sets used to only grow: members of entries that had expired stayed

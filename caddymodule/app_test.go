@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/ticketi/edge/internal/redistest"
+	"github.com/ticketi/edge/internal/testclock"
 	"github.com/ticketi/edge/internal/ticketisim"
 )
 
@@ -180,14 +181,7 @@ func (e *testEdge) health(t *testing.T) (int, healthReport, map[string]any) {
 
 func poll(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > within {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
-	}
-	return time.Since(start)
+	return testclock.Until(t, within, what, cond)
 }
 
 // assertSeedShape checks the seed's exact health keys are present with

@@ -1,8 +1,6 @@
 package ratelimit
 
 import (
-	"github.com/ticketi/edge/internal/testclock"
-
 	"context"
 	"testing"
 	"time"
@@ -14,6 +12,7 @@ import (
 	"github.com/ticketi/edge/internal/redistest"
 	"github.com/ticketi/edge/internal/store"
 	"github.com/ticketi/edge/internal/storetest"
+	"github.com/ticketi/edge/internal/testclock"
 )
 
 func TestMain(m *testing.M) { storetest.Main(m) }
@@ -104,11 +103,5 @@ func allow(l *Limiter, checks ...Check) Decision {
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not synchronisation
-	}
+	testclock.Until(t, within, what, cond)
 }

@@ -1,8 +1,6 @@
 package sessionauth
 
 import (
-	"github.com/ticketi/edge/internal/testclock"
-
 	"bytes"
 	"context"
 	"testing"
@@ -11,6 +9,7 @@ import (
 	"github.com/ticketi/edge/internal/redistest"
 	"github.com/ticketi/edge/internal/store"
 	"github.com/ticketi/edge/internal/storetest"
+	"github.com/ticketi/edge/internal/testclock"
 )
 
 func TestMain(m *testing.M) { storetest.Main(m) }
@@ -74,13 +73,7 @@ func backends(t *testing.T, fn func(t *testing.T, clk *testclock.Clock, mk func(
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
-	}
+	testclock.Until(t, within, what, cond)
 }
 
 var alice = Identity{UserID: "1", Username: "alice", IsVerified: true}

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/ticketi/edge/internal/redistest"
+	"github.com/ticketi/edge/internal/testclock"
 )
 
 // RecommendedACL is the README's ACL rule for the edge's Redis user, kept
@@ -34,14 +35,7 @@ func newLogged(t *testing.T, opts Options) (*Redis, *observer.ObservedLogs) {
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > within {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not synchronisation
-	}
-	return time.Since(start)
+	return testclock.Until(t, within, what, cond)
 }
 
 func TestPrefixedKeysReachRedis(t *testing.T) {

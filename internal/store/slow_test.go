@@ -14,6 +14,7 @@ import (
 
 	"github.com/ticketi/edge/internal/redistest"
 	"github.com/ticketi/edge/internal/store"
+	"github.com/ticketi/edge/internal/testclock"
 	"github.com/ticketi/edge/ratelimit"
 )
 
@@ -263,11 +264,5 @@ func TestPoolExhaustionFallsBackWithinBudget(t *testing.T) {
 // waitFor polls cond until it holds or within passes.
 func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval
-	}
+	testclock.Until(t, within, what, cond)
 }
