@@ -200,8 +200,9 @@ func (fw *fillWriter) writeBuffered() error {
 func (fw *fillWriter) keptHeader() http.Header {
 	out := make(http.Header, len(fw.header))
 	size := 0
+	listed := connectionListed(fw.header)
 	for k, vs := range fw.header {
-		if droppedHeaders[k] || len(out) >= maxHeaderCount {
+		if droppedFromRuleEntry(k) || listed[k] || len(out) >= maxHeaderCount {
 			continue
 		}
 		for _, v := range vs {

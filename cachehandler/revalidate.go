@@ -98,7 +98,7 @@ func (c *Cache) renewed(old *Entry, h304 http.Header, rule *Rule, tags []string,
 	if et := h304.Get("Etag"); et != "" && !etagMatches([]string{et}, old.ETag) {
 		return nil
 	}
-	h := updatedHeader(old.Header, h304, func(name string) bool { return droppedHeaders[name] || excludedFromStorage(name) })
+	h := updatedHeader(old.Header, h304, droppedFromRuleEntry)
 	check := h
 	if len(h304["Set-Cookie"]) > 0 || len(h304["Set-Cookie2"]) > 0 || len(h304["Vary"]) > 0 {
 		check = h.Clone()

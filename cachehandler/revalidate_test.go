@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -228,5 +229,55 @@ func TestRule304ForAnotherRepresentationRefetches(t *testing.T) {
 	w := g.get("/api/events/42")
 	if w.Header().Get("Cache-Status") != "ticketi-edge; hit" || w.Body.String() != `{"v":3}` || n.Load() != 3 {
 		t.Fatalf("after a mismatched 304: %q %q, origin saw %d", w.Header().Get("Cache-Status"), w.Body.String(), n.Load())
+	}
+}
+
+// A rule entry never stores the fields RFC 9111 §3.1 keeps out of a cache
+// (the ones standards mode refuses: Proxy-Authorization,
+// Proxy-Authentication-Info, hop-by-hop fields and those the response's
+// Connection header lists) on its first store, as a 304 renewal does not
+// take them (updatedHeader); an end-to-end field is kept.
+func TestRuleEntryNeverStoresConnectionOrProxyFields(t *testing.T) {
+	g := newRig(t, nil)
+	g.next = func(w http.ResponseWriter, r *http.Request) error {
+		h := w.Header()
+		h.Set("Content-Type", "application/json")
+		h["Connection"] = []string{"X-Hop, keep-alive", "x-other-hop"}
+		h.Set("X-Hop", "1")
+		h.Set("X-Other-Hop", "1")
+		h.Set("Keep-Alive", "timeout=5")
+		h.Set("Proxy-Authenticate", `Basic realm="proxy"`)
+		h.Set("Proxy-Authentication-Info", "nextnonce=x")
+		h.Set("Proxy-Authorization", "Basic c2VjcmV0OnNlY3JldA==")
+		h.Set("X-Build", "7")
+		_, err := io.WriteString(w, `{"event":{"id":42}}`)
+		return err
+	}
+	check := func(what string, w *httptest.ResponseRecorder) {
+		t.Helper()
+		if w.Code != 200 || w.Header().Get("X-Build") != "7" {
+			t.Fatalf("%s: %d %v", what, w.Code, w.Header())
+		}
+		for _, name := range []string{"Connection", "X-Hop", "X-Other-Hop", "Keep-Alive", "Proxy-Authenticate",
+			"Proxy-Authentication-Info", "Proxy-Authorization"} {
+			if v, ok := w.Header()[name]; ok {
+				t.Errorf("%s: %s: %q was stored and replayed", what, name, v)
+			}
+		}
+	}
+	check("fill", g.get("/api/events/42"))
+	hit := g.get("/api/events/42")
+	if hit.Header().Get("Cache-Status") != "ticketi-edge; hit" {
+		t.Fatalf("not a hit: %q", hit.Header().Get("Cache-Status"))
+	}
+	check("hit", hit)
+	e := g.cache.l1.get("event:42", g.clock.Now())
+	if e == nil {
+		t.Fatal("no L1 entry under event:42")
+	}
+	for name := range e.entry.Header {
+		if excludedFromStorage(name) || name == "X-Hop" || name == "X-Other-Hop" {
+			t.Errorf("stored entry holds %s", name)
+		}
 	}
 }

@@ -71,16 +71,20 @@ func ageString(age time.Duration) string {
 	return strconv.Itoa(s)
 }
 
-// Headers the cache owns or that must never be replayed from a stored
-// response.
-var droppedHeaders = map[string]bool{
-	"Set-Cookie": true, "Set-Cookie2": true, "Date": true, "Age": true, "Cache-Status": true,
-	"Content-Length": true, "Content-Encoding": true, "Etag": true, "Vary": true,
-	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Transfer-Encoding": true,
-	"Te": true, "Trailer": true, "Upgrade": true, "Proxy-Authenticate": true, "Alt-Svc": true,
-	// Per-client answers of edge_rate_limit: never replayed to others.
-	"Ratelimit": true, "Ratelimit-Policy": true, "Retry-After": true,
+// ruleOwnHeaders are the fields a rule entry rebuilds itself (dates, the
+// representation's length, coding, validator and Vary) or that describe
+// this edge's connection (Alt-Svc): never stored from the upstream.
+var ruleOwnHeaders = map[string]bool{
+	"Date": true, "Age": true, "Content-Length": true, "Content-Encoding": true, "Etag": true, "Vary": true,
+	"Alt-Svc": true,
 }
+
+// droppedFromRuleEntry: a field a rule entry never stores nor takes from a
+// 304. The fields no cache may store (RFC 9111 §3.1) and the per-client
+// ones are standards mode's list, excludedFromStorage: one definition for
+// both modes. The fields a response's Connection header lists are left out
+// too (connectionListed).
+func droppedFromRuleEntry(name string) bool { return excludedFromStorage(name) || ruleOwnHeaders[name] }
 
 // prepare builds the header sets of both representations.
 func prepare(key string, e *Entry, grace, l1TTL time.Duration, now time.Time) *prepared {
