@@ -191,7 +191,14 @@ func TestRule304RacingInvalidationIsNotStored(t *testing.T) {
 			if cs := g.get("/api/events/42").Header().Get("Cache-Status"); !strings.Contains(cs, "stale-while-revalidate") {
 				t.Fatalf("stale answer: %q", cs)
 			}
-			<-raced
+			waitFor(t, holdBound, "the refresh reaching its store", func() bool {
+				select {
+				case <-raced:
+					return true
+				default:
+					return false
+				}
+			})
 			refreshesDone(t, g)
 			if o.notModified.Load() != 1 {
 				t.Fatalf("origin answered %d 304s, want 1", o.notModified.Load())

@@ -83,7 +83,7 @@ func TestRFC9111StaleWhileRevalidateOneRefreshPerFleet(t *testing.T) {
 			return http.StatusOK, "v1"
 		}
 		refreshes.Add(1)
-		<-release // the refresh is slow: every client meanwhile must get the stale entry at once
+		holdAtOrigin(t, release, "the refresh") // the refresh is slow: every client meanwhile must get the stale entry at once
 		return http.StatusNotModified, ""
 	})
 	p.a.get("/events/hot")

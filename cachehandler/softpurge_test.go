@@ -23,9 +23,12 @@ type refreshGate struct {
 	notModified atomic.Int32
 	release     chan struct{}
 	once        sync.Once
+	t           testing.TB
 }
 
-func newRefreshGate() *refreshGate { return &refreshGate{release: make(chan struct{})} }
+func newRefreshGate(t testing.TB) *refreshGate {
+	return &refreshGate{release: make(chan struct{}), t: t}
+}
 
 func (g *refreshGate) open() { g.once.Do(func() { close(g.release) }) }
 
@@ -36,7 +39,7 @@ func (g *refreshGate) wrap(rg *rig) NextFunc {
 			if r.Header.Get("If-None-Match") != "" {
 				g.conditional.Add(1)
 			}
-			<-g.release
+			holdAtOrigin(g.t, g.release, "a request after the purge")
 		}
 		cw := &codeWriter{ResponseWriter: w}
 		rg.sim.ServeHTTP(cw, r)
@@ -64,7 +67,7 @@ func cacheStatus(g *rig, path string) (string, string) {
 // the origin (answered 304), then both edges hit the renewed entry.
 func TestSoftPurgeByTagTwoEdges(t *testing.T) {
 	p := newPair(t, nil) // no stale-while-revalidate window: SoftPurgeWindow applies
-	gate := newRefreshGate()
+	gate := newRefreshGate(t)
 	defer gate.open()
 	p.a.next, p.b.next = gate.wrap(p.a), gate.wrap(p.b)
 	_, body := cacheStatus(p.a, "/api/events/42")
@@ -103,7 +106,7 @@ func TestSoftPurgeByTagTwoEdges(t *testing.T) {
 // Embedded (no Redis): the soft purge marks L1 stale, one refresh runs.
 func TestSoftPurgeEmbedded(t *testing.T) {
 	g := newRig(t, nil)
-	gate := newRefreshGate()
+	gate := newRefreshGate(t)
 	defer gate.open()
 	g.next = gate.wrap(g)
 	g.get("/api/events/7")
@@ -170,7 +173,7 @@ func TestSoftPurgeKeyAndPattern(t *testing.T) {
 		p.a.get(path)
 		p.b.get(path)
 	}
-	gate := newRefreshGate()
+	gate := newRefreshGate(t)
 	defer gate.open()
 	p.a.next, p.b.next = gate.wrap(p.a), gate.wrap(p.b)
 	gate.held.Store(true)
@@ -519,11 +522,11 @@ func TestSoftPurgeKeyReachesEveryVariant(t *testing.T) {
 			g.do(langReq("/api/events/7", l))
 		}
 	}
-	gate := newRefreshGate() // hold the refreshes so the stale answers are seen
+	gate := newRefreshGate(t) // hold the refreshes so the stale answers are seen
 	defer gate.open()
 	held := func(w http.ResponseWriter, r *http.Request) error {
 		gate.refreshes.Add(1)
-		<-gate.release
+		holdAtOrigin(t, gate.release, "a request after the purge")
 		return o.serve(w, r)
 	}
 	p.a.next, p.b.next = held, held

@@ -10,6 +10,33 @@ import (
 	"time"
 )
 
+// holdBound bounds how long holdAtOrigin holds an origin request.
+const holdBound = 30 * time.Second
+
+// holdAtOrigin holds an origin request until release closes. The tests
+// that hold a background refresh this way expect every client meanwhile to
+// be answered from the stored entry; but a client's lookup may miss
+// instead (on a loaded machine a Redis read past the store's CallTimeout,
+// 50 ms, is a miss: seen under load 5-7 with two test runs side by side),
+// and that client then waits here as a fill's leader, or behind the held
+// refresh as its follower, for a release the test, waiting for that
+// client, never gives: the run hung until go test's timeout. So the hold
+// is bounded: past holdBound the request goes on and the test fails
+// saying why (a deadline against a hang, never a pass condition); it also
+// ends when the test does.
+func holdAtOrigin(t testing.TB, release <-chan struct{}, what string) {
+	timer := time.NewTimer(holdBound)
+	defer timer.Stop()
+	select {
+	case <-release:
+	case <-t.Context().Done():
+	case <-timer.C:
+		t.Errorf("%s was held at the origin for %v and never released: a client request most likely missed "+
+			"(a Redis read past the call timeout on a loaded machine) and waited at the held origin, or behind "+
+			"the held refresh, while the test waited for it", what, holdBound)
+	}
+}
+
 // A hot rule key expires under concurrent load on two edges sharing
 // Redis: no client waits on the origin (every answer is the stored entry,
 // given while the refresh is still blocked), exactly one refresh reaches
@@ -26,7 +53,7 @@ func TestRuleStaleWhileRevalidateTwoEdges(t *testing.T) {
 			// may miss too when a loaded Redis timed a's store out).
 			refreshes.Add(1)
 			version = 2
-			<-release
+			holdAtOrigin(t, release, "the refresh")
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = fmt.Fprintf(w, `{"id":42,"version":%d}`, version)
@@ -69,7 +96,7 @@ func TestRuleStaleWhileRevalidateEmbedded(t *testing.T) {
 	g.next = func(w http.ResponseWriter, r *http.Request) error {
 		n := requests.Add(1)
 		if n > 1 {
-			<-release
+			holdAtOrigin(t, release, "the refresh")
 		}
 		_, _ = fmt.Fprintf(w, `{"v":%d}`, n)
 		return nil
