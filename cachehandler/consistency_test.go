@@ -365,7 +365,17 @@ func TestLateEdgeStillCoalescesButNotAcrossAWrite(t *testing.T) {
 	<-started2
 	// b's bus is stuck on an earlier message: it hears the write's
 	// invalidation only later (the PUT's wait for b times out).
+	// On any failure below the handler and the fill are let go (deferred,
+	// so before the Cleanup's bus.Close, which waits for the handler), and
+	// the wait for the message has a deadline: a message lost to a
+	// resubscription on a loaded machine must fail the test, not hang it.
 	blocking, unblock := make(chan struct{}), make(chan struct{})
+	var unblockOnce, hold2Once sync.Once
+	letGo := func() {
+		unblockOnce.Do(func() { close(unblock) })
+		hold2Once.Do(func() { close(hold2) })
+	}
+	defer letGo()
 	unsub := p.bus[1].Subscribe(func(msg string) {
 		if msg == "block" {
 			close(blocking)
@@ -376,14 +386,17 @@ func TestLateEdgeStillCoalescesButNotAcrossAWrite(t *testing.T) {
 	if err := p.bus[0].Publish(context.Background(), "block"); err != nil {
 		t.Fatal(err)
 	}
-	<-blocking
+	select {
+	case <-blocking:
+	case <-time.After(holdBound):
+		t.Fatalf("edge b's bus never delivered the blocking message (%v)", holdBound)
+	}
 	if w := putEvent(p.a, 49, "Changed while b was late"); w.Code != 200 {
 		t.Fatalf("PUT: %d", w.Code)
 	}
 	follower, fdone := getAsync(p.b, "/api/events/49")
 	waitFollowersOf(t, p.b, "event:49", 1) // joined the fill that began before the write
-	close(unblock)
-	close(hold2)
+	letGo()
 	<-leader2
 	<-fdone
 	if got := titleOf(t, follower); got != "Changed while b was late" {
