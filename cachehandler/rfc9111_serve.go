@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -192,7 +193,7 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, next Next
 	if v != nil && !req.noCache && c.stdWithinSWR(v, req, now) {
 		// RFC 5861 §3: the stored answer now, one refresh in the background.
 		refreshing := c.refreshInBackground(r, key, func(w http.ResponseWriter, r *http.Request) error {
-			return c.stdFetch(w, r, next, key, rec, v, requestPolicy{})
+			return c.stdFetch(w, r, next, key, rec, v, requestPolicy{}, func() {})
 		})
 		c.obs.Lookup(stdRuleName, LookupStale)
 		detail := "; detail=stale-while-revalidate"
@@ -201,6 +202,7 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, next Next
 		}
 		return c.stdWrite(w, r, v, c.cfg.StatusName+"; fwd=stale"+detail, now)
 	}
+	release := func() {}
 	if req.onlyIfCached {
 		c.obs.Lookup(stdRuleName, LookupMiss)
 		w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=miss; detail=only-if-cached")
@@ -225,10 +227,12 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, next Next
 				}
 			}
 		} else {
-			defer c.flights.finish(key, fl)
+			var once sync.Once
+			release = func() { once.Do(func() { c.flights.finish(key, fl) }) }
+			defer release()
 		}
 	}
-	return c.stdFetch(w, r, next, key, rec, v, req)
+	return c.stdFetch(w, r, next, key, rec, v, req, release)
 }
 
 func isConditional(r *http.Request) bool {
@@ -338,9 +342,12 @@ func notModified(r *http.Request, h http.Header) bool {
 
 // stdFetch asks the origin: a conditional request when a stored variant
 // has validators (a 304 then refreshes it, §4.3.4), else a plain one
-// whose answer is stored when §3 allows.
+// whose answer is stored when §3 allows. A storable answer is read into
+// memory at upstream speed, stored, and release (the coalesced followers)
+// called before the leading client is written to, as a rule's fill does
+// (fill.go): a client that reads slowly delays only itself.
 func (c *Cache) stdFetch(w http.ResponseWriter, r *http.Request, next Next, key string,
-	rec *stdRecord, v *stdVariant, req requestPolicy) error {
+	rec *stdRecord, v *stdVariant, req requestPolicy, release func()) error {
 	ctx := r.Context()
 	localSnap := c.clock.snapshot()
 	var upfront []int64
@@ -363,7 +370,7 @@ func (c *Cache) stdFetch(w http.ResponseWriter, r *http.Request, next Next, key 
 	case v != nil:
 		fwd = "stale"
 	}
-	sr := &stdRecorder{w: w, c: c, r: r, req: req, fwd: fwd, revalidating: revalidating,
+	sr := &stdRecorder{w: w, c: c, r: r, req: req, fwd: fwd, revalidating: revalidating, release: release,
 		credentialed: c.credentialed(r, false), requestTime: c.now(), holdErrors: c.stdStaleIfError(v, r, c.now())}
 	if h := w.Header(); len(h) > 0 {
 		sr.preset = make(map[string]bool, len(h))
@@ -372,6 +379,8 @@ func (c *Cache) stdFetch(w http.ResponseWriter, r *http.Request, next Next, key 
 		}
 	}
 	err := next.ServeHTTP(sr, up)
+	sr.mu.Lock() // the upstream is done with sr; a late flush timer must not race
+	defer sr.mu.Unlock()
 	if sr.held || (err != nil && !sr.wroteHeader && sr.holdErrors) {
 		code := sr.status
 		if code == 0 {
@@ -383,7 +392,7 @@ func (c *Cache) stdFetch(w http.ResponseWriter, r *http.Request, next Next, key 
 		return c.stdWrite(w, r, v, c.cfg.StatusName+"; fwd=stale; fwd-status="+strconv.Itoa(code)+"; detail=stale-if-error", c.now())
 	}
 	if !sr.wroteHeader && err == nil {
-		sr.WriteHeader(http.StatusOK)
+		sr.writeHeader(http.StatusOK)
 	}
 	if sr.notModified {
 		// §4.3.4: freshen the stored variant with the 304's headers, then
@@ -393,12 +402,24 @@ func (c *Cache) stdFetch(w http.ResponseWriter, r *http.Request, next Next, key 
 		sr.restorePreset()
 		return c.stdWrite(w, r, nv, c.cfg.StatusName+"; fwd=stale; fwd-status=304", c.now())
 	}
+	if err != nil && sr.keep {
+		// Nothing has reached the client: the error handler can still
+		// answer, without the failed upstream's headers.
+		sr.restorePreset()
+		return err
+	}
 	if err != nil || !sr.keep || !sr.complete() {
+		// Streamed through already, or truncated: the client gets what
+		// the upstream sent, as it sent it; nothing is stored.
+		if werr := sr.stream(""); err == nil {
+			err = werr
+		}
 		return err
 	}
 	nv := sr.variant(c.now())
 	c.stdStore(ctx, key, rec, nv, localSnap, upfront)
-	return nil
+	release() // followers are answered before the leader's own (maybe slow) write
+	return sr.stream("")
 }
 
 // stdStore adds a variant to the URL's record in L1 and Redis, unless the
@@ -498,9 +519,13 @@ func connectionListed(h http.Header) map[string]bool {
 	return names
 }
 
-// stdRecorder passes the origin's answer on while keeping a bounded copy;
-// a 304 to the cache's own conditional request is held back.
+// stdRecorder reads a storable answer of at most MaxEntryBytes into memory
+// (the client's header map is filled, nothing is sent) and passes any
+// other answer on as it comes, releasing the followers at once; a 304 to
+// the cache's own conditional request is held back. It is the standards
+// mode's fillWriter (recorder.go), whose storability rules are a rule's.
 type stdRecorder struct {
+	mu           sync.Mutex // a flush-interval timer of the proxy may call FlushError concurrently
 	w            http.ResponseWriter
 	c            *Cache
 	r            *http.Request
@@ -511,13 +536,17 @@ type stdRecorder struct {
 	holdErrors   bool // a 5xx is held back: a stale entry answers instead
 	requestTime  time.Time
 	preset       map[string]bool
+	// release tells the coalesced followers there is nothing to wait for
+	// (idempotent).
+	release func()
 
 	upstreamHeader http.Header
 	status         int
 	wroteHeader    bool
 	notModified    bool
 	held           bool
-	keep           bool
+	keep           bool // buffering: nothing sent to the client yet
+	sent           bool // the final header went to the client
 	tooLarge       bool
 	body           bytes.Buffer
 	tags           []string
@@ -529,6 +558,12 @@ func (sr *stdRecorder) Header() http.Header         { return sr.w.Header() }
 func (sr *stdRecorder) Unwrap() http.ResponseWriter { return sr.w }
 
 func (sr *stdRecorder) WriteHeader(code int) {
+	sr.mu.Lock()
+	defer sr.mu.Unlock()
+	sr.writeHeader(code)
+}
+
+func (sr *stdRecorder) writeHeader(code int) {
 	if sr.wroteHeader {
 		return
 	}
@@ -564,7 +599,34 @@ func (sr *stdRecorder) WriteHeader(code int) {
 		status += "; detail=" + reason
 	}
 	h["Cache-Status"] = one(status)
-	sr.w.WriteHeader(code)
+	if !sr.keep {
+		_ = sr.stream("")
+	}
+}
+
+// stream sends the final header and what was buffered (with reason, the
+// Cache-Status detail saying why it is not stored after all) and releases
+// the followers; later writes go through. Idempotent.
+func (sr *stdRecorder) stream(reason string) error {
+	if sr.sent || !sr.wroteHeader || sr.notModified || sr.held {
+		return nil
+	}
+	sr.sent = true
+	if reason != "" {
+		sr.w.Header()["Cache-Status"] = one(sr.c.cfg.StatusName + "; fwd=" + sr.fwd + "; fwd-status=" + strconv.Itoa(sr.status) + "; detail=" + reason)
+	}
+	if !sr.keep {
+		sr.release()
+	}
+	sr.w.WriteHeader(sr.status)
+	var err error
+	if sr.body.Len() > 0 && sr.r.Method != http.MethodHead {
+		_, err = sr.w.Write(sr.body.Bytes())
+	}
+	if !sr.keep {
+		sr.body = bytes.Buffer{}
+	}
+	return err
 }
 
 // storable applies §3 (and §3.5 for credentialed requests); it returns
@@ -624,18 +686,22 @@ func (sr *stdRecorder) storable(code int, h http.Header) string {
 }
 
 func (sr *stdRecorder) Write(b []byte) (int, error) {
+	sr.mu.Lock()
+	defer sr.mu.Unlock()
 	if !sr.wroteHeader {
-		sr.WriteHeader(http.StatusOK)
+		sr.writeHeader(http.StatusOK)
 	}
 	if sr.notModified || sr.held {
 		return len(b), nil
 	}
 	if sr.keep {
-		if sr.body.Len()+len(b) > sr.c.cfg.MaxEntryBytes {
-			sr.keep, sr.tooLarge = false, true
-			sr.body = bytes.Buffer{}
-		} else {
-			sr.body.Write(b)
+		if sr.body.Len()+len(b) <= sr.c.cfg.MaxEntryBytes {
+			return sr.body.Write(b)
+		}
+		// Too big to store: send what was read, stream the rest.
+		sr.keep, sr.tooLarge = false, true
+		if err := sr.stream("too-large"); err != nil {
+			return 0, err
 		}
 	}
 	if sr.r.Method == http.MethodHead {
@@ -644,9 +710,12 @@ func (sr *stdRecorder) Write(b []byte) (int, error) {
 	return sr.w.Write(b)
 }
 
-// FlushError passes flushes on once the header is out.
+// FlushError passes flushes on once the header is out (a buffered answer
+// goes out whole after it is stored).
 func (sr *stdRecorder) FlushError() error {
-	if !sr.wroteHeader || sr.notModified || sr.held {
+	sr.mu.Lock()
+	defer sr.mu.Unlock()
+	if !sr.sent {
 		return nil
 	}
 	return http.NewResponseController(sr.w).Flush()
