@@ -1,8 +1,12 @@
 package main
 
 import (
+	"errors"
+	"fmt"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
 )
 
 const wrkSample = `Running 1s test @ http://127.0.0.1:1/api/events/42
@@ -126,5 +130,34 @@ func TestClientAddrsAreDistinctLoopback(t *testing.T) {
 			t.Fatalf("client %d reuses %s", i, ip)
 		}
 		seen[ip.String()] = true
+	}
+}
+
+func TestErrorKindsAreBoundedAndRanked(t *testing.T) {
+	r := &wlRun{}
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for range 3 {
+		r.noteError("edge-2 POST follow 503", "", at)
+	}
+	r.noteError("edge-1 GET event 502", " body x", at)
+	for i := range maxErrorKinds + 5 {
+		r.noteError(fmt.Sprintf("sim GET list kind%d", i), "", at)
+	}
+	got := r.errorKinds()
+	if len(got) != shownErrorKinds+1 || got[0] != "7× other kinds" || got[1] != "3× edge-2 POST follow 503" {
+		t.Fatalf("kinds %q", got)
+	}
+	if len(r.ekind) > maxErrorKinds+1 || r.ekind["other kinds"] == 0 || len(r.ErrorSamples) != maxErrorSamples {
+		t.Errorf("%d kinds counted (other %d), %d samples", len(r.ekind), r.ekind["other kinds"], len(r.ErrorSamples))
+	}
+	if !strings.HasPrefix(r.ErrorSamples[3], "00:00:00.000 edge-1 GET event 502 body x") {
+		t.Errorf("sample %q", r.ErrorSamples[3])
+	}
+	o := op{base: "http://b", method: "PUT", kind: "update"}
+	if k := errorKind(o, []string{"http://a", "http://b"}, 503, nil); k != "edge-2 PUT update 503" {
+		t.Errorf("errorKind = %q", k)
+	}
+	if k := errorKind(o, []string{"http://b"}, 0, &url.Error{Op: "Put", URL: "http://b/x", Err: errors.New("EOF")}); k != "sim PUT update EOF" {
+		t.Errorf("errorKind = %q", k)
 	}
 }

@@ -212,6 +212,12 @@ func (rep *report) markdown() string {
 			if r.RedisBreakdown != "" {
 				p("- Redis commands per request, %s: %s\n", r.Name, r.RedisBreakdown)
 			}
+			if len(r.ErrorKinds) > 0 {
+				p("- errors, %s: %s\n", r.Name, strings.Join(r.ErrorKinds, "; "))
+			}
+			for _, s := range r.ErrorSamples {
+				p("- error, %s, at %s\n", r.Name, s)
+			}
 		}
 	}
 	if rep.WorkloadErr != "" {

@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,8 +74,83 @@ type wlRun struct {
 	WriteP99       float64  `json:"write_p99_ms"`
 	RedisPerReq    float64  `json:"redis_commands_per_request"`
 	RedisBreakdown string   `json:"redis_commands_breakdown,omitempty"`
+	// ErrorKinds is the most frequent kinds of Errors, "count× kind", a
+	// kind being target, method, route and status or transport error.
+	ErrorKinds []string `json:"error_kinds,omitempty"`
+	// ErrorSamples is the first few errors with their time (UTC), to
+	// find them in the edges' logs.
+	ErrorSamples []string `json:"error_samples,omitempty"`
 
-	wfail int // writes that failed (in Errors, Limited or Other4xx)
+	wfail int            // writes that failed (in Errors, Limited or Other4xx)
+	ekind map[string]int // Errors by kind, at most maxErrorKinds kinds
+}
+
+const (
+	maxErrorKinds   = 50 // kinds counted; later new kinds count as "other"
+	shownErrorKinds = 5
+	maxErrorSamples = 10
+)
+
+// noteError records one error by kind and, while there is room, as a
+// sample. The caller holds the run's lock.
+func (r *wlRun) noteError(kind, detail string, at time.Time) {
+	if r.ekind == nil {
+		r.ekind = map[string]int{}
+	}
+	if _, ok := r.ekind[kind]; !ok && len(r.ekind) >= maxErrorKinds {
+		kind = "other kinds"
+	}
+	r.ekind[kind]++
+	if len(r.ErrorSamples) < maxErrorSamples {
+		r.ErrorSamples = append(r.ErrorSamples, at.UTC().Format("15:04:05.000")+" "+kind+detail)
+	}
+}
+
+// errorKinds is the most frequent kinds, most first.
+func (r *wlRun) errorKinds() []string {
+	kinds := make([]string, 0, len(r.ekind))
+	for k := range r.ekind {
+		kinds = append(kinds, k)
+	}
+	sort.Slice(kinds, func(i, j int) bool {
+		if a, b := r.ekind[kinds[i]], r.ekind[kinds[j]]; a != b {
+			return a > b
+		}
+		return kinds[i] < kinds[j]
+	})
+	var out []string
+	for i, k := range kinds {
+		if i == shownErrorKinds {
+			rest := 0
+			for _, k := range kinds[i:] {
+				rest += r.ekind[k]
+			}
+			out = append(out, fmt.Sprintf("%d× in %d more kinds", rest, len(kinds)-i))
+			break
+		}
+		out = append(out, fmt.Sprintf("%d× %s", r.ekind[k], k))
+	}
+	return out
+}
+
+// errorKind names a failed request: where it went, what it was and what
+// came back (the status, or the transport error without the URL).
+func errorKind(o op, bases []string, status int, err error) string {
+	target := "sim"
+	for i, b := range bases {
+		if b == o.base && len(bases) > 1 {
+			target = "edge-" + strconv.Itoa(i+1)
+		}
+	}
+	what := strconv.Itoa(status)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		what = err.Error()
+	}
+	return target + " " + o.method + " " + o.kind + " " + what
 }
 
 // wlCompare is the edge against the sim direct at one write share.
@@ -220,6 +298,9 @@ func runWorkloadsErr(ctx context.Context, cfg *config, e *env, ps *procs) (*wlRe
 			r.Target = target
 			log.Printf("workload %s: %d reads (%.1f%% hits), %d writes, origin saved %.1f%%, read p50 %.2f p99 %.2f ms, %d stale, %d errors, %d limited",
 				name, r.Reads, r.HitRatePct, r.Writes, r.OriginSaved, r.ReadP50, r.ReadP99, r.Stale, r.Errors, r.Limited)
+			if len(r.ErrorKinds) > 0 {
+				log.Printf("workload %s errors: %s", name, strings.Join(r.ErrorKinds, "; "))
+			}
 			rep.Runs = append(rep.Runs, r)
 			runs[direct] = append(runs[direct], r)
 		}
@@ -370,7 +451,7 @@ func (w *wl) run(ctx context.Context, e *env, name string, bases []string, direc
 		go func() {
 			defer wg.Done()
 			defer inFlight.Add(-1)
-			s := w.do(ctx, o, direct, at, r, &mu)
+			s := w.do(ctx, o, bases, direct, at, r, &mu)
 			mu.Lock()
 			defer mu.Unlock()
 			switch s.kind {
@@ -401,6 +482,7 @@ func (w *wl) run(ctx context.Context, e *env, name string, bases []string, direc
 	r.MissP50, r.MissP99 = ms(miss, 50), ms(miss, 99)
 	r.WriteP50, r.WriteP99 = ms(writes, 50), ms(writes, 99)
 	r.Writes = len(writes)
+	r.ErrorKinds = r.errorKinds()
 	if !direct {
 		after, _ := commandStats(ctx, e.rdb)
 		d := redisDelta(cmdBefore, after)
@@ -445,7 +527,7 @@ type eventVersion struct {
 
 // do sends one request and checks it: reads against the writes
 // acknowledged before the read was sent, writes recorded when acknowledged.
-func (w *wl) do(ctx context.Context, o op, direct bool, scheduled time.Time, r *wlRun, mu *sync.Mutex) sample {
+func (w *wl) do(ctx context.Context, o op, bases []string, direct bool, scheduled time.Time, r *wlRun, mu *sync.Mutex) sample {
 	var body io.Reader
 	if o.body != "" {
 		body = strings.NewReader(o.body)
@@ -473,7 +555,21 @@ func (w *wl) do(ctx context.Context, o op, direct bool, scheduled time.Time, r *
 	count := func(f func()) { mu.Lock(); f(); mu.Unlock() }
 	switch {
 	case err != nil || resp.StatusCode >= 500:
+		status, detail := 0, ""
+		if resp != nil {
+			status = resp.StatusCode
+			if rid := resp.Header.Get("X-Request-Id"); rid != "" {
+				detail += " request " + rid
+			}
+			if ra := resp.Header.Get("Retry-After"); ra != "" {
+				detail += " Retry-After " + ra
+			}
+			if len(b) > 0 {
+				detail += fmt.Sprintf(" body %.120q", b)
+			}
+		}
 		count(func() {
+			r.noteError(errorKind(o, bases, status, err), detail, sent)
 			r.Errors++
 			if o.write {
 				r.wfail++
