@@ -66,8 +66,10 @@ type Manager struct {
 	// Redis reachable; settleUntil ends the settling after an outage.
 	seenGen     atomic.Uint64
 	settleUntil atomic.Int64
-	watching    atomic.Bool // a pending-logout watcher runs
-	closed      chan struct{}
+	// settleWaiters counts the requests held until the settling ends.
+	settleWaiters atomic.Int64
+	watching      atomic.Bool // a pending-logout watcher runs
+	closed        chan struct{}
 
 	stats     counters
 	perm      permissionWatch
@@ -312,12 +314,25 @@ func (m *Manager) result(s Session, r Result) (Session, Result) {
 // outage is set when a Valid answer comes from the outage fallback (or the
 // settling after one): it must not be touched.
 func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Context, int64) lookup) (e *entry, r Result, outage bool) {
+	e, r, outage, unsettled := m.resolveOnce(ctx, k, load)
+	if unsettled && m.waitSettled(ctx) {
+		e, r, outage, unsettled = m.resolveOnce(ctx, k, load)
+	}
+	if unsettled {
+		m.stats.settleRefused.Add(1)
+	}
+	return e, r, outage
+}
+
+// resolveOnce is one pass of resolve. unsettled is set when the answer is
+// Unavailable only because this instance is settling (settledAnswer).
+func (m *Manager) resolveOnce(ctx context.Context, k cacheKey, load func(context.Context, int64) lookup) (e *entry, r Result, outage, unsettled bool) {
 	now := m.nowMs()
 	gen, settling := m.generation(now)
 	if c, ok := m.pos.Get(k); ok {
 		if m.trusted(c, now, gen) {
 			m.stats.localHits.Add(1)
-			return c, Valid, false
+			return c, Valid, false, false
 		}
 		if now-c.confirmed > m.keepMs {
 			m.pos.Remove(k) // too old even for the outage fallback
@@ -327,7 +342,7 @@ func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Con
 	if until, ok := m.neg.Get(k); ok {
 		if now < until {
 			m.stats.negativeHits.Add(1)
-			return nil, Unknown, false
+			return nil, Unknown, false, false
 		}
 		m.neg.Remove(k)
 	}
@@ -365,15 +380,16 @@ func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Con
 	switch {
 	case res.err != nil:
 		m.stats.storeErrors.Add(1)
-		return m.outageAnswer(k, now)
+		e, r, outage := m.outageAnswer(k, now)
+		return e, r, outage, false
 	case res.e == nil:
-		return nil, Unknown, false
+		return nil, Unknown, false, false
 	case now >= res.e.expiresMs:
-		return nil, Expired, false
+		return nil, Expired, false, false
 	case settling && !m.confirmedSince(k, gen):
 		return m.settledAnswer(k, res.e, now)
 	default:
-		return res.e, Valid, false
+		return res.e, Valid, false, false
 	}
 }
 
@@ -397,14 +413,61 @@ func (m *Manager) outageAnswer(k cacheKey, now int64) (*entry, Result, bool) {
 // before the outage, within OutageGrace) until the settling ends. A logout
 // another instance took during the outage is therefore never accepted here
 // past OutageGrace, whether or not Redis has come back meanwhile.
-func (m *Manager) settledAnswer(k cacheKey, fresh *entry, now int64) (*entry, Result, bool) {
+//
+// Any other session Redis has is not refused: resolve holds the request
+// until the settling ends (waitSettled) and asks Redis again, so a brief
+// blip costs such a request a wait, not a 503.
+func (m *Manager) settledAnswer(k cacheKey, fresh *entry, now int64) (*entry, Result, bool, bool) {
 	c, r, _ := m.outageAnswer(k, now)
 	if r != Valid {
-		m.stats.settleRefused.Add(1)
-		return nil, Unavailable, true
+		return nil, Unavailable, true, true
 	}
 	// The store's copy, with the old confirmation: it stays an outage entry.
-	return &entry{sess: fresh.sess, expiresMs: min(fresh.expiresMs, c.expiresMs), confirmed: c.confirmed, gen: c.gen, express: c.express}, Valid, true
+	return &entry{sess: fresh.sess, expiresMs: min(fresh.expiresMs, c.expiresMs), confirmed: c.confirmed, gen: c.gen, express: c.express}, Valid, true, false
+}
+
+const (
+	// maxSettleHold bounds how long one request is held while settling;
+	// a settling longer than that (a large reconnect backoff) ends in
+	// Unavailable for the requests still held.
+	maxSettleHold = 10 * time.Second
+	// maxSettleWaiters bounds the requests held at once; past it a request
+	// gets Unavailable at once.
+	maxSettleWaiters = 4096
+	// settlePoll is how often a held request looks whether the settling
+	// has ended (on the Manager's clock, so tests drive it).
+	settlePoll = 20 * time.Millisecond
+)
+
+// waitSettled holds a request until the settling ends and reports whether
+// it did; false when the request ended first, the Manager closed, the hold
+// reached maxSettleHold or too many requests are held already.
+func (m *Manager) waitSettled(ctx context.Context) bool {
+	if m.settleWaiters.Add(1) > maxSettleWaiters {
+		m.settleWaiters.Add(-1)
+		return false
+	}
+	defer m.settleWaiters.Add(-1)
+	m.stats.settleHeld.Add(1)
+	t := time.NewTicker(settlePoll)
+	defer t.Stop()
+	deadline := m.nowMs() + maxSettleHold.Milliseconds()
+	for {
+		now := m.nowMs()
+		if now >= m.settleUntil.Load() {
+			return true
+		}
+		if now >= deadline {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-m.closed:
+			return false
+		case <-t.C:
+		}
+	}
 }
 
 // trusted reports whether a cached entry may answer without asking the

@@ -16,7 +16,8 @@ type Stats struct {
 	SharedLookups    uint64            `json:"shared_lookups"` // waited for a concurrent lookup of the same session
 	StoreErrors      uint64            `json:"store_errors"`
 	OutageServed     uint64            `json:"outage_served"`
-	SettleRefused    uint64            `json:"settle_refused"`    // 503s while settling after an outage (see recovery.go)
+	SettleHeld       uint64            `json:"settle_held"`       // requests held until the settling after an outage ended (see recovery.go)
+	SettleRefused    uint64            `json:"settle_refused"`    // 503s while settling: the request ended, or the hold's bound was reached
 	PermissionErrors uint64            `json:"permission_errors"` // reads refused with NOPERM (an ACL error)
 	Problems         []string          `json:"problems,omitempty"`
 	BusInvalidations uint64            `json:"bus_invalidations"`
@@ -35,6 +36,7 @@ type counters struct {
 	storeLookups     atomic.Uint64
 	storeErrors      atomic.Uint64
 	outageServed     atomic.Uint64
+	settleHeld       atomic.Uint64
 	settleRefused    atomic.Uint64
 	busInvalidations atomic.Uint64
 }
@@ -54,6 +56,7 @@ func (m *Manager) Stats() Stats {
 		SharedLookups:    m.flight.shared.Load(),
 		StoreErrors:      c.storeErrors.Load(),
 		OutageServed:     c.outageServed.Load(),
+		SettleHeld:       c.settleHeld.Load(),
 		SettleRefused:    c.settleRefused.Load(),
 		PermissionErrors: m.permissionErrors(),
 		Problems:         m.Problems(),
