@@ -66,10 +66,12 @@ type Manager struct {
 	// Redis reachable; settleUntil ends the settling after an outage.
 	seenGen     atomic.Uint64
 	settleUntil atomic.Int64
-	// settleWaiters counts the requests held until the settling ends.
-	settleWaiters atomic.Int64
-	watching      atomic.Bool // a pending-logout watcher runs
-	closed        chan struct{}
+	// held counts the requests held (waitSettled, waitReachable).
+	held atomic.Int64
+	// blipHold is maxBlipHold (tests lengthen it).
+	blipHold time.Duration
+	watching atomic.Bool // a pending-logout watcher runs
+	closed   chan struct{}
 
 	stats     counters
 	perm      permissionWatch
@@ -100,6 +102,7 @@ func New(opts Options) (*Manager, error) {
 		closed:  make(chan struct{}),
 	}
 	m.keepMs = max(m.localMs, m.graceMs)
+	m.blipHold = maxBlipHold
 	fp := sha256.Sum256(append([]byte("ticketi-edge/sessionauth/fingerprint/v1\x00"), m.keys.storage...))
 	m.storageFP = hex.EncodeToString(fp[:6])
 	if opts.Redis != nil {
@@ -315,6 +318,9 @@ func (m *Manager) result(s Session, r Result) (Session, Result) {
 // settling after one): it must not be touched.
 func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Context, int64) lookup) (e *entry, r Result, outage bool) {
 	e, r, outage, unsettled := m.resolveOnce(ctx, k, load)
+	if r == Unavailable && !unsettled && m.waitReachable(ctx) {
+		e, r, outage, unsettled = m.resolveOnce(ctx, k, load)
+	}
 	if unsettled && m.waitSettled(ctx) {
 		e, r, outage, unsettled = m.resolveOnce(ctx, k, load)
 	}
@@ -431,23 +437,68 @@ const (
 	// a settling longer than that (a large reconnect backoff) ends in
 	// Unavailable for the requests still held.
 	maxSettleHold = 10 * time.Second
-	// maxSettleWaiters bounds the requests held at once; past it a request
-	// gets Unavailable at once.
+	// maxSettleWaiters bounds the requests held at once (settling or a
+	// blip); past it a request gets Unavailable at once.
 	maxSettleWaiters = 4096
 	// settlePoll is how often a held request looks whether the settling
 	// has ended (on the Manager's clock, so tests drive it).
 	settlePoll = 20 * time.Millisecond
 )
 
+// maxBlipHold: a request that would get Unavailable because Redis became
+// unreachable less than this long ago is held until Redis is reachable
+// again, at most until the outage is this old. A blip of a few hundred
+// milliseconds (the breaker opening on a few calls over budget) then costs
+// a wait, not a 503; in a longer outage the requests after the first
+// maxBlipHold are answered at once.
+const maxBlipHold = 500 * time.Millisecond
+
+// waitReachable holds a request while Redis has just become unreachable
+// (see maxBlipHold) and reports whether it is reachable again.
+func (m *Manager) waitReachable(ctx context.Context) bool {
+	if m.redis == nil || m.backend.available() {
+		return false
+	}
+	since := m.redis.Breaker().OpenSince()
+	if since.IsZero() {
+		return false
+	}
+	left := time.Until(since.Add(m.blipHold))
+	if left <= 0 || m.held.Add(1) > maxSettleWaiters {
+		if left > 0 {
+			m.held.Add(-1)
+		}
+		return false
+	}
+	defer m.held.Add(-1)
+	m.stats.outageHeld.Add(1)
+	limit := time.NewTimer(left)
+	defer limit.Stop()
+	t := time.NewTicker(settlePoll)
+	defer t.Stop()
+	for !m.backend.available() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-m.closed:
+			return false
+		case <-limit.C:
+			return false
+		case <-t.C:
+		}
+	}
+	return true
+}
+
 // waitSettled holds a request until the settling ends and reports whether
 // it did; false when the request ended first, the Manager closed, the hold
 // reached maxSettleHold or too many requests are held already.
 func (m *Manager) waitSettled(ctx context.Context) bool {
-	if m.settleWaiters.Add(1) > maxSettleWaiters {
-		m.settleWaiters.Add(-1)
+	if m.held.Add(1) > maxSettleWaiters {
+		m.held.Add(-1)
 		return false
 	}
-	defer m.settleWaiters.Add(-1)
+	defer m.held.Add(-1)
 	m.stats.settleHeld.Add(1)
 	t := time.NewTicker(settlePoll)
 	defer t.Stop()

@@ -208,3 +208,44 @@ func TestSettlingHoldsASessionRedisHasInsteadOfRefusingIt(t *testing.T) {
 	}
 	wantResult(t, b, tok, Valid)
 }
+
+// A request that finds Redis unreachable just after the breaker opened (a
+// blip) is held until Redis is reachable again, then until the settling
+// ends, and answered from Redis: a session another edge created is not
+// refused with Unavailable (503) for a blip.
+func TestBlipHoldsASessionRedisHasInsteadOfRefusingIt(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	proxyB := redistest.StartProxy(t, srv) // holds B's reconnect while the test looks
+	rA, rB := edgeConn(t, srv, 50*time.Millisecond), edgeConnURL(t, proxyB.URL(), 50*time.Millisecond)
+	clk := newClock()
+	const settle = 5 * time.Second
+	a := newManager(t, Options{Redis: rA, Now: clk.Now})
+	b := newManager(t, Options{Redis: rB, Now: clk.Now, RecoverySettle: settle})
+	b.blipHold = time.Minute       // the test, not the machine's load, decides when Redis is back
+	tok := mustCreate(t, a, alice) // signed in through A; B has never seen it
+
+	proxyB.SetDelay(1500 * time.Millisecond) // longer than any probe waits
+	rB.Breaker().Trip(errors.New("a blip"))
+	done := make(chan Result, 1)
+	go func() {
+		_, res := b.Validate(context.Background(), tok, Meta{})
+		done <- res
+	}()
+	eventually(t, 5*time.Second, "B answered or held the request", func() bool {
+		select {
+		case res := <-done:
+			t.Fatalf("B answered %v during the blip; want the request held until Redis is back", res)
+		default:
+		}
+		return b.Stats().OutageHeld == 1
+	})
+	proxyB.SetDelay(0)
+	eventually(t, 10*time.Second, "B reconnected and holds the request while settling", func() bool { return b.Stats().SettleHeld == 1 })
+	clk.Advance(settle)
+	if res := <-done; res != Valid {
+		t.Fatalf("after the blip: %v, want Valid (Redis has the session)", res)
+	}
+	if st := b.Stats(); st.SettleRefused != 0 || st.Results["unavailable"] != 0 {
+		t.Fatalf("refused %d, unavailable %d; want none", st.SettleRefused, st.Results["unavailable"])
+	}
+}
