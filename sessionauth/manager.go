@@ -433,10 +433,11 @@ func (m *Manager) settledAnswer(k cacheKey, fresh *entry, now int64) (*entry, Re
 }
 
 const (
-	// maxSettleHold bounds how long one request is held while settling;
-	// a settling longer than that (a large reconnect backoff) ends in
-	// Unavailable for the requests still held.
-	maxSettleHold = 10 * time.Second
+	// maxSettleHold: a request is held only when the settling ends within
+	// this long (it covers the default settling, 7.5 s, and stays below
+	// the usual 10 s client timeouts); otherwise it gets Unavailable at
+	// once rather than a long wait for the same 503.
+	maxSettleHold = 8 * time.Second
 	// maxSettleWaiters bounds the requests held at once (settling or a
 	// blip); past it a request gets Unavailable at once.
 	maxSettleWaiters = 4096
@@ -491,9 +492,16 @@ func (m *Manager) waitReachable(ctx context.Context) bool {
 }
 
 // waitSettled holds a request until the settling ends and reports whether
-// it did; false when the request ended first, the Manager closed, the hold
-// reached maxSettleHold or too many requests are held already.
+// it did; false at once when it ends later than maxSettleHold from now or
+// too many requests are held already, and false when the request ends or
+// the Manager closes first. A new outage meanwhile does not lengthen the
+// hold: the request is then answered after the settling it waited for,
+// with Unavailable if the new one has begun.
 func (m *Manager) waitSettled(ctx context.Context) bool {
+	until := m.settleUntil.Load()
+	if until-m.nowMs() > maxSettleHold.Milliseconds() {
+		return false
+	}
 	if m.held.Add(1) > maxSettleWaiters {
 		m.held.Add(-1)
 		return false
@@ -502,15 +510,7 @@ func (m *Manager) waitSettled(ctx context.Context) bool {
 	m.stats.settleHeld.Add(1)
 	t := time.NewTicker(settlePoll)
 	defer t.Stop()
-	deadline := m.nowMs() + maxSettleHold.Milliseconds()
-	for {
-		now := m.nowMs()
-		if now >= m.settleUntil.Load() {
-			return true
-		}
-		if now >= deadline {
-			return false
-		}
+	for m.nowMs() < until {
 		select {
 		case <-ctx.Done():
 			return false
@@ -519,6 +519,7 @@ func (m *Manager) waitSettled(ctx context.Context) bool {
 		case <-t.C:
 		}
 	}
+	return true
 }
 
 // trusted reports whether a cached entry may answer without asking the

@@ -249,3 +249,29 @@ func TestBlipHoldsASessionRedisHasInsteadOfRefusingIt(t *testing.T) {
 		t.Fatalf("refused %d, unavailable %d; want none", st.SettleRefused, st.Results["unavailable"])
 	}
 }
+
+// A settling longer than maxSettleHold is not waited for: the request gets
+// Unavailable at once rather than the same answer after a long wait.
+func TestSettlingLongerThanTheHoldIsRefusedAtOnce(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rA, rB := edgeConn(t, srv, 50*time.Millisecond), edgeConn(t, srv, 50*time.Millisecond)
+	clk := newClock()
+	settle := maxSettleHold + time.Second
+	a := newManager(t, Options{Redis: rA, Now: clk.Now})
+	b := newManager(t, Options{Redis: rB, Now: clk.Now, RecoverySettle: settle})
+	tok := mustCreate(t, a, alice)
+	rB.Breaker().Trip(errors.New("a blip"))
+	eventually(t, 5*time.Second, "B reconnected", rB.Available)
+	wantResult(t, b, tok, Unavailable) // the clock does not move: a hold would never end
+	clk.Advance(time.Second + time.Millisecond)
+	done := make(chan Result, 1)
+	go func() {
+		_, res := b.Validate(context.Background(), tok, Meta{})
+		done <- res
+	}()
+	eventually(t, 5*time.Second, "held once the settling ends within the hold", func() bool { return b.Stats().SettleHeld == 1 })
+	clk.Advance(maxSettleHold)
+	if res := <-done; res != Valid {
+		t.Fatalf("after the settling: %v, want Valid", res)
+	}
+}
