@@ -180,22 +180,8 @@ func DecodeEntry(b []byte) (*Entry, error) {
 			e.SoftVersions = append(e.SoftVersions, int64(r.u64()))
 		}
 	}
-	nh := int(r.u16())
-	if nh > maxHeaderCount {
+	if e.Header = r.header(); e.Header == nil {
 		return nil, ErrCorrupt
-	}
-	e.Header = make(http.Header, nh)
-	for range nh {
-		k := r.str()
-		nv := int(r.u16())
-		if nv > maxHeaderCount {
-			return nil, ErrCorrupt
-		}
-		vs := make([]string, 0, nv)
-		for range nv {
-			vs = append(vs, r.str())
-		}
-		e.Header[k] = vs
 	}
 	n := int(r.u32())
 	e.Body = r.bytes(n)
@@ -293,6 +279,29 @@ func (r *reader) u64() uint64 {
 }
 
 func (r *reader) str() string { return string(r.take(int(r.u16()))) }
+
+// header reads a header map as both entry formats store it (a count, then
+// each name with its counted values); nil when a count is out of bounds.
+func (r *reader) header() http.Header {
+	nh := int(r.u16())
+	if nh > maxHeaderCount {
+		return nil
+	}
+	h := make(http.Header, nh)
+	for range nh {
+		k := r.str()
+		nv := int(r.u16())
+		if nv > maxHeaderCount {
+			return nil
+		}
+		vs := make([]string, 0, nv)
+		for range nv {
+			vs = append(vs, r.str())
+		}
+		h[k] = vs
+	}
+	return h
+}
 func (r *reader) bytes(n int) []byte {
 	v := r.take(n)
 	if v == nil {

@@ -392,22 +392,8 @@ func decodeStdRecord(b []byte, s *Standard) (*stdRecord, error) {
 		for range nt {
 			v.Tags = append(v.Tags, r.str())
 		}
-		nh := int(r.u16())
-		if nh > maxHeaderCount {
+		if v.Header = r.header(); v.Header == nil {
 			return nil, ErrCorrupt
-		}
-		v.Header = make(http.Header, nh)
-		for range nh {
-			k := r.str()
-			cnt := int(r.u16())
-			if cnt > maxHeaderCount {
-				return nil, ErrCorrupt
-			}
-			vs := make([]string, 0, cnt)
-			for range cnt {
-				vs = append(vs, r.str())
-			}
-			v.Header[k] = vs
 		}
 		v.Body = r.bytes(int(r.u32()))
 		if r.err || v.Status < 100 || v.Status > 999 {
