@@ -41,6 +41,17 @@ type flight struct {
 	snap uint64
 }
 
+// wait blocks a follower until the leader is done or its own client is
+// gone (its context's error).
+func (fl *flight) wait(ctx context.Context) error {
+	select {
+	case <-fl.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // join returns the key's flight, or a new one with leader true.
 func (f *flights) join(key string, tags []string) (*flight, bool) {
 	f.mu.Lock()
@@ -133,10 +144,8 @@ func (c *Cache) fill(w http.ResponseWriter, r *http.Request, next Next, rule *Ru
 	}
 	fl, leader := c.flights.join(key, tags)
 	if !leader {
-		select {
-		case <-fl.done:
-		case <-r.Context().Done():
-			return r.Context().Err()
+		if err := fl.wait(r.Context()); err != nil {
+			return err
 		}
 		if mustCatchUp && (!c.cfg.Bus.WaitHeard(r.Context(), mark, followerCatchUp) || c.clock.changedSince(fl.tags, fl.snap)) {
 			w.Header()["Cache-Status"] = one(c.cfg.StatusName + "; fwd=uri-miss; detail=not-shareable")

@@ -215,10 +215,8 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, next Next
 		// again (the leader's answer may be a variant they cannot use).
 		fl, leader := c.flights.join(key, nil)
 		if !leader {
-			select {
-			case <-fl.done:
-			case <-r.Context().Done():
-				return r.Context().Err()
+			if err := fl.wait(r.Context()); err != nil {
+				return err
 			}
 			now = c.now()
 			if rec, _ = c.stdLookup(r.Context(), key, now); rec != nil {
