@@ -95,14 +95,3 @@ func wantResult(t *testing.T, m *Manager, token string, want Result) Session {
 	}
 	return s
 }
-
-// wantRefusedWhileSettling validates token from a request that has already
-// ended, so a settling Manager answers Unavailable instead of holding it.
-func wantRefusedWhileSettling(t *testing.T, m *Manager, token string) {
-	t.Helper()
-	ended, cancel := context.WithCancel(context.Background())
-	cancel()
-	if _, got := m.Validate(ended, token, Meta{}); got != Unavailable {
-		t.Fatalf("Validate while settling = %v, want Unavailable", got)
-	}
-}

@@ -66,12 +66,8 @@ type Manager struct {
 	// Redis reachable; settleUntil ends the settling after an outage.
 	seenGen     atomic.Uint64
 	settleUntil atomic.Int64
-	// held counts the requests held (waitSettled, waitReachable).
-	held atomic.Int64
-	// blipHold is maxBlipHold (tests lengthen it).
-	blipHold time.Duration
-	watching atomic.Bool // a pending-logout watcher runs
-	closed   chan struct{}
+	watching    atomic.Bool // a pending-logout watcher runs
+	closed      chan struct{}
 
 	stats     counters
 	perm      permissionWatch
@@ -102,7 +98,6 @@ func New(opts Options) (*Manager, error) {
 		closed:  make(chan struct{}),
 	}
 	m.keepMs = max(m.localMs, m.graceMs)
-	m.blipHold = maxBlipHold
 	fp := sha256.Sum256(append([]byte("ticketi-edge/sessionauth/fingerprint/v1\x00"), m.keys.storage...))
 	m.storageFP = hex.EncodeToString(fp[:6])
 	if opts.Redis != nil {
@@ -317,28 +312,12 @@ func (m *Manager) result(s Session, r Result) (Session, Result) {
 // outage is set when a Valid answer comes from the outage fallback (or the
 // settling after one): it must not be touched.
 func (m *Manager) resolve(ctx context.Context, k cacheKey, load func(context.Context, int64) lookup) (e *entry, r Result, outage bool) {
-	e, r, outage, unsettled := m.resolveOnce(ctx, k, load)
-	if r == Unavailable && !unsettled && m.waitReachable(ctx) {
-		e, r, outage, unsettled = m.resolveOnce(ctx, k, load)
-	}
-	if unsettled && m.waitSettled(ctx) {
-		e, r, outage, unsettled = m.resolveOnce(ctx, k, load)
-	}
-	if unsettled {
-		m.stats.settleRefused.Add(1)
-	}
-	return e, r, outage
-}
-
-// resolveOnce is one pass of resolve. unsettled is set when the answer is
-// Unavailable only because this instance is settling (settledAnswer).
-func (m *Manager) resolveOnce(ctx context.Context, k cacheKey, load func(context.Context, int64) lookup) (e *entry, r Result, outage, unsettled bool) {
 	now := m.nowMs()
 	gen, settling := m.generation(now)
 	if c, ok := m.pos.Get(k); ok {
 		if m.trusted(c, now, gen) {
 			m.stats.localHits.Add(1)
-			return c, Valid, false, false
+			return c, Valid, false
 		}
 		if now-c.confirmed > m.keepMs {
 			m.pos.Remove(k) // too old even for the outage fallback
@@ -348,7 +327,7 @@ func (m *Manager) resolveOnce(ctx context.Context, k cacheKey, load func(context
 	if until, ok := m.neg.Get(k); ok {
 		if now < until {
 			m.stats.negativeHits.Add(1)
-			return nil, Unknown, false, false
+			return nil, Unknown, false
 		}
 		m.neg.Remove(k)
 	}
@@ -386,16 +365,15 @@ func (m *Manager) resolveOnce(ctx context.Context, k cacheKey, load func(context
 	switch {
 	case res.err != nil:
 		m.stats.storeErrors.Add(1)
-		e, r, outage := m.outageAnswer(k, now)
-		return e, r, outage, false
+		return m.outageAnswer(k, now)
 	case res.e == nil:
-		return nil, Unknown, false, false
+		return nil, Unknown, false
 	case now >= res.e.expiresMs:
-		return nil, Expired, false, false
+		return nil, Expired, false
 	case settling && !m.confirmedSince(k, gen):
 		return m.settledAnswer(k, res.e, now)
 	default:
-		return res.e, Valid, false, false
+		return res.e, Valid, false
 	}
 }
 
@@ -419,107 +397,14 @@ func (m *Manager) outageAnswer(k cacheKey, now int64) (*entry, Result, bool) {
 // before the outage, within OutageGrace) until the settling ends. A logout
 // another instance took during the outage is therefore never accepted here
 // past OutageGrace, whether or not Redis has come back meanwhile.
-//
-// Any other session Redis has is not refused: resolve holds the request
-// until the settling ends (waitSettled) and asks Redis again, so a brief
-// blip costs such a request a wait, not a 503.
-func (m *Manager) settledAnswer(k cacheKey, fresh *entry, now int64) (*entry, Result, bool, bool) {
+func (m *Manager) settledAnswer(k cacheKey, fresh *entry, now int64) (*entry, Result, bool) {
 	c, r, _ := m.outageAnswer(k, now)
 	if r != Valid {
-		return nil, Unavailable, true, true
+		m.stats.settleRefused.Add(1)
+		return nil, Unavailable, true
 	}
 	// The store's copy, with the old confirmation: it stays an outage entry.
-	return &entry{sess: fresh.sess, expiresMs: min(fresh.expiresMs, c.expiresMs), confirmed: c.confirmed, gen: c.gen, express: c.express}, Valid, true, false
-}
-
-const (
-	// maxSettleHold: a request is held only when the settling ends within
-	// this long (it covers the default settling, 7.5 s, and stays below
-	// the usual 10 s client timeouts); otherwise it gets Unavailable at
-	// once rather than a long wait for the same 503.
-	maxSettleHold = 8 * time.Second
-	// maxSettleWaiters bounds the requests held at once (settling or a
-	// blip); past it a request gets Unavailable at once.
-	maxSettleWaiters = 4096
-	// settlePoll is how often a held request looks whether the settling
-	// has ended (on the Manager's clock, so tests drive it).
-	settlePoll = 20 * time.Millisecond
-)
-
-// maxBlipHold: a request that would get Unavailable because Redis became
-// unreachable less than this long ago is held until Redis is reachable
-// again, at most until the outage is this old. A blip of a few hundred
-// milliseconds (the breaker opening on a few calls over budget) then costs
-// a wait, not a 503; in a longer outage the requests after the first
-// maxBlipHold are answered at once.
-const maxBlipHold = 500 * time.Millisecond
-
-// waitReachable holds a request while Redis has just become unreachable
-// (see maxBlipHold) and reports whether it is reachable again.
-func (m *Manager) waitReachable(ctx context.Context) bool {
-	if m.redis == nil || m.backend.available() {
-		return false
-	}
-	since := m.redis.Breaker().OpenSince()
-	if since.IsZero() {
-		return false
-	}
-	left := time.Until(since.Add(m.blipHold))
-	if left <= 0 || m.held.Add(1) > maxSettleWaiters {
-		if left > 0 {
-			m.held.Add(-1)
-		}
-		return false
-	}
-	defer m.held.Add(-1)
-	m.stats.outageHeld.Add(1)
-	limit := time.NewTimer(left)
-	defer limit.Stop()
-	t := time.NewTicker(settlePoll)
-	defer t.Stop()
-	for !m.backend.available() {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-m.closed:
-			return false
-		case <-limit.C:
-			return false
-		case <-t.C:
-		}
-	}
-	return true
-}
-
-// waitSettled holds a request until the settling ends and reports whether
-// it did; false at once when it ends later than maxSettleHold from now or
-// too many requests are held already, and false when the request ends or
-// the Manager closes first. A new outage meanwhile does not lengthen the
-// hold: the request is then answered after the settling it waited for,
-// with Unavailable if the new one has begun.
-func (m *Manager) waitSettled(ctx context.Context) bool {
-	until := m.settleUntil.Load()
-	if until-m.nowMs() > maxSettleHold.Milliseconds() {
-		return false
-	}
-	if m.held.Add(1) > maxSettleWaiters {
-		m.held.Add(-1)
-		return false
-	}
-	defer m.held.Add(-1)
-	m.stats.settleHeld.Add(1)
-	t := time.NewTicker(settlePoll)
-	defer t.Stop()
-	for m.nowMs() < until {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-m.closed:
-			return false
-		case <-t.C:
-		}
-	}
-	return true
+	return &entry{sess: fresh.sess, expiresMs: min(fresh.expiresMs, c.expiresMs), confirmed: c.confirmed, gen: c.gen, express: c.express}, Valid, true
 }
 
 // trusted reports whether a cached entry may answer without asking the

@@ -23,10 +23,7 @@ import (
 //     any instance with the same options takes to notice Redis is back, plus
 //     a second): a session Redis still has is accepted only under the outage
 //     rules above, so a logout queued elsewhere lands before anyone trusts
-//     that session afresh. A request for any other session Redis has is
-//     held until the settling ends (at most maxSettleHold) and then asked
-//     of Redis again, not refused: a blip of a few milliseconds must not
-//     turn into seconds of 503 for users this instance has not seen yet.
+//     that session afresh.
 //
 // So the bound is OutageGrace, provided the instance that took the logout
 // is still running (its queue is in memory) and reaches Redis within

@@ -174,10 +174,9 @@ func TestRedisDownRecentSessionsKeepWorking(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "recovery", r.Available)
 	// Settling: Redis has notHere, but another instance may still hold its
-	// logout from the outage; nothing is trusted afresh until that landed
-	// (a request that waits is held until then; these ones ended).
-	wantRefusedWhileSettling(t, m, notHere)
-	wantRefusedWhileSettling(t, m, recent) // its grace ran out above
+	// logout from the outage; nothing is trusted afresh until that landed.
+	wantResult(t, m, notHere, Unavailable)
+	wantResult(t, m, recent, Unavailable) // its grace ran out above
 	clk.Advance(r.ReconnectWithin() + time.Second)
 	wantResult(t, m, notHere, Valid)
 	wantResult(t, m, recent, Valid)

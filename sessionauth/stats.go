@@ -16,9 +16,7 @@ type Stats struct {
 	SharedLookups    uint64            `json:"shared_lookups"` // waited for a concurrent lookup of the same session
 	StoreErrors      uint64            `json:"store_errors"`
 	OutageServed     uint64            `json:"outage_served"`
-	OutageHeld       uint64            `json:"outage_held"`       // requests held because Redis had just become unreachable (a blip)
-	SettleHeld       uint64            `json:"settle_held"`       // requests held until the settling after an outage ended (see recovery.go)
-	SettleRefused    uint64            `json:"settle_refused"`    // 503s while settling: the request ended, or the hold's bound was reached
+	SettleRefused    uint64            `json:"settle_refused"`    // 503s while settling after an outage (see recovery.go)
 	PermissionErrors uint64            `json:"permission_errors"` // reads refused with NOPERM (an ACL error)
 	Problems         []string          `json:"problems,omitempty"`
 	BusInvalidations uint64            `json:"bus_invalidations"`
@@ -37,8 +35,6 @@ type counters struct {
 	storeLookups     atomic.Uint64
 	storeErrors      atomic.Uint64
 	outageServed     atomic.Uint64
-	outageHeld       atomic.Uint64
-	settleHeld       atomic.Uint64
 	settleRefused    atomic.Uint64
 	busInvalidations atomic.Uint64
 }
@@ -58,8 +54,6 @@ func (m *Manager) Stats() Stats {
 		SharedLookups:    m.flight.shared.Load(),
 		StoreErrors:      c.storeErrors.Load(),
 		OutageServed:     c.outageServed.Load(),
-		OutageHeld:       c.outageHeld.Load(),
-		SettleHeld:       c.settleHeld.Load(),
 		SettleRefused:    c.settleRefused.Load(),
 		PermissionErrors: m.permissionErrors(),
 		Problems:         m.Problems(),
