@@ -580,9 +580,13 @@ func TestVariantsOnRedisCluster(t *testing.T) {
 
 // BenchmarkHitL1Variant is an in-process hit of one of a key's variants
 // (Vary: Accept-Language), as BenchmarkHitL1 is for a plain entry.
-func BenchmarkHitL1Variant(b *testing.B) {
+func BenchmarkHitL1Variant(b *testing.B) { benchVariantHit(b, nil) }
+
+// benchVariantHit measures an L1 hit of a browser's language list on a
+// rig built with opt.
+func benchVariantHit(b *testing.B, opt func(*Config)) {
 	o := newLangOrigin("Accept-Language")
-	g := newRigB(b, nil)
+	g := newRigB(b, opt)
 	g.next = o.serve
 	req := langReq("/api/events/42", "fr-CH, fr;q=0.9, en;q=0.8")
 	req.Header.Set("Accept-Encoding", "gzip")
