@@ -214,10 +214,7 @@ func TestVariantBoundEmbedded(t *testing.T) {
 	core, logs := observer.New(zap.InfoLevel)
 	o := newLangOrigin("Accept-Language")
 	g := withOrigin(newRig(t, func(c *Config) { c.Observer = obs; c.Logger = zap.New(core) }), o)
-	langs := make([]string, MaxRuleVariants)
-	for i := range langs {
-		langs[i] = fmt.Sprintf("l%d", i)
-	}
+	langs := languagesFillingTheBound("l")
 	checkLanguages(t, g, langs...)
 	// One more is served, not stored, every time.
 	for i := 0; i < 2; i++ {
@@ -435,10 +432,7 @@ func TestVariantBoundIsFleetWide(t *testing.T) {
 	o := newLangOrigin("Accept-Language")
 	withOrigin(p.a, o)
 	withOrigin(p.b, o)
-	langs := make([]string, MaxRuleVariants)
-	for i := range langs {
-		langs[i] = fmt.Sprintf("l%d", i)
-	}
+	langs := languagesFillingTheBound("l")
 	checkLanguages(t, p.a, langs[:4]...)
 	checkLanguages(t, p.b, langs[4:]...)
 	for _, g := range []*rig{p.a, p.b} {
@@ -491,10 +485,7 @@ func TestVariantsWhileRedisIsDown(t *testing.T) {
 	// As other entries: every answer comes from the upstream, right for its
 	// language (an edge that cannot hear invalidations does not serve L1),
 	// and is kept in L1 only, where the bound is counted.
-	langs := make([]string, MaxRuleVariants)
-	for i := range langs {
-		langs[i] = fmt.Sprintf("l%d", i)
-	}
+	langs := languagesFillingTheBound("l")
 	for _, s := range checkLanguages(t, p.a, langs...) {
 		if !strings.Contains(s, "fwd=uri-miss") || !strings.Contains(s, "stored") {
 			t.Fatalf("while Redis is down: %q", s)
@@ -547,10 +538,7 @@ func TestVariantsOnRedisCluster(t *testing.T) {
 	o := newLangOrigin("Accept-Language")
 	obs := &variantObserver{}
 	g := withOrigin(newRig(t, func(c *Config) { c.Redis = rdb; c.Observer = obs }), o)
-	langs := make([]string, MaxRuleVariants)
-	for i := range langs {
-		langs[i] = fmt.Sprintf("l%d", i)
-	}
+	langs := languagesFillingTheBound("l")
 	checkLanguages(t, g, langs...)
 	// Forget L1 and which keys vary: hits must come from the cluster, the
 	// index first.
@@ -778,10 +766,7 @@ func TestConcurrentMissesOverTheVariantBoundCoalesceOnRedis(t *testing.T) {
 func burstOverTheBound(t *testing.T, g *rig, o *langOrigin, n int, during func()) (int, []string) {
 	t.Helper()
 	if o.count("l0") == 0 {
-		langs := make([]string, MaxRuleVariants)
-		for i := range langs {
-			langs[i] = fmt.Sprintf("l%d", i)
-		}
+		langs := languagesFillingTheBound("l")
 		checkLanguages(t, g, langs...)
 	}
 	gate := make(chan struct{})
@@ -834,4 +819,14 @@ func TestSetTTLOnAVariantKeepsItsIndexAlive(t *testing.T) {
 	if index < variant {
 		t.Fatalf("the index expires in %v, before its lengthened variant (%v)", index, variant)
 	}
+}
+
+// languagesFillingTheBound returns MaxRuleVariants distinct language
+// values (prefix + index): enough to fill one key's variant slots.
+func languagesFillingTheBound(prefix string) []string {
+	langs := make([]string, MaxRuleVariants)
+	for i := range langs {
+		langs[i] = fmt.Sprintf("%s%d", prefix, i)
+	}
+	return langs
 }

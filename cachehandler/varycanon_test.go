@@ -248,10 +248,7 @@ func TestVariantBoundFreedByInvalidationOnRedis(t *testing.T) {
 	o := newLangOrigin("Accept-Language")
 	withOrigin(p.a, o)
 	withOrigin(p.b, o)
-	langs := make([]string, MaxRuleVariants)
-	for i := range langs {
-		langs[i] = fmt.Sprintf("j%d", i)
-	}
+	langs := languagesFillingTheBound("j")
 	checkLanguages(t, p.a, langs...)
 	if w := p.a.do(langReq("/api/events/7", "en")); !strings.HasSuffix(w.Header().Get("Cache-Status"), "detail=vary-limit") {
 		t.Fatalf("over the bound: %q", w.Header().Get("Cache-Status"))
@@ -293,10 +290,7 @@ func TestVariantBoundFreedByBumpedVersionsOnRedis(t *testing.T) {
 	p := newPair(t, nil)
 	o := newLangOrigin("Accept-Language")
 	withOrigin(p.a, o)
-	langs := make([]string, MaxRuleVariants)
-	for i := range langs {
-		langs[i] = fmt.Sprintf("j%d", i)
-	}
+	langs := languagesFillingTheBound("j")
 	checkLanguages(t, p.a, langs...)
 	raw := p.srv.Client(t)
 	ctx := context.Background()
@@ -317,10 +311,7 @@ func TestVariantInFlightKeepsItsSlot(t *testing.T) {
 	p := newPair(t, nil)
 	o := newLangOrigin("Accept-Language")
 	withOrigin(p.a, o)
-	langs := make([]string, MaxRuleVariants)
-	for i := range langs {
-		langs[i] = fmt.Sprintf("j%d", i)
-	}
+	langs := languagesFillingTheBound("j")
 	checkLanguages(t, p.a, langs...)
 	raw := p.srv.Client(t)
 	ctx := context.Background()
@@ -352,10 +343,7 @@ func TestVariantBoundFreedByInvalidationOnRedisCluster(t *testing.T) {
 	t.Cleanup(func() { _ = rdb.Close() })
 	o := newLangOrigin("Accept-Language")
 	g := withOrigin(newRig(t, func(c *Config) { c.Redis = rdb }), o)
-	langs := make([]string, MaxRuleVariants)
-	for i := range langs {
-		langs[i] = fmt.Sprintf("l%d", i)
-	}
+	langs := languagesFillingTheBound("l")
 	checkLanguages(t, g, langs...)
 	if w := g.do(langReq("/api/events/7", "extra")); !strings.HasSuffix(w.Header().Get("Cache-Status"), "detail=vary-limit") {
 		t.Fatalf("bound on the cluster: %q", w.Header().Get("Cache-Status"))
